@@ -1,0 +1,1 @@
+"""HSM simulator speaking payShield-style host commands over TCP (test keys only)."""

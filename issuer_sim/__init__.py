@@ -1,0 +1,1 @@
+"""Card-issuer and QR-wallet simulators that the switch forwards to."""
