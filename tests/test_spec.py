@@ -1,0 +1,176 @@
+"""POS_SPEC against real captured frames (pyiso8583 4.0.1 as the reference codec) and the §2 wire rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import iso8583
+import pytest
+
+from _fastcore.spec import (
+    H2H_SPEC,
+    MAC_TYPES,
+    POS_SPEC,
+    TRANSACTION_TYPES,
+    TRANSACTIONS_BY_NAME,
+    lookup_transaction,
+    response_mti,
+)
+
+VECTORS = Path(__file__).parent / "vectors"
+
+
+def frame(name: str) -> bytes:
+    return bytes.fromhex((VECTORS / name).read_text().strip())
+
+
+def body(raw: bytes) -> bytes:
+    """Strip LEN (2) + TPDU (5) + header (6) by hand, independent of _fastcore.framing."""
+    assert int.from_bytes(raw[:2], "big") == len(raw) - 2
+    return raw[13:]
+
+
+MAC1_FIELDS = {
+    "t": "0200",
+    "p": "3020048000C08015",
+    "3": "000000",
+    "4": "000000001234",
+    "11": "000002",
+    "22": "030",
+    "25": "99",
+    "41": "00000001",
+    "42": "952718182217875",
+    "49": "156",
+    "60": "2600000100060000000",
+    "62": "5F0112323834343132333435363738393031323334"
+    "5F0306313630303336" "5F0406323030383236" "5C023031",
+    "64": "4233413039324145",
+}
+
+
+def test_mac1_frame_envelope() -> None:
+    raw = frame("mac1_frame.hex")
+    assert len(raw) == 129
+    assert raw[2:7].hex() == "6000030000"
+    assert raw[7:13].hex() == "603210320072"
+
+
+def test_mac1_decodes_to_documented_values() -> None:
+    doc, enc = iso8583.decode(body(frame("mac1_frame.hex")), POS_SPEC)
+    assert doc == MAC1_FIELDS
+    # length prefixes as on the wire: F60 counts 19 digits, F62 counts 43 bytes
+    assert enc["60"]["len"] == b"\x00\x19"
+    assert enc["62"]["len"] == b"\x00\x43"
+    assert enc["22"]["data"] == b"\x03\x00"
+    assert bytes.fromhex(doc["64"]) == b"B3A092AE"
+    # the MAC input of §12 is MTI .. end of field 62: 108 bytes
+    b = body(frame("mac1_frame.hex"))
+    assert len(b) - 8 == 108
+
+
+def test_mac1_reencodes_byte_for_byte() -> None:
+    raw = body(frame("mac1_frame.hex"))
+    doc, _ = iso8583.decode(raw, POS_SPEC)
+    out, _ = iso8583.encode(doc, POS_SPEC)
+    assert bytes(out) == raw
+    # and from a document without the bitmap (the encoder computes it)
+    doc2 = {k: v for k, v in MAC1_FIELDS.items() if k != "p"}
+    out2, _ = iso8583.encode(doc2, POS_SPEC)
+    assert bytes(out2) == raw
+
+
+def enc_field(field: str, value: str, mti: str = "0200") -> tuple[bytes, bytes]:
+    _, enc = iso8583.encode({"t": mti, field: value}, POS_SPEC)
+    return enc[field]["len"], enc[field]["data"]
+
+
+def test_f22_is_left_aligned_and_f23_right_aligned() -> None:
+    assert enc_field("22", "051") == (b"", b"\x05\x10")
+    assert enc_field("23", "001") == (b"", b"\x00\x01")
+    assert enc_field("3", "000000") == (b"", b"\x00\x00\x00")
+
+
+def test_variable_numerics_are_left_aligned_with_digit_count() -> None:
+    assert enc_field("2", "6225880123456789012") == (b"\x19", bytes.fromhex("6225880123456789012" + "0"))
+    assert enc_field("32", "12345678") == (b"\x08", bytes.fromhex("12345678"))
+    # sign-on 60 example of §5: 00 + 000001 + 003 -> LLL 0011, data 00 00 00 01 00 30
+    assert enc_field("60", "00000001003", "0800") == (b"\x00\x11", bytes.fromhex("000000010030"))
+    assert enc_field("61", "000001000002", "0200") == (b"\x00\x12", bytes.fromhex("000001000002"))
+
+
+def test_track2_separator_travels_as_nibble_d() -> None:
+    track = "6225880123456789D25121010000"  # 28 digits
+    length, data = enc_field("35", track)
+    assert length == b"\x28"
+    assert data == bytes.fromhex(track)
+    odd = track + "1"
+    length, data = enc_field("35", odd)
+    assert length == b"\x29" and data == bytes.fromhex(odd + "0")
+    doc, _ = iso8583.decode(iso8583.encode({"t": "0200", "35": odd.lower()}, POS_SPEC)[0], POS_SPEC)
+    assert doc["35"] == odd
+
+
+def test_text_and_binary_prefixes_count_bytes() -> None:
+    assert enc_field("63", "01 ") == (b"\x00\x03", b"01 ")
+    assert enc_field("44", "A" * 22) == (b"\x22", b"A" * 22)
+    assert enc_field("55", "9F2608" + "11" * 8) == (b"\x00\x11", bytes.fromhex("9F2608" + "11" * 8))
+    assert enc_field("54", "1002156C000000001000") == (b"\x00\x20", b"1002156C000000001000")
+
+
+def test_f63_carries_gbk_text() -> None:
+    text = "CUP" + "中国银联".ljust(16)
+    length, data = enc_field("63", text, "0210")
+    assert data == text.encode("gbk") and length == b"\x00\x23"
+
+
+def test_wrong_length_is_an_encode_error_naming_the_field() -> None:
+    with pytest.raises(iso8583.EncodeError, match="field 41"):
+        iso8583.encode({"t": "0200", "41": "1234567"}, POS_SPEC)
+    with pytest.raises(iso8583.EncodeError, match="field 2"):
+        iso8583.encode({"t": "0200", "2": "1" * 20}, POS_SPEC)
+
+
+def test_truncated_frame_is_a_decode_error() -> None:
+    raw = body(frame("mac1_frame.hex"))
+    for cut in (1, 5, 40, len(raw) - 1):
+        with pytest.raises(iso8583.DecodeError):
+            iso8583.decode(raw[:cut], POS_SPEC)
+
+
+def test_every_field_is_specified_with_desc() -> None:
+    keys = {"h", "t", "p"} | {str(i) for i in range(1, 129)}
+    assert set(POS_SPEC) == keys
+    for key, spec in POS_SPEC.items():
+        assert spec["desc"], key
+        if spec.get("len_count") == "nibbles":
+            assert ("left_pad" in spec) != ("right_pad" in spec), key
+
+
+def test_field_outside_the_dialect_round_trips() -> None:
+    doc = {"t": "0200", "7": "1122334455", "43": "X" * 40, "70": "301", "128": "00" * 8}
+    out, _ = iso8583.encode(dict(doc), POS_SPEC)
+    back, _ = iso8583.decode(out, POS_SPEC)
+    assert {k: back[k] for k in doc} == doc
+
+
+def test_h2h_spec_is_ascii_and_private_copy() -> None:
+    assert H2H_SPEC is not iso8583.specs.default_ascii
+    assert H2H_SPEC == iso8583.specs.default_ascii
+    out, _ = iso8583.encode({"t": "0200", "3": "000000", "11": "000001"}, H2H_SPEC)
+    assert bytes(out).startswith(b"0200")
+
+
+def test_transaction_table() -> None:
+    assert lookup_transaction("0200", "000000", "22", "000") is TRANSACTIONS_BY_NAME["sale"]
+    assert lookup_transaction("0200", "200000", "23", "000").name == "void"
+    assert lookup_transaction("0220", "200000", "25", "000").name == "refund"
+    assert lookup_transaction("0800", None, "00", "003").name == "sign_on_double"
+    assert lookup_transaction("0320", "200000", "00", "201").name == "batch_upload_magstripe"
+    assert lookup_transaction("0200", "000000", "99", "000") is None
+    assert response_mti("0200") == "0210" and response_mti("0820") == "0830"
+    assert TRANSACTIONS_BY_NAME["sale"].response_mti == "0210"
+    with pytest.raises(ValueError):
+        response_mti("0210")
+    assert "sale" in MAC_TYPES and "sign_on_double" not in MAC_TYPES and "settlement" not in MAC_TYPES
+    keys = [(t.mti, t.processing_code, t.type_code, t.network_code) for t in TRANSACTION_TYPES]
+    assert len(keys) == len(set(keys))
