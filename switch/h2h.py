@@ -1,0 +1,420 @@
+"""Host-to-host (H2H) ISO 8583 dialect between the switch and card issuers / QR wallets.
+
+Wire format: a 2-byte big-endian length (counting the bytes after itself), then an ISO 8583:1987
+message encoded with pyiso8583's ``default_ascii`` spec (ASCII MTI, hex bitmaps, ASCII fields).
+Binary data travels as uppercase hex text: field 52 (PIN block under the issuer's ZPK, 16 hex)
+and field 55 (ICC data, BER-TLV as hex, LLLVAR).
+
+Messages are plain ``dict[str, str]`` keyed like pyiso8583 (``"t"`` = MTI, ``"2"`` .. ``"128"``), so
+the compiled codec in ``_fastcore.iso8583`` can replace ``iso8583`` with a one-line change.
+
+This module only builds, checks and (de)frames messages: no I/O. See ``docs/issuer.md``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+
+import iso8583
+from iso8583.specs import default_ascii
+
+__all__ = [
+    "SPEC", "MAX_FRAME", "H2HError", "FrameReader", "TxnKind",
+    "encode", "decode", "frame", "classify", "response_mti", "is_response", "match_key",
+    "financial_request", "reversal_for", "echo_request", "response_to", "is_reversible",
+    "transmission_time", "field90", "parse_field90", "field54_balance", "parse_field54",
+    "tlv_decode", "tlv_encode", "field55_tags", "tags_to_field55", "APPROVED", "REVERSAL_DONE",
+    "SENSITIVE_FIELDS",
+]
+
+SPEC = default_ascii
+#: Largest body accepted on the wire (bytes after the length prefix).
+MAX_FRAME = 8192
+
+APPROVED = frozenset({"00", "10", "11"})
+#: 0430 response codes that mean "the reversal is done" (§7: unknown originals are answered 25).
+REVERSAL_DONE = frozenset({"00", "12", "25"})
+
+#: Fields forwarded for authorisation that must never be kept (journal, ledger, reversal queue, logs).
+SENSITIVE_FIELDS = ("35", "36", "45", "52")
+
+#: Fields an issuer response echoes from the request.
+_ECHO = ("2", "3", "4", "7", "11", "12", "13", "22", "23", "25", "32", "37", "41", "42", "49", "90")
+
+
+class H2HError(ValueError):
+    """A message that cannot be framed, encoded or decoded; names the field and offset when known."""
+
+    def __init__(self, msg: str, field: str | None = None, offset: int | None = None) -> None:
+        where = "".join(
+            [f" (field {field}" if field else "", f" offset {offset}" if offset is not None else "",
+             ")" if field else ""])
+        super().__init__(msg + where)
+        self.field = field
+        self.offset = offset
+
+
+class TxnKind(StrEnum):
+    """What an H2H request asks for; see the table in ``docs/issuer.md``."""
+
+    SALE = "sale"
+    BALANCE = "balance"
+    PREAUTH = "preauth"
+    PREAUTH_VOID = "preauth_void"
+    COMPLETION = "completion"          # 0200/000000 with 25 = 06 (online completion)
+    COMPLETION_ADVICE = "completion_advice"  # 0220/000000 with 25 = 06
+    VOID = "void"                      # 0200/200000
+    REFUND = "refund"                  # 0220/200000
+    REVERSAL = "reversal"              # 0400/0420
+    ECHO = "echo"                      # 0800/301
+    UNKNOWN = "unknown"
+
+
+# ---------------------------------------------------------------- encode / decode / framing
+
+def encode(msg: Mapping[str, str]) -> bytes:
+    """Encode one message body (no length prefix)."""
+    doc = {k: v for k, v in msg.items() if k not in ("p", "1")}
+    try:
+        raw, _ = iso8583.encode(doc, SPEC)
+    except iso8583.EncodeError as exc:
+        raise H2HError(f"cannot encode {msg.get('t', '????')}: {exc.msg}", field=exc.field) from None
+    return bytes(raw)
+
+
+def frame(msg: Mapping[str, str]) -> bytes:
+    """Encode with the 2-byte big-endian length prefix, ready for ``transport.write``."""
+    body = encode(msg)
+    if len(body) > MAX_FRAME:
+        raise H2HError(f"message of {len(body)} bytes exceeds {MAX_FRAME}")
+    return len(body).to_bytes(2, "big") + body
+
+
+def decode(body: bytes | bytearray) -> dict[str, str]:
+    """Decode one body; bitmap keys ``p``/``1`` are dropped."""
+    try:
+        doc, _ = iso8583.decode(bytes(body), SPEC)
+    except iso8583.DecodeError as exc:
+        raise H2HError(f"cannot decode message: {exc.msg}", field=exc.field, offset=exc.pos) from None
+    doc.pop("p", None)
+    doc.pop("1", None)
+    return doc
+
+
+class FrameReader:
+    """Accumulates TCP bytes and yields complete bodies (length prefix removed).
+
+    A zero length or one above ``max_frame`` raises :class:`H2HError`: the stream cannot be
+    resynchronised, so the caller closes the connection.
+    """
+
+    __slots__ = ("_buf", "max_frame")
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self.max_frame = max_frame
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf
+        buf += data
+        out: list[bytes] = []
+        pos = 0
+        n = len(buf)
+        while n - pos >= 2:
+            size = (buf[pos] << 8) | buf[pos + 1]
+            if size == 0 or size > self.max_frame:
+                raise H2HError(f"bad frame length {size}", field="length", offset=pos)
+            if n - pos - 2 < size:
+                break
+            out.append(bytes(buf[pos + 2:pos + 2 + size]))
+            pos += 2 + size
+        if pos:
+            del buf[:pos]
+        return out
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+
+# ---------------------------------------------------------------- classification
+
+def classify(msg: Mapping[str, str]) -> TxnKind:
+    """The transaction kind of a request (or of the request a response answers)."""
+    mti = msg.get("t", "")
+    req = mti[:2] + str(int(mti[2]) & ~1) + mti[3] if len(mti) == 4 and mti[2].isdigit() else mti
+    proc = msg.get("3", "")[:2]
+    cond = msg.get("25", "00")
+    if req in ("0400", "0420"):
+        return TxnKind.REVERSAL
+    if req == "0800":
+        return TxnKind.ECHO
+    if req == "0100":
+        return {"03": TxnKind.PREAUTH, "20": TxnKind.PREAUTH_VOID}.get(proc, TxnKind.UNKNOWN)
+    if req == "0200":
+        if proc == "31":
+            return TxnKind.BALANCE
+        if proc == "00":
+            return TxnKind.COMPLETION if cond == "06" else TxnKind.SALE
+        if proc == "20":
+            return TxnKind.VOID
+    if req == "0220":
+        if proc == "20":
+            return TxnKind.REFUND
+        if proc == "00" and cond == "06":
+            return TxnKind.COMPLETION_ADVICE
+    return TxnKind.UNKNOWN
+
+
+def is_response(msg: Mapping[str, str]) -> bool:
+    mti = msg.get("t", "")
+    return len(mti) == 4 and mti[2] in "13579"
+
+
+def response_mti(mti: str) -> str:
+    if len(mti) != 4 or not mti.isdigit() or int(mti[2]) % 2:
+        raise H2HError(f"not a request MTI: {mti!r}", field="t")
+    return mti[:2] + str(int(mti[2]) + 1) + mti[3]
+
+
+def match_key(msg: Mapping[str, str]) -> tuple[str, str, str]:
+    """Request/response matching key: (STAN 11, terminal 41, RRN 37)."""
+    return (msg.get("11", ""), msg.get("41", ""), msg.get("37", ""))
+
+
+def is_reversible(msg: Mapping[str, str]) -> bool:
+    """True when an unanswered request must be reversed upstream (§4 "reverse on no answer")."""
+    return classify(msg) in (TxnKind.SALE, TxnKind.PREAUTH, TxnKind.PREAUTH_VOID,
+                             TxnKind.COMPLETION, TxnKind.VOID)
+
+
+# ---------------------------------------------------------------- field helpers
+
+def transmission_time(now: _dt.datetime | None = None) -> str:
+    """Field 7, MMDDhhmmss in UTC."""
+    now = now or _dt.datetime.now(_dt.UTC)
+    return now.strftime("%m%d%H%M%S")
+
+
+def field90(orig: Mapping[str, str], forwarding: str = "") -> str:
+    """Field 90 (n42): original MTI 4, STAN 6, transmission time 10, acquirer ID 11, forwarding ID 11."""
+    mti, stan, f7 = orig.get("t", ""), orig.get("11", ""), orig.get("7", "")
+    if len(mti) != 4 or len(stan) != 6 or len(f7) != 10:
+        raise H2HError("original message lacks MTI, 11 or 7 for field 90", field="90")
+    acq = orig.get("32", "").rjust(11, "0")
+    return f"{mti}{stan}{f7}{acq}{forwarding.rjust(11, '0')}"
+
+
+def parse_field90(value: str) -> dict[str, str]:
+    if len(value) != 42 or not value.isdigit():
+        raise H2HError(f"field 90 must be 42 digits, got {len(value)}", field="90")
+    return {"mti": value[0:4], "stan": value[4:10], "transmission": value[10:20],
+            "acquirer": value[20:31], "forwarding": value[31:42]}
+
+
+def field54_balance(balance: int, currency: str = "156", account_type: str = "00",
+                    amount_type: str = "02") -> str:
+    """Field 54 additional amount: account type 2, amount type 2 (02 available), currency 3,
+    sign C/D, amount n12 (fen). The sign sits at offset 7 and the amount at 8-19, as in the POS dialect."""
+    sign = "C" if balance >= 0 else "D"
+    return f"{account_type}{amount_type}{currency}{sign}{abs(balance):012d}"
+
+
+def parse_field54(value: str) -> int:
+    if len(value) < 20 or value[7] not in "CD" or not value[8:20].isdigit():
+        raise H2HError("field 54 is not account/amount type, currency, sign, n12", field="54")
+    amount = int(value[8:20])
+    return amount if value[7] == "C" else -amount
+
+
+# ---------------------------------------------------------------- BER-TLV for field 55
+
+def tlv_decode(data: bytes) -> dict[str, bytes]:
+    """Decode a flat BER-TLV list into ``{TAG_HEX: value}``; constructed tags (71/72) keep raw values."""
+    out: dict[str, bytes] = {}
+    i, n = 0, len(data)
+    while i < n:
+        if data[i] in (0x00, 0xFF):  # padding between objects
+            i += 1
+            continue
+        start = i
+        i += 1
+        if data[start] & 0x1F == 0x1F:
+            while i < n and data[i] & 0x80:
+                i += 1
+            i += 1
+        if i >= n:
+            raise H2HError("truncated TLV tag", field="55", offset=start)
+        tag = data[start:i].hex().upper()
+        length = data[i]
+        i += 1
+        if length & 0x80:
+            nb = length & 0x7F
+            if nb == 0 or nb > 3 or i + nb > n:
+                raise H2HError(f"bad TLV length for tag {tag}", field="55", offset=i - 1)
+            length = int.from_bytes(data[i:i + nb], "big")
+            i += nb
+        if i + length > n:
+            raise H2HError(f"TLV value of tag {tag} overruns the data", field="55", offset=i)
+        out[tag] = bytes(data[i:i + length])
+        i += length
+    return out
+
+
+def tlv_encode(tags: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> bytes:
+    items = tags.items() if isinstance(tags, Mapping) else tags
+    out = bytearray()
+    for tag, value in items:
+        out += bytes.fromhex(tag)
+        ln = len(value)
+        if ln < 0x80:
+            out.append(ln)
+        elif ln < 0x100:
+            out += bytes((0x81, ln))
+        else:
+            out += bytes((0x82, ln >> 8, ln & 0xFF))
+        out += value
+    return bytes(out)
+
+
+def field55_tags(value: str) -> dict[str, bytes]:
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raise H2HError("field 55 is not hex", field="55") from None
+    return tlv_decode(raw)
+
+
+def tags_to_field55(tags: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> str:
+    return tlv_encode(tags).hex().upper()
+
+
+# ---------------------------------------------------------------- builders
+
+_KIND_CODES: dict[TxnKind, tuple[str, str, str]] = {
+    # kind: (MTI, processing code, 25)
+    TxnKind.SALE: ("0200", "000000", "00"),
+    TxnKind.BALANCE: ("0200", "310000", "00"),
+    TxnKind.PREAUTH: ("0100", "030000", "06"),
+    TxnKind.PREAUTH_VOID: ("0100", "200000", "06"),
+    TxnKind.COMPLETION: ("0200", "000000", "06"),
+    TxnKind.COMPLETION_ADVICE: ("0220", "000000", "06"),
+    TxnKind.VOID: ("0200", "200000", "00"),
+    TxnKind.REFUND: ("0220", "200000", "00"),
+}
+
+
+def financial_request(
+    kind: TxnKind | str,
+    *,
+    terminal_id: str,
+    merchant_id: str,
+    rrn: str,
+    amount: int | None = None,
+    pan: str | None = None,
+    track2: str | None = None,
+    expiry: str | None = None,
+    entry_mode: str = "021",
+    psn: str | None = None,
+    pin_block: str | None = None,
+    icc: Mapping[str, bytes] | None = None,
+    auth_code: str | None = None,
+    original: Mapping[str, str] | None = None,
+    acquirer_id: str = "00000000001",
+    currency: str = "156",
+    stan: str = "000000",
+    local: _dt.datetime | None = None,
+) -> dict[str, str]:
+    """Build a 0100/0200/0220 request. ``stan`` and field 7 are normally (re)set by ``IssuerLink``.
+
+    ``original`` (for void, refund, completion) is the original H2H request and fills field 90.
+    """
+    kind = TxnKind(kind)
+    if kind not in _KIND_CODES:
+        raise H2HError(f"no request builder for {kind.value}")
+    mti, proc, cond = _KIND_CODES[kind]
+    local = local or _dt.datetime.now()
+    msg: dict[str, str] = {"t": mti, "3": proc}
+    if pan:
+        msg["2"] = pan
+    if kind is not TxnKind.BALANCE:
+        if amount is None or amount < 0:
+            raise H2HError("amount (fen, >= 0) is required", field="4")
+        msg["4"] = f"{amount:012d}"
+    msg["7"] = transmission_time()
+    msg["11"] = stan
+    msg["12"] = local.strftime("%H%M%S")
+    msg["13"] = local.strftime("%m%d")
+    if expiry:
+        msg["14"] = expiry
+    msg["22"] = entry_mode
+    if psn is not None:
+        msg["23"] = psn.rjust(3, "0")
+    msg["25"] = cond
+    msg["32"] = acquirer_id
+    if track2:
+        msg["35"] = track2
+    msg["37"] = rrn
+    if auth_code:
+        msg["38"] = auth_code
+    msg["41"] = terminal_id.ljust(8)
+    msg["42"] = merchant_id.ljust(15)
+    msg["49"] = currency
+    if pin_block:
+        msg["52"] = pin_block.upper()
+    if icc:
+        msg["55"] = tags_to_field55(icc)
+    if original is not None:
+        msg["90"] = field90(original)
+    if "2" not in msg and "35" not in msg:
+        raise H2HError("either PAN (2) or track 2 (35) is required", field="2")
+    return msg
+
+
+_REVERSAL_DROP = ("35", "36", "45", "52", "53", "55", "38", "39", "54")
+_REVERSAL_ICC = ("95", "9F1E", "9F10", "9F36", "DF31")
+
+
+def reversal_for(original: Mapping[str, str], reason: str = "98", *, advice: bool = True,
+                 stan: str | None = None) -> dict[str, str]:
+    """A 0420 (``advice``) or 0400 reversing ``original``.
+
+    Keeps 2, 3, 4, 12, 13, 14, 22, 23, 25, 32, 37, 41, 42, 49; 39 = reason (98 timeout, A0 bad MAC,
+    06 other); 90 = original data elements; drops track data, PIN block and 38; 55 is cut to the
+    reversal tag set. Field 11 is ``stan`` (the link sets a fresh one per attempt) or the original's.
+    """
+    msg = {k: v for k, v in original.items() if k not in _REVERSAL_DROP and k not in ("p", "1", "90")}
+    msg["t"] = "0420" if advice else "0400"
+    msg["39"] = reason
+    msg["90"] = field90(original)
+    if stan is not None:
+        msg["11"] = stan
+    if "55" in original:
+        tags = field55_tags(original["55"])
+        kept = [(t, tags[t]) for t in _REVERSAL_ICC if t in tags]
+        if kept:
+            msg["55"] = tags_to_field55(kept)
+    if "2" not in msg and "35" in original:
+        pan = original["35"].replace("D", "=").split("=", 1)[0]
+        msg["2"] = pan
+    return msg
+
+
+def echo_request(stan: str) -> dict[str, str]:
+    """0800 echo test (field 70 = 301)."""
+    return {"t": "0800", "7": transmission_time(), "11": stan, "70": "301"}
+
+
+def response_to(request: Mapping[str, str], code: str, **fields: str) -> dict[str, str]:
+    """The response skeleton for ``request``: MTI + 10, echoed keys, 39 = ``code``, plus ``fields``."""
+    msg = {"t": response_mti(request.get("t", ""))}
+    for k in _ECHO:
+        if k in request:
+            msg[k] = request[k]
+    if "70" in request:
+        msg["70"] = request["70"]
+    msg["39"] = code
+    msg.update(fields)
+    return msg
