@@ -1,0 +1,348 @@
+"""The transaction journal: one row per transaction, durable before the terminal hears "approved".
+
+This module is the public face: the record type (:class:`TxnRecord`), the states, batch totals
+(:class:`BatchTotals`) and the :class:`Journal` facade the flows call.  Storage sits behind the small
+:class:`JournalStore` protocol; :mod:`switch.journal_sqlite` is the default (SQLite in WAL mode, a writer
+thread with group commit) so a PostgreSQL store can follow without touching the flows.
+
+What is stored: amounts, masked PAN plus a keyed hash (HMAC-SHA256) for lookups, RRN, auth code, STAN,
+batch, terminal, merchant, payment method, card organisation (63.1) and times.  What is never stored:
+clear PAN, track data, PIN blocks, keys.  :meth:`Journal.record` and :meth:`Journal.update_state` refuse
+such keys by name.
+
+Every write resolves only after its COMMIT, so ``await journal.commit_approval(...)`` before writing the
+0210 guarantees the approval survives a crash.  Writes issued concurrently share one transaction and one
+commit (group commit), so durability costs little under load; the event loop never waits on fsync.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from switch.logsafe import mask_pan
+
+# -- states and transaction types -------------------------------------------------------------------------
+
+RECEIVED = "received"
+SENT = "sent"
+APPROVED = "approved"
+DECLINED = "declined"
+REVERSED = "reversed"
+VOIDED = "voided"
+REFUNDED = "refunded"
+SETTLED = "settled"
+
+STATES: frozenset[str] = frozenset({RECEIVED, SENT, APPROVED, DECLINED, REVERSED, VOIDED, REFUNDED, SETTLED})
+#: rows that were sent on but have no final outcome yet (crash recovery looks at these)
+IN_FLIGHT_STATES: frozenset[str] = frozenset({RECEIVED, SENT})
+
+#: §8: the debit side counts sales (even if voided later), completions (online and advice), offline
+#: sale / adjust / tip; the credit side counts voids, refunds and completion voids.
+DEBIT_TYPES: frozenset[str] = frozenset({"sale", "completion", "completion_advice", "offline_sale", "adjust"})
+CREDIT_TYPES: frozenset[str] = frozenset({"void", "refund", "completion_void"})
+OTHER_TYPES: frozenset[str] = frozenset({"balance", "preauth", "preauth_void", "reversal"})
+TXN_TYPES: frozenset[str] = DEBIT_TYPES | CREDIT_TYPES | OTHER_TYPES
+
+PAYMENT_METHODS: frozenset[str] = frozenset({"swipe", "chip", "contactless", "qr", "keyed", "fallback", ""})
+
+#: keys that must never reach the journal (checked on every write)
+FORBIDDEN_KEYS: frozenset[str] = frozenset(
+    {"track2", "track3", "track", "pin", "pin_block", "pinblock", "field35", "field36", "field52", "clear_pan",
+     "cvv", "cvc", "key", "pik", "mak", "tdk", "tak", "tpk"}
+)
+
+
+class JournalError(Exception):
+    """A journal write or lookup failed (bad field, unknown row, storage error)."""
+
+
+@dataclass(slots=True)
+class TxnRecord:
+    """One journal row.  ``pan_masked`` / ``pan_hash`` are derived from a clear PAN that is never kept."""
+
+    terminal_id: str
+    merchant_id: str
+    txn_type: str
+    state: str = RECEIVED
+    amount: int = 0
+    currency: str = "156"
+    mti: str = ""
+    processing_code: str = ""
+    pan_masked: str = ""
+    pan_hash: str = ""
+    stan: str = ""
+    batch: int = 0
+    rrn: str = ""
+    auth_code: str = ""
+    response_code: str = ""
+    card_org: str = ""
+    payment_method: str = ""
+    entry_mode: str = ""
+    issuer: str = ""
+    original_id: int | None = None
+    qr_order_no: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    approved_at: float | None = None
+    settled_at: float | None = None
+    id: int | None = None
+
+    @property
+    def domestic(self) -> bool:
+        """§8: domestic (内卡) when the reply's 63.1 card organisation was ``CUP``."""
+        return self.card_org == "CUP"
+
+
+#: columns a caller may set (everything but the primary key)
+COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TxnRecord) if f.name != "id")
+_COLUMN_SET = frozenset(COLUMNS)
+
+
+@dataclass(slots=True)
+class SideTotals:
+    """One half of field 48 in the 0500: debit amount/count and credit amount/count, amounts in fen."""
+
+    debit_amount: int = 0
+    debit_count: int = 0
+    credit_amount: int = 0
+    credit_count: int = 0
+
+
+@dataclass(slots=True)
+class BatchTotals:
+    """Totals of one terminal batch, split domestic (63.1 ``CUP``) / foreign as in §8."""
+
+    domestic: SideTotals = field(default_factory=SideTotals)
+    foreign: SideTotals = field(default_factory=SideTotals)
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {"domestic": dataclasses.asdict(self.domestic), "foreign": dataclasses.asdict(self.foreign)}
+
+
+class JournalStore(Protocol):
+    """What a storage backend provides.  All methods are coroutines and never block the event loop."""
+
+    commit_count: int
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def insert(self, rec: TxnRecord) -> int: ...
+    async def update(self, txn_id: int, fields: Mapping[str, Any]) -> None: ...
+    async def get(self, txn_id: int) -> TxnRecord | None: ...
+    async def find_by_trace(
+        self, terminal_id: str, merchant_id: str, batch: int | None, stan: str, mti_class: str | None
+    ) -> TxnRecord | None: ...
+    async def find_by_rrn(self, terminal_id: str, merchant_id: str, rrn: str) -> TxnRecord | None: ...
+    async def find_by_pan_hash(self, pan_hash: str, limit: int) -> list[TxnRecord]: ...
+    async def refunded_total(self, original_id: int) -> int: ...
+    async def batch_totals(self, terminal_id: str, merchant_id: str, batch: int) -> BatchTotals: ...
+    async def in_flight(self) -> list[TxnRecord]: ...
+    async def mark_settled(self, terminal_id: str, merchant_id: str, batch: int, at: float) -> int: ...
+    async def rows_between(self, start: float, end: float, merchant_id: str | None) -> list[TxnRecord]: ...
+    def max_rrn_with_prefix(self, prefix: str) -> str | None: ...
+
+
+def _check_fields(fields: Mapping[str, Any]) -> None:
+    for key in fields:
+        if key.lower() in FORBIDDEN_KEYS:
+            raise JournalError(f"journal: field {key!r} must never be stored")
+        if key not in _COLUMN_SET:
+            raise JournalError(f"journal: unknown field {key!r}")
+    state = fields.get("state")
+    if state is not None and state not in STATES:
+        raise JournalError(f"journal: unknown state {state!r}")
+    txn_type = fields.get("txn_type")
+    if txn_type is not None and txn_type not in TXN_TYPES:
+        raise JournalError(f"journal: unknown txn_type {txn_type!r}")
+    method = fields.get("payment_method")
+    if method is not None and method not in PAYMENT_METHODS:
+        raise JournalError(f"journal: unknown payment_method {method!r}")
+
+
+class RrnGenerator:
+    """12-digit retrieval reference numbers: ``Y DDD`` (last year digit, day of year) + 8-digit sequence.
+
+    The sequence restarts every day; after a restart it resumes above the highest RRN of the day found in
+    the journal plus a safety gap (RRNs handed out but not yet journaled when the process died).
+    """
+
+    GAP = 1000
+
+    def __init__(self, store: JournalStore, clock: Any = time.localtime) -> None:
+        self._store = store
+        self._clock = clock
+        self._prefix = ""
+        self._seq = 0
+
+    def next(self) -> str:
+        t = self._clock()
+        prefix = f"{t.tm_year % 10}{t.tm_yday:03d}"
+        if prefix != self._prefix:
+            top = self._store.max_rrn_with_prefix(prefix)
+            self._seq = int(top[4:]) + self.GAP if top else 0
+            self._prefix = prefix
+        self._seq += 1
+        if self._seq > 99_999_999:
+            raise JournalError("journal: RRN sequence exhausted for today")
+        return f"{prefix}{self._seq:08d}"
+
+
+class Journal:
+    """Async facade over a :class:`JournalStore`.
+
+    ``Journal(path, pan_hash_key)`` uses the SQLite store; pass ``store=`` for another backend.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        pan_hash_key: bytes = b"",
+        *,
+        group_commit_ms: float = 1.0,
+        synchronous: str = "FULL",
+        store: JournalStore | None = None,
+        on_commit: Any = None,
+    ) -> None:
+        if len(pan_hash_key) < 16:
+            raise JournalError("journal: pan_hash_key must be at least 16 bytes")
+        if store is None:
+            if path is None:
+                raise JournalError("journal: a path (or a store) is required")
+            from switch.journal_sqlite import SqliteJournalStore
+
+            store = SqliteJournalStore(
+                path, group_commit_ms=group_commit_ms, synchronous=synchronous, on_commit=on_commit
+            )
+        self.store: JournalStore = store
+        self._key = bytes(pan_hash_key)
+        self._rrn = RrnGenerator(store)
+
+    @classmethod
+    async def open(cls, path: str, pan_hash_key: bytes, **kwargs: Any) -> Journal:
+        journal = cls(path, pan_hash_key, **kwargs)
+        await journal.start()
+        return journal
+
+    async def start(self) -> None:
+        await self.store.start()
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    @property
+    def commit_count(self) -> int:
+        """How many COMMITs the store has issued (group commit makes this far below the write count)."""
+        return self.store.commit_count
+
+    # -- helpers ----------------------------------------------------------------------------------------
+    def pan_hash(self, pan: str) -> str:
+        """HMAC-SHA256 of the PAN digits under the configured key (hex): equal PANs give equal hashes."""
+        return hmac.new(self._key, pan.strip().encode("ascii"), hashlib.sha256).hexdigest()
+
+    def next_rrn(self) -> str:
+        """A fresh 12-digit RRN (field 37), unique for this journal."""
+        return self._rrn.next()
+
+    def _prepare(self, fields: dict[str, Any]) -> dict[str, Any]:
+        pan = fields.pop("pan", None)
+        if pan:
+            pan = pan.decode("ascii") if isinstance(pan, bytes | bytearray) else str(pan)
+            fields["pan_masked"] = mask_pan(pan)
+            fields["pan_hash"] = self.pan_hash(pan)
+        if "stan" in fields and fields["stan"] not in (None, ""):
+            fields["stan"] = f"{int(fields['stan']):06d}"
+        if "batch" in fields and fields["batch"] not in (None, ""):
+            fields["batch"] = int(fields["batch"])
+        _check_fields(fields)
+        return fields
+
+    # -- writes -----------------------------------------------------------------------------------------
+    async def record(self, txn: TxnRecord | Mapping[str, Any]) -> int:
+        """Insert a new row; returns its id after the COMMIT.  A dict may carry a clear ``pan``."""
+        if isinstance(txn, TxnRecord):
+            rec = txn
+            _check_fields({k: getattr(rec, k) for k in COLUMNS})
+        else:
+            fields = self._prepare(dict(txn))
+            for required in ("terminal_id", "merchant_id", "txn_type"):
+                if not fields.get(required):
+                    raise JournalError(f"journal: field {required!r} is required")
+            rec = TxnRecord(**fields)
+        now = time.time()
+        rec.created_at = rec.created_at or now
+        rec.updated_at = now
+        if rec.state == APPROVED and rec.approved_at is None:
+            rec.approved_at = now
+        rec.id = await self.store.insert(rec)
+        return rec.id
+
+    insert = record
+
+    async def update_state(self, txn_id: int, state: str, **fields: Any) -> None:
+        """Move a row to ``state`` and set any other columns; resolves after the COMMIT."""
+        fields["state"] = state
+        fields = self._prepare(fields)
+        now = time.time()
+        fields["updated_at"] = now
+        if state == APPROVED:
+            fields.setdefault("approved_at", now)
+        await self.store.update(txn_id, fields)
+
+    async def commit_approval(
+        self, txn_id: int, rrn: str, auth_code: str, response_code: str = "00", **fields: Any
+    ) -> None:
+        """Record an approval durably; call it before writing the approving reply to the terminal."""
+        await self.update_state(
+            txn_id, APPROVED, rrn=rrn, auth_code=auth_code, response_code=response_code, **fields
+        )
+
+    # -- lookups ----------------------------------------------------------------------------------------
+    async def get(self, txn_id: int) -> TxnRecord | None:
+        return await self.store.get(txn_id)
+
+    async def find_by_trace(
+        self, terminal_id: str, merchant_id: str, batch: int | None, stan: str | int, mti_class: str | None = None
+    ) -> TxnRecord | None:
+        """Newest row of this terminal with that STAN (and batch when given; ``mti_class`` e.g. ``"02"``)."""
+        return await self.store.find_by_trace(terminal_id, merchant_id, batch, f"{int(stan):06d}", mti_class)
+
+    async def find_original(
+        self, terminal_id: str, merchant_id: str, stan: str | int, batch: int | None
+    ) -> TxnRecord | None:
+        return await self.find_by_trace(terminal_id, merchant_id, batch, stan)
+
+    async def find_by_rrn(self, terminal_id: str, merchant_id: str, rrn: str) -> TxnRecord | None:
+        return await self.store.find_by_rrn(terminal_id, merchant_id, rrn)
+
+    async def find_by_pan(self, pan: str, limit: int = 50) -> list[TxnRecord]:
+        """Rows for a card, newest first, found through the keyed hash (the PAN itself is not stored)."""
+        return await self.store.find_by_pan_hash(self.pan_hash(pan), limit)
+
+    async def refunded_total(self, original_id: int) -> int:
+        """Sum of approved (or settled) refunds pointing at ``original_id``, in fen."""
+        return await self.store.refunded_total(original_id)
+
+    async def batch_totals(self, terminal_id: str, merchant_id: str, batch: int) -> BatchTotals:
+        return await self.store.batch_totals(terminal_id, merchant_id, int(batch))
+
+    async def in_flight(self) -> list[TxnRecord]:
+        """Rows still ``received`` or ``sent`` (no outcome): candidates for reversal after a crash."""
+        return await self.store.in_flight()
+
+    async def mark_settled(self, terminal_id: str, merchant_id: str, batch: int) -> int:
+        """Settle a batch: its approved / voided / refunded debit and credit rows become ``settled``.
+
+        Pre-authorisations and balance enquiries are left alone (a pre-auth may complete in a later batch).
+        Returns the number of rows settled.
+        """
+        return await self.store.mark_settled(terminal_id, merchant_id, int(batch), time.time())
+
+    async def rows_between(self, start: float, end: float, merchant_id: str | None = None) -> list[TxnRecord]:
+        """Rows created in ``[start, end)`` (epoch seconds), for reports."""
+        return await self.store.rows_between(start, end, merchant_id)

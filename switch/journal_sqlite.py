@@ -1,0 +1,447 @@
+"""SQLite storage for the journal: WAL mode, one writer thread with group commit, one reader thread.
+
+:class:`SqliteWriter` owns the only writing connection.  Callers enqueue a function ``fn(conn)``; the
+thread takes everything queued (waiting at most ``group_commit_ms`` for more once it has work), runs the
+batch inside one ``BEGIN IMMEDIATE`` … ``COMMIT`` with a SAVEPOINT per operation (one failing operation
+does not sink the others) and only then resolves every waiting future.  While one commit is being
+fsynced, the next batch accumulates, so under load the number of commits stays far below the number
+of writes.  Reads use a separate connection on their own thread: WAL lets them run beside the writer.
+
+Migrations are idempotent: ``schema_version(component, version)`` records what each component
+(``journal``, ``registry``) has applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from switch.journal import (
+    APPROVED,
+    COLUMNS,
+    CREDIT_TYPES,
+    DEBIT_TYPES,
+    IN_FLIGHT_STATES,
+    REFUNDED,
+    REVERSED,
+    SETTLED,
+    VOIDED,
+    BatchTotals,
+    JournalError,
+    SideTotals,
+    TxnRecord,
+)
+from switch.logsafe import kv
+
+log = logging.getLogger("switch.journal")
+
+_STOP = object()
+
+#: (version, statements) per component; append new versions, never edit applied ones
+JOURNAL_MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """CREATE TABLE IF NOT EXISTS txn (
+                id INTEGER PRIMARY KEY,
+                terminal_id TEXT NOT NULL,
+                merchant_id TEXT NOT NULL,
+                txn_type TEXT NOT NULL,
+                state TEXT NOT NULL CHECK (state IN
+                    ('received','sent','approved','declined','reversed','voided','refunded','settled')),
+                amount INTEGER NOT NULL DEFAULT 0,
+                currency TEXT NOT NULL DEFAULT '156',
+                mti TEXT NOT NULL DEFAULT '',
+                processing_code TEXT NOT NULL DEFAULT '',
+                pan_masked TEXT NOT NULL DEFAULT '',
+                pan_hash TEXT NOT NULL DEFAULT '',
+                stan TEXT NOT NULL DEFAULT '',
+                batch INTEGER NOT NULL DEFAULT 0,
+                rrn TEXT NOT NULL DEFAULT '',
+                auth_code TEXT NOT NULL DEFAULT '',
+                response_code TEXT NOT NULL DEFAULT '',
+                card_org TEXT NOT NULL DEFAULT '',
+                payment_method TEXT NOT NULL DEFAULT '',
+                entry_mode TEXT NOT NULL DEFAULT '',
+                issuer TEXT NOT NULL DEFAULT '',
+                original_id INTEGER REFERENCES txn(id),
+                qr_order_no TEXT NOT NULL DEFAULT '',
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                approved_at REAL,
+                settled_at REAL
+            )""",
+            "CREATE INDEX IF NOT EXISTS txn_trace ON txn(terminal_id, merchant_id, stan, batch)",
+            "CREATE INDEX IF NOT EXISTS txn_term_rrn ON txn(terminal_id, merchant_id, rrn)",
+            "CREATE INDEX IF NOT EXISTS txn_rrn ON txn(rrn)",
+            "CREATE INDEX IF NOT EXISTS txn_batch ON txn(terminal_id, merchant_id, batch)",
+            "CREATE INDEX IF NOT EXISTS txn_pan_hash ON txn(pan_hash)",
+            "CREATE INDEX IF NOT EXISTS txn_original ON txn(original_id)",
+            "CREATE INDEX IF NOT EXISTS txn_in_flight ON txn(state) WHERE state IN ('received','sent')",
+            "CREATE INDEX IF NOT EXISTS txn_created ON txn(created_at)",
+        ],
+    ),
+]
+
+
+def connect(path: str, synchronous: str = "FULL", readonly: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode (explicit BEGIN/COMMIT), WAL, foreign keys, busy timeout."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout=30000")
+    if not readonly:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal" and path != ":memory:":
+            raise JournalError(f"journal: cannot switch {path} to WAL (got {mode})")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[tuple[int, list[str]]]) -> int:
+    """Apply the missing migrations of ``component`` in one transaction; returns the resulting version."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+        )
+        row = conn.execute("SELECT version FROM schema_version WHERE component=?", (component,)).fetchone()
+        current = row[0] if row else 0
+        for version, statements in migrations:
+            if version <= current:
+                continue
+            for stmt in statements:
+                conn.execute(stmt)
+            conn.execute(
+                "INSERT INTO schema_version(component, version) VALUES (?, ?) "
+                "ON CONFLICT(component) DO UPDATE SET version=excluded.version",
+                (component, version),
+            )
+            current = version
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return current
+
+
+class SqliteWriter:
+    """The single writing connection of one database, on its own thread, with group commit."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        group_commit_ms: float = 1.0,
+        max_batch: int = 512,
+        synchronous: str = "FULL",
+        on_commit: Callable[[int, float], None] | None = None,
+        name: str = "journal-writer",
+    ) -> None:
+        self.path = path
+        self.window = max(0.0, group_commit_ms) / 1000.0
+        self.max_batch = max_batch
+        self.synchronous = synchronous
+        self.on_commit = on_commit
+        self.commit_count = 0
+        self.op_count = 0
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._conn: sqlite3.Connection | None = None
+        self._started = False
+
+    def start(self, init: Callable[[sqlite3.Connection], Any] | None = None) -> None:
+        """Open the connection (and run ``init``, e.g. migrations) synchronously, then start the thread."""
+        self._conn = connect(self.path, self.synchronous)
+        if init is not None:
+            init(self._conn)
+        self._started = True
+        self._thread.start()
+
+    def submit(self, fn: Callable[[sqlite3.Connection], Any]) -> concurrent.futures.Future[Any]:
+        """Queue ``fn(conn)``; the future resolves with its result after the COMMIT that includes it."""
+        if not self._started:
+            raise JournalError("journal: store is not started")
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put((fn, fut))
+        return fut
+
+    async def run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        return await asyncio.wrap_future(self.submit(fn))
+
+    def stop(self) -> None:
+        """Finish every queued operation, then close the connection."""
+        if not self._started:
+            return
+        self._started = False
+        self._queue.put(_STOP)
+        self._thread.join()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- the thread -------------------------------------------------------------------------------------
+    def _collect(self, first: Any) -> tuple[list[Any], bool]:
+        batch = [first]
+        deadline = time.monotonic() + self.window
+        while len(batch) < self.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _run(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            batch, stop = self._collect(first)
+            self._execute(conn, batch)
+
+    def _execute(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+        t0 = time.perf_counter()
+        outcomes: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, fut in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = fn(conn)
+                except Exception as exc:  # one bad operation must not sink the group
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((fut, None, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((fut, result, None))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            log.error("journal commit failed", extra=kv(ops=len(batch), error=str(exc)))
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            for _fn, fut in batch:
+                if not fut.done():
+                    fut.set_exception(JournalError(f"journal: commit failed: {exc}"))
+            return
+        elapsed = time.perf_counter() - t0
+        self.commit_count += 1
+        self.op_count += len(batch)
+        if self.on_commit is not None:
+            try:
+                self.on_commit(len(batch), elapsed)
+            except Exception:  # metrics must never break the journal
+                log.exception("journal on_commit hook failed")
+        for fut, result, exc in outcomes:
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+
+class SqliteReader:
+    """A read connection on a one-thread executor, so lookups never block the event loop."""
+
+    def __init__(self, path: str, name: str = "journal-reader") -> None:
+        self.path = path
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._conn: sqlite3.Connection | None = None
+
+    def _open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect(self.path, readonly=True)
+            self._conn.execute("PRAGMA query_only=1")
+        return self._conn
+
+    def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn(conn)`` synchronously on the reader thread (for start-up code)."""
+        return self._pool.submit(lambda: fn(self._open())).result()
+
+    async def run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        return await asyncio.wrap_future(self._pool.submit(lambda: fn(self._open())))
+
+    def close(self) -> None:
+        def _close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        self._pool.submit(_close).result()
+        self._pool.shutdown(wait=True)
+
+
+_SELECT = "SELECT * FROM txn"
+
+
+def row_to_record(row: sqlite3.Row | None) -> TxnRecord | None:
+    if row is None:
+        return None
+    return TxnRecord(**{k: row[k] for k in row.keys()})
+
+
+_DEBIT_SQL = ",".join(f"'{t}'" for t in sorted(DEBIT_TYPES))
+_CREDIT_SQL = ",".join(f"'{t}'" for t in sorted(CREDIT_TYPES))
+
+
+class SqliteJournalStore:
+    """:class:`switch.journal.JournalStore` on SQLite."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        group_commit_ms: float = 1.0,
+        synchronous: str = "FULL",
+        on_commit: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.path = str(path)
+        self.writer = SqliteWriter(
+            self.path, group_commit_ms=group_commit_ms, synchronous=synchronous, on_commit=on_commit
+        )
+        self.reader = SqliteReader(self.path)
+        self._started = False
+
+    @property
+    def commit_count(self) -> int:
+        return self.writer.commit_count
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        loop = asyncio.get_running_loop()
+        # opening + migrating touches the disk: keep it off the loop too
+        await loop.run_in_executor(None, self.writer.start, lambda c: migrate(c, "journal", JOURNAL_MIGRATIONS))
+        self._started = True
+
+    async def close(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.writer.stop)
+        await loop.run_in_executor(None, self.reader.close)
+
+    # -- writes -----------------------------------------------------------------------------------------
+    async def insert(self, rec: TxnRecord) -> int:
+        values = {k: getattr(rec, k) for k in COLUMNS}
+        cols = ",".join(values)
+        marks = ",".join("?" for _ in values)
+        sql = f"INSERT INTO txn({cols}) VALUES ({marks})"
+        params = tuple(values.values())
+        return await self.writer.run(lambda c: c.execute(sql, params).lastrowid)
+
+    async def update(self, txn_id: int, fields: Mapping[str, Any]) -> None:
+        sets = ",".join(f"{k}=?" for k in fields)
+        sql = f"UPDATE txn SET {sets} WHERE id=?"
+        params = (*fields.values(), txn_id)
+
+        def _update(c: sqlite3.Connection) -> None:
+            if c.execute(sql, params).rowcount != 1:
+                raise JournalError(f"journal: no transaction with id {txn_id}")
+
+        await self.writer.run(_update)
+
+    async def mark_settled(self, terminal_id: str, merchant_id: str, batch: int, at: float) -> int:
+        sql = (
+            "UPDATE txn SET state=?, settled_at=?, updated_at=? WHERE terminal_id=? AND merchant_id=? "
+            f"AND batch=? AND state IN (?,?,?) AND txn_type IN ({_DEBIT_SQL},{_CREDIT_SQL})"
+        )
+        params = (SETTLED, at, at, terminal_id, merchant_id, batch, APPROVED, VOIDED, REFUNDED)
+        return await self.writer.run(lambda c: c.execute(sql, params).rowcount)
+
+    # -- reads ------------------------------------------------------------------------------------------
+    async def _one(self, sql: str, params: Sequence[Any]) -> TxnRecord | None:
+        return await self.reader.run(lambda c: row_to_record(c.execute(sql, params).fetchone()))
+
+    async def _many(self, sql: str, params: Sequence[Any]) -> list[TxnRecord]:
+        return await self.reader.run(lambda c: [row_to_record(r) for r in c.execute(sql, params).fetchall()])
+
+    async def get(self, txn_id: int) -> TxnRecord | None:
+        return await self._one(f"{_SELECT} WHERE id=?", (txn_id,))
+
+    async def find_by_trace(
+        self, terminal_id: str, merchant_id: str, batch: int | None, stan: str, mti_class: str | None
+    ) -> TxnRecord | None:
+        sql = f"{_SELECT} WHERE terminal_id=? AND merchant_id=? AND stan=?"
+        params: list[Any] = [terminal_id, merchant_id, stan]
+        if batch is not None:
+            sql += " AND batch=?"
+            params.append(int(batch))
+        if mti_class:
+            sql += " AND substr(mti, 1, 2)=?"
+            params.append(mti_class)
+        return await self._one(sql + " ORDER BY id DESC LIMIT 1", params)
+
+    async def find_by_rrn(self, terminal_id: str, merchant_id: str, rrn: str) -> TxnRecord | None:
+        sql = f"{_SELECT} WHERE terminal_id=? AND merchant_id=? AND rrn=? ORDER BY id DESC LIMIT 1"
+        return await self._one(sql, (terminal_id, merchant_id, rrn))
+
+    async def find_by_pan_hash(self, pan_hash: str, limit: int) -> list[TxnRecord]:
+        return await self._many(f"{_SELECT} WHERE pan_hash=? ORDER BY id DESC LIMIT ?", (pan_hash, limit))
+
+    async def refunded_total(self, original_id: int) -> int:
+        sql = (
+            "SELECT COALESCE(SUM(amount), 0) FROM txn WHERE original_id=? AND txn_type='refund' "
+            "AND approved_at IS NOT NULL AND state != ?"
+        )
+        return await self.reader.run(lambda c: int(c.execute(sql, (original_id, REVERSED)).fetchone()[0]))
+
+    async def batch_totals(self, terminal_id: str, merchant_id: str, batch: int) -> BatchTotals:
+        sql = f"""
+            SELECT card_org = 'CUP' AS domestic,
+                   txn_type IN ({_DEBIT_SQL}) AS debit,
+                   COALESCE(SUM(amount), 0), COUNT(*)
+            FROM txn
+            WHERE terminal_id=? AND merchant_id=? AND batch=? AND approved_at IS NOT NULL AND state != ?
+              AND txn_type IN ({_DEBIT_SQL},{_CREDIT_SQL})
+            GROUP BY 1, 2"""
+
+        def _totals(c: sqlite3.Connection) -> BatchTotals:
+            totals = BatchTotals(SideTotals(), SideTotals())
+            for domestic, debit, amount, count in c.execute(sql, (terminal_id, merchant_id, batch, REVERSED)):
+                side = totals.domestic if domestic else totals.foreign
+                if debit:
+                    side.debit_amount, side.debit_count = int(amount), int(count)
+                else:
+                    side.credit_amount, side.credit_count = int(amount), int(count)
+            return totals
+
+        return await self.reader.run(_totals)
+
+    async def in_flight(self) -> list[TxnRecord]:
+        marks = ",".join("?" for _ in IN_FLIGHT_STATES)
+        return await self._many(f"{_SELECT} WHERE state IN ({marks}) ORDER BY id", sorted(IN_FLIGHT_STATES))
+
+    async def rows_between(self, start: float, end: float, merchant_id: str | None) -> list[TxnRecord]:
+        sql = f"{_SELECT} WHERE created_at >= ? AND created_at < ?"
+        params: list[Any] = [start, end]
+        if merchant_id:
+            sql += " AND merchant_id=?"
+            params.append(merchant_id)
+        return await self._many(sql + " ORDER BY id", params)
+
+    def max_rrn_with_prefix(self, prefix: str) -> str | None:
+        # called once per day by the RRN generator; runs on the reader thread
+        sql = "SELECT MAX(rrn) FROM txn WHERE rrn LIKE ? AND length(rrn) = 12"
+        return self.reader.call(lambda c: c.execute(sql, (prefix + "%",)).fetchone()[0])

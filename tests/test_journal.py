@@ -1,0 +1,267 @@
+"""Journal: group commit, durability, no sensitive data on disk, lookups, refund and batch totals."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from switch.journal import (
+    APPROVED,
+    CREDIT_TYPES,
+    DEBIT_TYPES,
+    Journal,
+    JournalError,
+    TxnRecord,
+)
+
+KEY = bytes(range(32))
+PAN = "6212345678901234567"
+TID, MID = "00000001", "898310048140001"
+
+
+@pytest.fixture
+async def journal(tmp_path: Path):
+    j = await Journal.open(str(tmp_path / "j.db"), KEY, group_commit_ms=5.0)
+    yield j
+    await j.close()
+
+
+def sale(**kw):
+    base = dict(terminal_id=TID, merchant_id=MID, txn_type="sale", mti="0200", processing_code="000000",
+                amount=1000, stan=1, batch=7, pan=PAN, card_org="CUP", payment_method="chip")
+    base.update(kw)
+    return base
+
+
+async def test_group_commit_groups_concurrent_approvals(tmp_path: Path) -> None:
+    sizes: list[int] = []
+    j = await Journal.open(str(tmp_path / "g.db"), KEY, group_commit_ms=20.0, on_commit=lambda n, s: sizes.append(n))
+    try:
+        ids = await asyncio.gather(*(j.record(sale(stan=i)) for i in range(300)))
+        inserts_commits = j.commit_count
+        await asyncio.gather(*(j.commit_approval(i, j.next_rrn(), f"A{i:05d}") for i in ids))
+        approval_commits = j.commit_count - inserts_commits
+    finally:
+        await j.close()
+    assert len(set(ids)) == 300
+    # 300 writes each way, but only a handful of COMMITs
+    assert 1 <= inserts_commits <= 10
+    assert 1 <= approval_commits <= 10
+    assert sum(sizes) == 600 and max(sizes) > 30
+
+
+async def test_approval_is_durable_before_the_call_returns(journal: Journal, tmp_path: Path) -> None:
+    txn_id = await journal.record(sale())
+    rrn = journal.next_rrn()
+    await journal.commit_approval(txn_id, rrn, "123456", amount=900)
+    fresh = sqlite3.connect(str(tmp_path / "j.db"))
+    try:
+        row = fresh.execute("SELECT state, rrn, auth_code, response_code, amount, approved_at FROM txn WHERE id=?",
+                            (txn_id,)).fetchone()
+    finally:
+        fresh.close()
+    assert row[:5] == ("approved", rrn, "123456", "00", 900)
+    assert row[5] is not None
+
+
+async def test_no_clear_pan_track_or_pin_block_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    j = await Journal.open(str(path), KEY)
+    try:
+        for i in range(20):
+            await j.record(sale(stan=i))
+        with pytest.raises(JournalError, match="track2"):
+            await j.record(sale(track2=PAN + "=2512"))
+        with pytest.raises(JournalError, match="pin_block"):
+            await j.record(sale(pin_block="9CA4E8A0FA2C49B3"))
+        with pytest.raises(JournalError, match="field52"):
+            await j.update_state(1, APPROVED, field52=b"\x9c\xa4")
+        rec = await j.get(1)
+    finally:
+        await j.close()
+    assert rec is not None and rec.pan_masked == "621234*********4567"
+    assert rec.pan_hash == j.pan_hash(PAN) and len(rec.pan_hash) == 64
+    blob = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("s.db"))
+    assert b"621234*********4567" in blob  # the scan does see row data
+    for needle in (PAN, PAN[6:15], PAN + "=2512", "9CA4E8A0FA2C49B3"):
+        assert needle.encode() not in blob
+    assert bytes.fromhex("6212345678901234") not in blob  # nor BCD-packed
+
+
+async def test_lookups(journal: Journal) -> None:
+    a = await journal.record(sale(stan=11, batch=1))
+    b = await journal.record(sale(stan=11, batch=2, mti="0100", txn_type="preauth"))
+    rrn = journal.next_rrn()
+    await journal.commit_approval(a, rrn, "000111")
+    assert (await journal.find_by_trace(TID, MID, 1, "000011")).id == a
+    assert (await journal.find_by_trace(TID, MID, None, 11)).id == b  # newest first
+    assert (await journal.find_by_trace(TID, MID, None, 11, mti_class="02")).id == a
+    assert await journal.find_by_trace(TID, MID, 3, 11) is None
+    assert await journal.find_by_trace("00000002", MID, 1, 11) is None
+    assert (await journal.find_by_rrn(TID, MID, rrn)).id == a
+    assert await journal.find_by_rrn(TID, "999999999999999", rrn) is None
+    assert [r.id for r in await journal.find_by_pan(PAN)] == [b, a]
+    assert await journal.find_by_pan("6212345678901235") == []
+
+
+async def test_refunded_total_counts_only_successful_refunds(journal: Journal) -> None:
+    orig = await journal.record(sale(amount=10_000, state=APPROVED))
+    for amount, outcome in ((3000, "approved"), (2000, "approved"), (500, "declined"), (700, "reversed")):
+        r = await journal.record(sale(txn_type="refund", amount=amount, original_id=orig, mti="0220"))
+        if outcome == "approved":
+            await journal.commit_approval(r, journal.next_rrn(), "R00001")
+        elif outcome == "reversed":
+            await journal.commit_approval(r, journal.next_rrn(), "R00002")
+            await journal.update_state(r, "reversed")
+        else:
+            await journal.update_state(r, "declined", response_code="51")
+    assert await journal.refunded_total(orig) == 5000
+    assert await journal.refunded_total(orig + 1000) == 0
+
+
+async def test_batch_totals_follow_section_8(journal: Journal) -> None:
+    async def approved(**kw) -> int:
+        txn_id = await journal.record(sale(**kw))
+        await journal.commit_approval(txn_id, journal.next_rrn(), "000001")
+        return txn_id
+
+    s1 = await approved(amount=1000)
+    await approved(amount=2000, card_org="VIS")
+    await approved(amount=300, txn_type="void", original_id=s1)
+    await journal.update_state(s1, "voided")  # a voided sale still counts on the debit side
+    await approved(amount=400, txn_type="refund", card_org="MCC")
+    await approved(amount=500, txn_type="completion")
+    rev = await approved(amount=700)
+    await journal.update_state(rev, "reversed")
+    await journal.record(sale(amount=800))  # never approved
+    await approved(amount=900, txn_type="preauth")  # not part of the totals
+    await approved(amount=50, batch=8)  # other batch
+    t = await journal.batch_totals(TID, MID, 7)
+    assert (t.domestic.debit_amount, t.domestic.debit_count) == (1500, 2)
+    assert (t.domestic.credit_amount, t.domestic.credit_count) == (300, 1)
+    assert (t.foreign.debit_amount, t.foreign.debit_count) == (2000, 1)
+    assert (t.foreign.credit_amount, t.foreign.credit_count) == (400, 1)
+    assert await journal.mark_settled(TID, MID, 7) == 5
+    assert await journal.batch_totals(TID, MID, 7) == t  # settled rows keep counting
+    assert (await journal.get(s1)).state == "settled"
+
+
+async def test_in_flight_and_states(journal: Journal) -> None:
+    a = await journal.record(sale(stan=1))
+    b = await journal.record(sale(stan=2))
+    c = await journal.record(sale(stan=3))
+    await journal.update_state(b, "sent", issuer="cup")
+    await journal.update_state(c, "declined", response_code="51")
+    assert [r.id for r in await journal.in_flight()] == [a, b]
+    with pytest.raises(JournalError, match="unknown state"):
+        await journal.update_state(a, "lost")
+    with pytest.raises(JournalError, match="no transaction with id 999"):
+        await journal.update_state(999, "sent")
+
+
+async def test_one_bad_write_does_not_sink_its_group(journal: Journal) -> None:
+    results = await asyncio.gather(
+        *(journal.record(sale(stan=i)) for i in range(10)),
+        journal.update_state(12345, "sent"),
+        *(journal.record(sale(stan=i)) for i in range(10, 20)),
+        return_exceptions=True,
+    )
+    assert isinstance(results[10], JournalError)
+    ok = [r for r in results if isinstance(r, int)]
+    assert len(ok) == 20
+    assert len(await journal.in_flight()) == 20
+
+
+async def test_rrn_is_unique_and_survives_restart(tmp_path: Path) -> None:
+    path = str(tmp_path / "r.db")
+    j = await Journal.open(path, KEY)
+    rrns = [j.next_rrn() for _ in range(500)]
+    await j.record(sale(rrn=rrns[-1]))
+    await j.close()
+    assert len(set(rrns)) == 500 and all(len(r) == 12 and r.isdigit() for r in rrns)
+    j2 = await Journal.open(path, KEY)
+    try:
+        again = j2.next_rrn()
+    finally:
+        await j2.close()
+    assert again[:4] == rrns[-1][:4] and int(again[4:]) > int(rrns[-1][4:])
+
+
+async def test_migrations_are_idempotent(tmp_path: Path) -> None:
+    path = str(tmp_path / "m.db")
+    for _ in range(3):
+        j = await Journal.open(path, KEY)
+        await j.record(sale())
+        await j.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT version FROM schema_version WHERE component='journal'").fetchone() == (1,)
+        assert conn.execute("SELECT COUNT(*) FROM txn").fetchone() == (3,)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        conn.close()
+
+
+def test_bad_input_is_named() -> None:
+    with pytest.raises(JournalError, match="pan_hash_key"):
+        Journal("x.db", b"short")
+
+
+async def test_record_rejects_unknown_fields_and_types(journal: Journal) -> None:
+    with pytest.raises(JournalError, match="'colour'"):
+        await journal.record(sale(colour="red"))
+    with pytest.raises(JournalError, match="txn_type 'gift'"):
+        await journal.record(sale(txn_type="gift"))
+    with pytest.raises(JournalError, match="'merchant_id' is required"):
+        await journal.record({"terminal_id": TID, "txn_type": "sale"})
+    rec = TxnRecord(terminal_id=TID, merchant_id=MID, txn_type="balance")
+    assert await journal.record(rec) == rec.id
+
+
+# -- differential property: SQL batch totals == a plain Python model of §8 ----------------------------------
+
+_row = st.tuples(
+    st.sampled_from(sorted(DEBIT_TYPES | CREDIT_TYPES | {"balance", "preauth"})),
+    st.sampled_from(["CUP", "VIS", "MCC", ""]),
+    st.sampled_from(["approved", "declined", "reversed", "voided", "received"]),
+    st.integers(min_value=0, max_value=10**9),
+    st.sampled_from([1, 2]),
+)
+
+
+@settings(max_examples=25)
+@given(rows=st.lists(_row, max_size=30))
+def test_batch_totals_match_a_python_model(rows) -> None:
+    async def run() -> None:
+        with tempfile.TemporaryDirectory() as d:
+            j = await Journal.open(str(Path(d) / "p.db"), KEY, synchronous="OFF")
+            try:
+                for i, (typ, org, state, amount, batch) in enumerate(rows):
+                    txn_id = await j.record(sale(txn_type=typ, card_org=org, amount=amount, batch=batch, stan=i))
+                    if state != "received":
+                        if state != "declined":
+                            await j.commit_approval(txn_id, j.next_rrn(), "000001")
+                        if state != "approved":
+                            await j.update_state(txn_id, state)
+                got = await j.batch_totals(TID, MID, 1)
+            finally:
+                await j.close()
+        want = {("d", "D"): [0, 0], ("d", "C"): [0, 0], ("f", "D"): [0, 0], ("f", "C"): [0, 0]}
+        for typ, org, state, amount, batch in rows:
+            if batch != 1 or state in ("declined", "reversed", "received"):
+                continue
+            if typ in DEBIT_TYPES or typ in CREDIT_TYPES:
+                key = ("d" if org == "CUP" else "f", "D" if typ in DEBIT_TYPES else "C")
+                want[key][0] += amount
+                want[key][1] += 1
+        for side, obj in (("d", got.domestic), ("f", got.foreign)):
+            assert [obj.debit_amount, obj.debit_count] == want[(side, "D")]
+            assert [obj.credit_amount, obj.credit_count] == want[(side, "C")]
+
+    asyncio.run(run())
