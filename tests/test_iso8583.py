@@ -1,0 +1,210 @@
+"""Known answers, edge cases, the spec cache and the fuzz test of ``_fastcore.iso8583`` (both twins)."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import random
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import iso8583
+import iso8583.specs
+import pytest
+
+from _fastcore import iso8583 as selected
+from _fastcore.spec import POS_SPEC
+
+VECTORS = Path(__file__).parent / "vectors"
+MAC1_BODY = bytes.fromhex((VECTORS / "mac1_frame.hex").read_text().strip())[13:]
+
+ASCII = iso8583.specs.default_ascii
+DEFAULT = iso8583.specs.default
+
+SALE_0200 = {
+    "t": "0200",
+    "2": "6225880123456789",
+    "3": "000000",
+    "4": "000000012345",
+    "11": "000123",
+    "22": "051",
+    "23": "001",
+    "25": "00",
+    "41": "12345678",
+    "42": "123456789012345",
+    "49": "156",
+    "55": "9F2608" + "11" * 8 + "9F2701809F100706010A03A0A000" + "AB" * 170,
+    "60": "22000001000500",
+}
+
+
+def test_selector_reexports_pyiso8583_exceptions() -> None:
+    assert selected.EncodeError is iso8583.EncodeError
+    assert selected.DecodeError is iso8583.DecodeError
+    assert selected.IMPLEMENTATION in ("c", "py")
+    for name in ("encode", "decode", "Codec", "invalidate"):
+        assert callable(getattr(selected, name))
+
+
+def test_pyiso8583_docstring_examples(iso8583_impl: Any) -> None:
+    doc, enc = iso8583_impl.decode(b"02004010100000000000161234567890123456123456111", ASCII)
+    assert doc == {"t": "0200", "p": "4010100000000000", "2": "1234567890123456", "12": "123456", "20": "111"}
+    assert enc["2"] == {"len": b"16", "data": b"1234567890123456"}
+    doc = {"t": "0200", "2": "1234567890", "39": "00"}
+    raw, enc = iso8583_impl.encode(doc, ASCII)
+    assert raw == bytearray(b"0200400000000200000010123456789000") and type(raw) is bytearray
+    assert doc == {"t": "0200", "2": "1234567890", "39": "00", "p": "4000000002000000"}
+    assert enc["p"] == {"len": b"", "data": b"4000000002000000"}
+
+
+def test_mac1_frame_decodes_and_reencodes_byte_for_byte(iso8583_impl: Any) -> None:
+    doc, enc = iso8583_impl.decode(MAC1_BODY, POS_SPEC)
+    assert doc["t"] == "0200" and doc["p"] == "3020048000C08015"
+    assert doc["22"] == "030" and doc["41"] == "00000001" and doc["64"] == "4233413039324145"
+    assert enc["60"]["len"] == b"\x00\x19"
+    assert (doc, enc) == iso8583.decode(MAC1_BODY, POS_SPEC)
+    assert bytes(iso8583_impl.encode(doc, POS_SPEC)[0]) == MAC1_BODY
+    codec = iso8583_impl.Codec(POS_SPEC)
+    assert codec.decode(MAC1_BODY) == doc
+    assert codec.encode(doc) == MAC1_BODY
+
+
+def test_secondary_and_tertiary_bitmaps(iso8583_impl: Any) -> None:
+    spec = copy.deepcopy(ASCII)
+    for i in range(129, 193):
+        spec[str(i)] = {"data_enc": "ascii", "len_enc": "ascii", "len_type": 2, "max_len": 9, "desc": ""}
+    doc = {"t": "0800", "70": "301", "150": "abc", "1": "FFFFFFFFFFFFFFFF", "65": "x"}
+    raw, enc = iso8583_impl.encode(copy.deepcopy(doc), spec)
+    assert raw == iso8583.encode(copy.deepcopy(doc), spec)[0]
+    dec, _ = iso8583_impl.decode(bytes(raw), spec)
+    assert dec["1"] == "8400000000000000" + "0000040000000000"
+    assert dec["150"] == "abc" and dec["70"] == "301"
+
+
+@pytest.mark.parametrize(
+    ("doc", "spec", "message"),
+    [
+        ({"t": "0200", "2": "1" * 20}, ASCII, "Field data is 20 bytes, larger than maximum 19: field 2"),
+        ({"t": "02000"}, ASCII, "Field data is 5 bytes, expecting 4: field t"),
+        ({"t": "0200", "22": "05"}, POS_SPEC, "Field data is 2 nibbles, expecting 3: field 22"),
+        ({"t": "0200", "2": "62258801234567X"}, POS_SPEC, "Failed to encode field, non-hex data: field 2"),
+        ({"t": "0200", "41": "终端0001"}, POS_SPEC, "Failed to encode field, invalid data: field 41"),
+        ({"t": "0200", "200": "1"}, ASCII, "Dictionary contains fields outside of 1-192 range [200]: field p"),
+        ({"2": "1"}, ASCII, "Field data is required: field t"),
+    ],
+)
+def test_encode_errors_match(iso8583_impl: Any, doc: dict[str, str], spec: Any, message: str) -> None:
+    with pytest.raises(iso8583.EncodeError) as mine:
+        iso8583_impl.encode(copy.deepcopy(doc), spec)
+    with pytest.raises(iso8583.EncodeError) as ref:
+        iso8583.encode(copy.deepcopy(doc), spec)
+    assert str(mine.value) == str(ref.value) == message
+    assert mine.value.doc_enc == ref.value.doc_enc
+    with pytest.raises(iso8583.EncodeError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        iso8583_impl.Codec(spec).encode(doc)
+
+
+def test_decode_error_names_field_and_position(iso8583_impl: Any) -> None:
+    bad = MAC1_BODY[:40]
+    with pytest.raises(iso8583.DecodeError) as exc:
+        iso8583_impl.decode(bad, POS_SPEC)
+    ref = pytest.raises(iso8583.DecodeError, iso8583.decode, bad, POS_SPEC).value
+    assert (str(exc.value), exc.value.field, exc.value.pos) == (str(ref), ref.field, ref.pos)
+    assert exc.value.field == "42"
+
+
+def test_type_errors_match(iso8583_impl: Any) -> None:
+    with pytest.raises(TypeError, match="must be dict, not list"):
+        iso8583_impl.encode([], ASCII)
+    with pytest.raises(TypeError, match="must be bytes or bytearray, not str"):
+        iso8583_impl.decode("0200", ASCII)
+    with pytest.raises(TypeError, match="must be bytes or bytearray, not memoryview"):
+        iso8583_impl.Codec(ASCII).decode(memoryview(b"0200"))
+
+
+def test_spec_changes_are_seen(iso8583_impl: Any) -> None:
+    """The compiled table cache must notice in-place edits of the spec and of a field's dict."""
+    spec = copy.deepcopy(ASCII)
+    codec = iso8583_impl.Codec(spec)
+    doc = {"t": "0200", "39": "00"}
+    assert iso8583_impl.encode(dict(doc), spec)[0] == b"0200000000000200000000"
+    spec["39"]["max_len"] = 3  # edit of a field dict
+    with pytest.raises(iso8583.EncodeError, match="expecting 3: field 39"):
+        iso8583_impl.encode(dict(doc), spec)
+    with pytest.raises(iso8583.EncodeError, match="expecting 3: field 39"):
+        codec.encode(doc)
+    spec["39"] = {"data_enc": "cp500", "len_enc": "cp500", "len_type": 1, "max_len": 5}  # replaced
+    raw = iso8583_impl.encode(dict(doc), spec)[0]
+    assert raw == iso8583.encode(dict(doc), spec)[0]
+    assert codec.encode(doc) == raw
+    assert iso8583_impl.decode(bytes(raw), spec)[0]["39"] == "00"
+    del spec["39"]  # removed
+    with pytest.raises(KeyError):
+        iso8583_impl.encode(dict(doc), spec)
+    iso8583_impl.invalidate(spec)
+    iso8583_impl.invalidate()
+
+
+def test_non_dict_specs_work(iso8583_impl: Any) -> None:
+    from types import MappingProxyType
+
+    spec = MappingProxyType({k: MappingProxyType(v) for k, v in ASCII.items()})
+    doc = {"t": "0200", "39": "00"}
+    assert iso8583_impl.encode(dict(doc), spec) == iso8583.encode(dict(doc), spec)
+    assert iso8583_impl.Codec(spec).decode(b"0200000000000200000000") == {
+        "t": "0200",
+        "p": "0000000002000000",
+        "39": "00",
+    }
+
+
+def test_codec_encode_leaves_fields_alone(iso8583_impl: Any) -> None:
+    doc = dict(SALE_0200, p="junk", **{"1": "junk"})
+    before = dict(doc)
+    raw = iso8583_impl.Codec(DEFAULT).encode(doc)
+    assert doc == before
+    assert type(raw) is bytes
+    assert raw == bytes(iso8583.encode(dict(doc), DEFAULT)[0])
+
+
+@pytest.mark.parametrize("spec", [DEFAULT, POS_SPEC], ids=["default", "pos"])
+def test_fuzz_mutated_frames_only_raise_decode_errors(iso8583_impl: Any, spec: Any) -> None:
+    """Mutated/truncated frames: a DecodeError naming the field, or exactly pyiso8583's outcome."""
+    rng = random.Random(8583)
+    doc = dict(SALE_0200) if spec is DEFAULT else {k: v for k, v in SALE_0200.items() if k != "23"}
+    if spec is POS_SPEC:
+        doc["22"] = "051"
+    frame = bytes(iso8583.encode(dict(doc), spec)[0])
+    codec = iso8583_impl.Codec(spec)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for n in range(3000):
+            buf = bytearray(frame)
+            for _ in range(rng.randint(1, 4)):
+                r = rng.random()
+                if not buf:
+                    buf.append(rng.randrange(256))
+                elif r < 0.5:
+                    buf[rng.randrange(len(buf))] = rng.randrange(256)
+                elif r < 0.8:
+                    del buf[rng.randrange(len(buf)) :]
+                else:
+                    buf.insert(rng.randrange(len(buf) + 1), rng.randrange(256))
+            data = bytes(buf)
+            for fn in (iso8583_impl.decode, codec.decode):
+                try:
+                    fn(data, spec) if fn is iso8583_impl.decode else fn(data)
+                except iso8583.DecodeError as exc:
+                    assert exc.field in exc.args[0] and f"field {exc.field} pos {exc.pos}" in str(exc)
+                except KeyError as exc:  # a bit for a field the spec lacks: pyiso8583 does the same
+                    assert spec is DEFAULT and int(exc.args[0]) > 128
+            if n == 500:
+                gc.collect()
+                baseline = tracemalloc.get_traced_memory()[0]
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - baseline
+    finally:
+        tracemalloc.stop()
+    assert grown < 200_000, f"decode of bad frames leaks: {grown} bytes"
