@@ -1,0 +1,274 @@
+"""The card issuer's authorisation logic: one H2H request in, one response (or none) out.
+
+Checks, in order (first failure answers): retransmission (replays the stored answer), transaction
+kind (12), card known (14), card status (62/41/43/21/14), expiry (54), ARQC (05, via the HSM's
+``KQ``), PIN (55 wrong, 75 tries exceeded; via the HSM's ``EA``/``EC``), amount (13), daily limit
+(61), funds (51). Approvals post to the :class:`~issuer_sim.ledger.Ledger`; the HSM does every
+cryptographic check, so no clear PIN or key exists here. See ``docs/issuer.md``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import logging
+import random
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from switch import h2h
+from switch.h2h import TxnKind
+from switch.logsafe import kv
+
+from .accounts import STATUS_CODES, Account, IssuerConfig
+from .faults import FaultRule, Faults
+from .ledger import CREDIT, DEBIT, HOLD, Ledger
+
+__all__ = ["IssuerHost", "IssuerHsm", "ARQC_DATA_TAGS", "Outcome"]
+
+log = logging.getLogger("posswitch.issuer")
+
+#: Tag values concatenated (in this order, values only) into the data the ARQC is computed over.
+ARQC_DATA_TAGS = ("9F02", "9F03", "9F1A", "95", "5F2A", "9A", "9C", "9F37", "82", "9F36", "9F10")
+
+
+class IssuerHsm(Protocol):
+    """What the issuer needs from ``switch.hsm_client.HsmClient``."""
+
+    async def verify_pin_ibm_zpk(self, zpk: str, pvk: str, pin_block: bytes, pan: str, offset: str,
+                                 dec_table: str = ..., *, pin_validation_data: str | None = ...,
+                                 check_length: int = ...) -> bool: ...
+
+    async def verify_pin_pvv_zpk(self, zpk: str, pvk_pair: str, pin_block: bytes, pan: str,
+                                 pvki: str | int, pvv: str) -> bool: ...
+
+    async def verify_arqc(self, imk_ac: str, pan: str, psn: str, atc: bytes, arqc: bytes, data: bytes,
+                          arc: bytes = ..., *, un: bytes = ...) -> bytes | None: ...
+
+
+class Outcome:
+    """The response (or ``None`` = send nothing) and how long to wait before sending it."""
+
+    __slots__ = ("response", "delay")
+
+    def __init__(self, response: dict[str, str] | None, delay: float = 0.0) -> None:
+        self.response = response
+        self.delay = delay
+
+
+class _Decline(Exception):
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _pan_of(msg: Mapping[str, str]) -> str:
+    if msg.get("2"):
+        return msg["2"]
+    return msg.get("35", "").replace("D", "=").split("=", 1)[0]
+
+
+def _expiry_of(msg: Mapping[str, str]) -> str | None:
+    if msg.get("14"):
+        return msg["14"]
+    t2 = msg.get("35", "").replace("D", "=")
+    if "=" in t2:
+        exp = t2.split("=", 1)[1][:4]
+        return exp if len(exp) == 4 else None
+    return None
+
+
+class IssuerHost:
+    """Stateless apart from the ledger and fault rules; safe to share between connections."""
+
+    def __init__(self, config: IssuerConfig, ledger: Ledger, hsm: IssuerHsm | None = None,
+                 faults: Faults | None = None) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.hsm = hsm
+        self.faults = faults if faults is not None else Faults.from_config(config.faults)
+        self._auth = itertools.count(1)
+        ledger.ensure_accounts(list(config.accounts.values()))
+
+    # ---------------------------------------------------------------- entry point
+    async def handle(self, msg: dict[str, str]) -> Outcome:
+        kind = h2h.classify(msg)
+        rule = self.faults.match(msg, kind) if kind is not TxnKind.ECHO else None
+        base_delay = self.config.latency + (self.config.jitter and _jitter(self.config.jitter))
+        if rule is not None:
+            log.info("fault", extra=kv(action=rule.action, mti=msg.get("t"), stan=msg.get("11"),
+                                       pan=_pan_of(msg)))
+            if rule.action == "drop":
+                return Outcome(None)
+            if rule.action == "decline":
+                return Outcome(h2h.response_to(msg, rule.code), base_delay)
+        resp = await self.process(msg, kind)
+        if rule is not None and rule.action == "drop_response":
+            return Outcome(None)
+        delay = base_delay + (rule.pause() if isinstance(rule, FaultRule) and rule.action == "delay" else 0.0)
+        return Outcome(resp, delay)
+
+    async def process(self, msg: dict[str, str], kind: TxnKind | None = None) -> dict[str, str]:
+        """Authorise ``msg`` and return the response (no faults applied)."""
+        kind = kind or h2h.classify(msg)
+        if kind is TxnKind.ECHO:
+            return h2h.response_to(msg, "00")
+        stored = self.ledger.stored_response(msg)
+        if stored is not None:
+            log.info("retransmission", extra=kv(mti=msg.get("t"), stan=msg.get("11"), rc=stored.get("39")))
+            return stored
+        if kind is TxnKind.REVERSAL:
+            resp = self._reverse(msg)
+        else:
+            try:
+                resp = await self._authorise(msg, kind)
+            except _Decline as d:
+                resp = h2h.response_to(msg, d.code)
+                log.info("declined", extra=kv(kind=kind.value, rc=d.code, reason=d.reason, stan=msg.get("11"),
+                                              pan=_pan_of(msg), amount=msg.get("4")))
+        self.ledger.store_response(msg, resp)
+        return resp
+
+    # ---------------------------------------------------------------- reversal
+    def _reverse(self, msg: dict[str, str]) -> dict[str, str]:
+        try:
+            orig = h2h.parse_field90(msg.get("90", ""))
+            stan = orig["stan"]
+        except h2h.H2HError:
+            stan = msg.get("11", "")
+        code, pid = self.ledger.reverse(msg.get("41", ""), stan, msg.get("37", ""), msg=msg)
+        log.info("reversal", extra=kv(rc=code, orig_stan=stan, rrn=msg.get("37"), posting=pid,
+                                      reason=msg.get("39")))
+        resp = h2h.response_to(msg, code)
+        return resp
+
+    # ---------------------------------------------------------------- authorisation
+    async def _authorise(self, msg: dict[str, str], kind: TxnKind) -> dict[str, str]:
+        if kind is TxnKind.UNKNOWN:
+            raise _Decline("12", f"unsupported MTI {msg.get('t')} / processing code {msg.get('3')}")
+        if msg.get("49", "156") != "156":
+            raise _Decline("A1", "currency")
+        pan = _pan_of(msg)
+        acct = self.config.accounts.get(pan)
+        if acct is None:
+            raise _Decline("14", "unknown card")
+        if acct.status != "active":
+            raise _Decline(STATUS_CODES[acct.status], f"card {acct.status}")
+        now_yymm = _dt.date.today().strftime("%y%m")
+        exp = _expiry_of(msg)
+        if acct.expiry < now_yymm or (exp is not None and exp != acct.expiry):
+            raise _Decline("54", "expired or wrong expiry")
+        extra: dict[str, str] = {}
+        if "55" in msg and kind is not TxnKind.REFUND:
+            extra["55"] = await self._check_arqc(msg, acct)
+        if msg.get("52"):
+            await self._check_pin(msg, acct)
+        amount = int(msg["4"]) if msg.get("4", "").isdigit() else 0
+        aid = acct.account_id
+        if kind is TxnKind.BALANCE:
+            extra["54"] = h2h.field54_balance(self.ledger.available(aid))
+            return self._approve(msg, extra)
+        if amount <= 0:
+            raise _Decline("13", "amount must be > 0")
+        auth = f"{next(self._auth) % 1000000:06d}"
+        if kind in (TxnKind.SALE, TxnKind.PREAUTH, TxnKind.COMPLETION):
+            if acct.daily_limit and self.ledger.daily_spent(aid) + amount > acct.daily_limit:
+                raise _Decline("61", "daily limit")
+            available = self.ledger.available(aid)
+            if kind is TxnKind.COMPLETION:
+                available += self._hold_for(aid, msg.get("38"))
+            if amount > available:
+                raise _Decline("51", "insufficient funds")
+            if kind is TxnKind.PREAUTH:
+                self.ledger.post(aid, HOLD, amount, msg=msg, auth_code=auth)
+            else:
+                self.ledger.post(aid, DEBIT, amount, msg=msg, auth_code=auth,
+                                 release_auth=msg.get("38") if kind is TxnKind.COMPLETION else None)
+        elif kind is TxnKind.COMPLETION_ADVICE:  # advices are force-posted
+            self.ledger.post(aid, DEBIT, amount, msg=msg, auth_code=msg.get("38") or auth,
+                             release_auth=msg.get("38"))
+        elif kind in (TxnKind.REFUND, TxnKind.VOID):
+            self.ledger.post(aid, CREDIT, amount, msg=msg, auth_code=auth)
+        elif kind is TxnKind.PREAUTH_VOID:
+            if not self.ledger.release(aid, msg.get("38", ""), msg=msg):
+                raise _Decline("25", "no open pre-authorisation with that code")
+        extra["38"] = msg.get("38") if kind is TxnKind.COMPLETION_ADVICE and msg.get("38") else auth
+        return self._approve(msg, extra)
+
+    def _hold_for(self, account_id: str, auth_code: str | None) -> int:
+        if not auth_code:
+            return 0
+        for p in self.ledger.postings(account_id):
+            if p.kind == HOLD and p.auth_code == auth_code and p.reversed_by is None:
+                return p.amount
+        return 0
+
+    def _approve(self, msg: dict[str, str], extra: dict[str, Any]) -> dict[str, str]:
+        resp = h2h.response_to(msg, "00", **{k: v for k, v in extra.items() if v})
+        if "55" in extra:  # tag 91 carries the ARC = response code
+            resp["55"] = extra["55"]
+        log.info("approved", extra=kv(kind=h2h.classify(msg).value, stan=msg.get("11"), pan=_pan_of(msg),
+                                      amount=msg.get("4"), auth=resp.get("38")))
+        return resp
+
+    async def _check_arqc(self, msg: dict[str, str], acct: Account) -> str:
+        """Verify the ARQC in field 55 with the HSM; returns field 55 of the answer (tag 91)."""
+        try:
+            tags = h2h.field55_tags(msg["55"])
+        except h2h.H2HError as exc:
+            raise _Decline("30", str(exc)) from None
+        if "9F26" not in tags:
+            return ""
+        missing = [t for t in ("9F36", "9F37") if t not in tags]
+        if missing:
+            raise _Decline("30", f"field 55 lacks {', '.join(missing)}")
+        if self.hsm is None or "imk_ac" not in self.config.keys:
+            raise _Decline("96", "no HSM / IMK-AC configured for ARQC verification")
+        data = b"".join(tags[t] for t in ARQC_DATA_TAGS if t in tags)
+        psn = msg.get("23", "")[-2:] or (tags["5F34"].hex() if "5F34" in tags else acct.psn)
+        try:
+            arpc = await self.hsm.verify_arqc(self.config.keys["imk_ac"], _pan_of(msg), psn, tags["9F36"],
+                                              tags["9F26"], data, b"00", un=tags["9F37"])
+        except Exception as exc:  # HsmError, HsmTimeout, HsmUnavailable
+            log.warning("hsm_error", extra=kv(command="KQ", error=str(exc)))
+            raise _Decline("96", "HSM error") from None
+        if arpc is None:
+            raise _Decline("05", "ARQC verification failed")
+        return h2h.tags_to_field55({"91": arpc + b"00"})
+
+    async def _check_pin(self, msg: dict[str, str], acct: Account) -> None:
+        aid = acct.account_id
+        if self.ledger.pin_fails(aid) >= self.config.pin_tries:
+            raise _Decline("75", "PIN tries exceeded")
+        if acct.pin is None:
+            raise _Decline("55", "no PIN verification data on file")
+        if self.hsm is None or "zpk" not in self.config.keys or "pvk" not in self.config.keys:
+            raise _Decline("96", "no HSM / ZPK / PVK configured for PIN verification")
+        try:
+            block = bytes.fromhex(msg["52"])
+        except ValueError:
+            raise _Decline("30", "field 52 is not hex") from None
+        pan, keys = _pan_of(msg), self.config.keys
+        try:
+            if acct.pin.method == "ibm":
+                ok = await self.hsm.verify_pin_ibm_zpk(
+                    keys["zpk"], keys["pvk"], block, pan, acct.pin.offset, acct.pin.decimalisation,
+                    pin_validation_data=acct.pin.validation_data or None, check_length=len(acct.pin.offset))
+            else:
+                ok = await self.hsm.verify_pin_pvv_zpk(keys["zpk"], keys["pvk"], block, pan,
+                                                       acct.pin.pvki, acct.pin.pvv)
+        except Exception as exc:
+            code = getattr(exc, "code", "")
+            log.warning("hsm_error", extra=kv(command="EA/EC", error=str(exc)))
+            if code in ("20", "23", "24"):  # PIN block invalid / format / length: a wrong PIN
+                ok = False
+            else:
+                raise _Decline("96", "HSM error") from None
+        fails = self.ledger.record_pin_result(aid, ok)
+        if not ok:
+            raise _Decline("75" if fails >= self.config.pin_tries else "55", "wrong PIN")
+
+
+def _jitter(j: float) -> float:
+    return random.uniform(0, j)

@@ -1,0 +1,290 @@
+"""The issuer's ledger: account balances, holds and postings in SQLite.
+
+Every posting carries its upstream key (terminal 41, STAN 11, RRN 37, MTI) so that
+``posswitch reconcile`` can compare it with the switch's journal. Postings are idempotent:
+
+* a retransmitted request (same MTI, 41, 11, 37) replays the stored response and posts nothing;
+* a reversal undoes the matching posting exactly once (a second reversal is acknowledged, no change);
+  an unknown original is answered ``25``.
+
+The ledger never stores a PAN (accounts are keyed by :func:`issuer_sim.accounts.account_id_for`),
+a track, or a PIN block. One connection, used from the event-loop thread only.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from switch.logsafe import mask_pan
+
+from .accounts import Account, account_id_for
+
+__all__ = ["Ledger", "Posting", "DEBIT", "CREDIT", "HOLD", "RELEASE", "REVERSAL"]
+
+DEBIT, CREDIT, HOLD, RELEASE, REVERSAL = "debit", "credit", "hold", "release", "reversal"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    account_id  TEXT PRIMARY KEY,
+    pan_masked  TEXT NOT NULL,
+    balance     INTEGER NOT NULL,
+    held        INTEGER NOT NULL DEFAULT 0,
+    pin_fails   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS postings (
+    id            INTEGER PRIMARY KEY,
+    account_id    TEXT NOT NULL REFERENCES accounts(account_id),
+    kind          TEXT NOT NULL,
+    amount        INTEGER NOT NULL,      -- signed effect on balance (hold/release: on held)
+    terminal_id   TEXT NOT NULL,
+    merchant_id   TEXT NOT NULL,
+    stan          TEXT NOT NULL,
+    rrn           TEXT NOT NULL,
+    mti           TEXT NOT NULL,
+    proc          TEXT NOT NULL,
+    auth_code     TEXT NOT NULL DEFAULT '',
+    business_date TEXT NOT NULL,
+    created_at    TEXT NOT NULL,
+    reverses      INTEGER REFERENCES postings(id),
+    reversed_by   INTEGER REFERENCES postings(id)
+);
+CREATE INDEX IF NOT EXISTS postings_key ON postings(terminal_id, stan, rrn);
+CREATE INDEX IF NOT EXISTS postings_account ON postings(account_id, business_date);
+CREATE TABLE IF NOT EXISTS responses (
+    mti         TEXT NOT NULL,
+    terminal_id TEXT NOT NULL,
+    stan        TEXT NOT NULL,
+    rrn         TEXT NOT NULL,
+    response    TEXT NOT NULL,           -- JSON, without PAN/track/PIN fields
+    PRIMARY KEY (mti, terminal_id, stan, rrn)
+);
+"""
+
+_NO_STORE = ("2", "35", "36", "52", "55")
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    id: int
+    account_id: str
+    kind: str
+    amount: int
+    terminal_id: str
+    merchant_id: str
+    stan: str
+    rrn: str
+    mti: str
+    proc: str
+    auth_code: str
+    business_date: str
+    created_at: str
+    reverses: int | None
+    reversed_by: int | None
+
+
+def _today() -> str:
+    return _dt.date.today().isoformat()
+
+
+class Ledger:
+    """SQLite-backed ledger (``path`` may be ``":memory:"``)."""
+
+    def __init__(self, path: str | Path = ":memory:") -> None:
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        if self.path != ":memory:":
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -------------------------------------------------------------- accounts
+    def ensure_accounts(self, accounts: list[Account] | tuple[Account, ...]) -> None:
+        """Create ledger rows at the opening balance; existing rows (a restart) keep their state."""
+        with self._tx():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO accounts(account_id, pan_masked, balance) VALUES (?, ?, ?)",
+                [(a.account_id, mask_pan(a.pan), a.balance) for a in accounts])
+
+    def _row(self, pan_or_id: str) -> sqlite3.Row:
+        aid = pan_or_id if pan_or_id.startswith("A") else account_id_for(pan_or_id)
+        row = self._db.execute("SELECT * FROM accounts WHERE account_id = ?", (aid,)).fetchone()
+        if row is None:
+            raise KeyError(f"no ledger account {mask_pan(pan_or_id) if pan_or_id.isdigit() else aid}")
+        return row
+
+    def balance(self, pan_or_id: str) -> int:
+        """Ledger balance in fen (holds not subtracted)."""
+        return int(self._row(pan_or_id)["balance"])
+
+    def held(self, pan_or_id: str) -> int:
+        return int(self._row(pan_or_id)["held"])
+
+    def available(self, pan_or_id: str) -> int:
+        row = self._row(pan_or_id)
+        return int(row["balance"]) - int(row["held"])
+
+    def pin_fails(self, pan_or_id: str) -> int:
+        return int(self._row(pan_or_id)["pin_fails"])
+
+    def record_pin_result(self, account_id: str, ok: bool) -> int:
+        """Reset (good PIN) or increment (bad PIN) the consecutive-failure count; returns it."""
+        with self._tx():
+            if ok:
+                self._db.execute("UPDATE accounts SET pin_fails = 0 WHERE account_id = ?", (account_id,))
+            else:
+                self._db.execute("UPDATE accounts SET pin_fails = pin_fails + 1 WHERE account_id = ?",
+                                 (account_id,))
+        return self.pin_fails(account_id)
+
+    def daily_spent(self, account_id: str, business_date: str | None = None) -> int:
+        """Debits plus holds of the day that are not reversed (fen, positive)."""
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(CASE kind WHEN 'debit' THEN -amount WHEN 'hold' THEN amount END), 0) "
+            "FROM postings WHERE account_id = ? AND business_date = ? AND reversed_by IS NULL "
+            "AND kind IN ('debit', 'hold')",
+            (account_id, business_date or _today())).fetchone()
+        return int(row[0])
+
+    # -------------------------------------------------------------- postings
+    def postings(self, pan_or_id: str | None = None) -> list[Posting]:
+        if pan_or_id is None:
+            rows = self._db.execute("SELECT * FROM postings ORDER BY id").fetchall()
+        else:
+            aid = pan_or_id if pan_or_id.startswith("A") else account_id_for(pan_or_id)
+            rows = self._db.execute("SELECT * FROM postings WHERE account_id = ? ORDER BY id",
+                                    (aid,)).fetchall()
+        return [Posting(**dict(r)) for r in rows]
+
+    def post(self, account_id: str, kind: str, amount: int, *, msg: dict[str, str],
+             auth_code: str = "", release_auth: str | None = None) -> int:
+        """Post one movement for request ``msg``. ``amount`` is positive; its sign follows ``kind``.
+
+        ``release_auth``: also release the open hold with that authorisation code (completion).
+        """
+        if amount < 0:
+            raise ValueError("amount must be >= 0")
+        signed = {DEBIT: -amount, CREDIT: amount, HOLD: amount, RELEASE: -amount}[kind]
+        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+        with self._tx():
+            if release_auth:
+                self._release_hold(account_id, release_auth, msg, now)
+            cur = self._db.execute(
+                "INSERT INTO postings(account_id, kind, amount, terminal_id, merchant_id, stan, rrn, mti, "
+                "proc, auth_code, business_date, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (account_id, kind, signed, msg.get("41", ""), msg.get("42", ""), msg.get("11", ""),
+                 msg.get("37", ""), msg.get("t", ""), msg.get("3", ""), auth_code, _today(), now))
+            self._apply(account_id, kind, signed)
+            return int(cur.lastrowid or 0)
+
+    def release(self, account_id: str, auth_code: str, *, msg: dict[str, str]) -> int:
+        """Release the open hold with ``auth_code`` (pre-auth void); returns the amount released (0: none)."""
+        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+        with self._tx():
+            return self._release_hold(account_id, auth_code, msg, now)
+
+    def _apply(self, account_id: str, kind: str, signed: int) -> None:
+        column = "held" if kind in (HOLD, RELEASE) else "balance"
+        self._db.execute(f"UPDATE accounts SET {column} = {column} + ? WHERE account_id = ?",
+                         (signed, account_id))
+
+    def _release_hold(self, account_id: str, auth_code: str, msg: dict[str, str], now: str) -> int:
+        hold = self._db.execute(
+            "SELECT id, amount FROM postings WHERE account_id = ? AND kind = 'hold' AND auth_code = ? "
+            "AND reversed_by IS NULL ORDER BY id LIMIT 1", (account_id, auth_code)).fetchone()
+        if hold is None:
+            return 0
+        cur = self._db.execute(
+            "INSERT INTO postings(account_id, kind, amount, terminal_id, merchant_id, stan, rrn, mti, proc, "
+            "auth_code, business_date, created_at, reverses) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (account_id, RELEASE, -hold["amount"], msg.get("41", ""), msg.get("42", ""), msg.get("11", ""),
+             msg.get("37", ""), msg.get("t", ""), msg.get("3", ""), auth_code, _today(), now, hold["id"]))
+        self._db.execute("UPDATE postings SET reversed_by = ? WHERE id = ?", (cur.lastrowid, hold["id"]))
+        self._apply(account_id, RELEASE, -hold["amount"])
+        return int(hold["amount"])
+
+    def reverse(self, terminal_id: str, stan: str, rrn: str, *, msg: dict[str, str]) -> tuple[str, int | None]:
+        """Undo the posting made for (41, original STAN, 37) exactly once.
+
+        Returns ``("00", posting id)`` when it reversed something now, ``("00", None)`` when it was
+        already reversed, ``("25", None)`` when no such original exists.
+        """
+        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+        with self._tx():
+            rows = self._db.execute(
+                "SELECT * FROM postings WHERE terminal_id = ? AND stan = ? AND rrn = ? AND kind != 'reversal' "
+                "ORDER BY id", (terminal_id, stan, rrn)).fetchall()
+            if not rows and rrn:  # original rebuilt from the switch journal: match on 41 + 37 only
+                rows = self._db.execute(
+                    "SELECT * FROM postings WHERE terminal_id = ? AND rrn = ? AND kind != 'reversal' "
+                    "AND stan = (SELECT stan FROM postings WHERE terminal_id = ? AND rrn = ? "
+                    "AND kind != 'reversal' ORDER BY id DESC LIMIT 1) ORDER BY id",
+                    (terminal_id, rrn, terminal_id, rrn)).fetchall()
+            if not rows:
+                return "25", None
+            open_rows = [r for r in rows if r["reversed_by"] is None]
+            last = None
+            for r in open_rows:
+                cur = self._db.execute(
+                    "INSERT INTO postings(account_id, kind, amount, terminal_id, merchant_id, stan, rrn, mti, "
+                    "proc, auth_code, business_date, created_at, reverses) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (r["account_id"], REVERSAL, -r["amount"], msg.get("41", ""), msg.get("42", ""),
+                     msg.get("11", ""), msg.get("37", ""), msg.get("t", ""), msg.get("3", ""),
+                     r["auth_code"], _today(), now, r["id"]))
+                last = int(cur.lastrowid or 0)
+                self._db.execute("UPDATE postings SET reversed_by = ? WHERE id = ?", (last, r["id"]))
+                self._apply(r["account_id"], r["kind"], -r["amount"])
+            return "00", last
+
+    # -------------------------------------------------------------- duplicate detection
+    def stored_response(self, msg: dict[str, str]) -> dict[str, str] | None:
+        row = self._db.execute(
+            "SELECT response FROM responses WHERE mti = ? AND terminal_id = ? AND stan = ? AND rrn = ?",
+            (msg.get("t", ""), msg.get("41", ""), msg.get("11", ""), msg.get("37", ""))).fetchone()
+        if row is None:
+            return None
+        resp: dict[str, str] = json.loads(row[0])
+        for f in ("2",):
+            if f in msg:
+                resp[f] = msg[f]
+        return resp
+
+    def store_response(self, msg: dict[str, str], resp: dict[str, str]) -> None:
+        doc = {k: v for k, v in resp.items() if k not in _NO_STORE}
+        if "55" in resp and resp.get("39") in ("00", "10", "11"):
+            doc["55"] = resp["55"]  # issuer authentication data (tag 91) is not sensitive
+        with self._tx():
+            self._db.execute(
+                "INSERT OR REPLACE INTO responses(mti, terminal_id, stan, rrn, response) VALUES (?,?,?,?,?)",
+                (msg.get("t", ""), msg.get("41", ""), msg.get("11", ""), msg.get("37", ""), json.dumps(doc)))
+
+    # -------------------------------------------------------------- transactions
+    def _tx(self) -> _Tx:
+        return _Tx(self._db)
+
+
+class _Tx:
+    """``BEGIN IMMEDIATE`` .. ``COMMIT`` (``ROLLBACK`` on error); nested use joins the outer one."""
+
+    __slots__ = ("_db", "_outer")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._outer = False
+
+    def __enter__(self) -> _Tx:
+        self._outer = not self._db.in_transaction
+        if self._outer:
+            self._db.execute("BEGIN IMMEDIATE")
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self._outer:
+            self._db.execute("ROLLBACK" if exc_type else "COMMIT")

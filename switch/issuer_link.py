@@ -1,0 +1,427 @@
+"""The switch's outbound connection to one issuer (or QR wallet) host.
+
+:class:`IssuerLink` keeps one persistent H2H connection (``switch.h2h``) per issuer:
+
+* connect, and reconnect with exponential backoff (+ jitter) whenever the connection drops;
+* allocate the upstream STAN (field 11, per link) and field 7, match answers on
+  (11, 41, 37) with a per-request timeout; late answers are logged and dropped;
+* coalesce writes: every message queued during one event-loop turn leaves in one ``transport.write``;
+* send a 0800 echo when the link has been idle for ``echo_interval``; no answer closes and reconnects;
+* reversals: a reversible request that times out (or whose connection drops before the answer)
+  raises :class:`IssuerTimeout` and queues a 0420 that a background task re-sends until a 0430 arrives
+  (any response code acknowledges; ``00``/``12``/``25`` mean "done").
+
+The reversal queue sits behind :class:`ReversalStore` (in memory now: :class:`MemoryReversalStore`;
+a persistent store in the journal database can replace it). Metrics go to an optional object with
+any of ``link_state(link, up)``, ``upstream_latency(link, mti, seconds, code)``,
+``pending_reversals(link, n)``, ``timeout(link)``, ``late_response(link)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from switch import h2h
+from switch.logsafe import kv
+
+__all__ = [
+    "IssuerLink", "IssuerLinkError", "IssuerTimeout", "IssuerUnavailable",
+    "ReversalStore", "MemoryReversalStore", "LinkState",
+]
+
+log = logging.getLogger("posswitch.issuer_link")
+
+
+class IssuerLinkError(Exception):
+    """Base class of link failures."""
+
+
+class IssuerTimeout(IssuerLinkError, TimeoutError):
+    """No answer in time (or the connection dropped with the request in flight): outcome unknown.
+    The terminal gets 98; a reversal was queued when the request was reversible."""
+
+
+class IssuerUnavailable(IssuerLinkError, ConnectionError):
+    """The link is down: the request was not sent (terminal gets 91)."""
+
+
+class LinkState:
+    DOWN = "down"
+    CONNECTING = "connecting"
+    UP = "up"
+    CLOSED = "closed"
+
+
+class ReversalStore(Protocol):
+    """Where pending reversals wait until the issuer acknowledges them (one store may serve many links)."""
+
+    async def add(self, link: str, msg: dict[str, str]) -> int: ...
+
+    async def pending(self, link: str) -> list[tuple[int, dict[str, str]]]: ...
+
+    async def ack(self, item_id: int, response_code: str) -> None: ...
+
+    async def count(self, link: str) -> int: ...
+
+
+class MemoryReversalStore:
+    """In-memory :class:`ReversalStore` (lost on restart; the journal-backed store is not)."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._items: dict[int, tuple[str, dict[str, str]]] = {}
+        self.acked: list[tuple[int, str, dict[str, str]]] = []
+
+    async def add(self, link: str, msg: dict[str, str]) -> int:
+        item = next(self._ids)
+        self._items[item] = (link, {k: v for k, v in msg.items() if k not in h2h.SENSITIVE_FIELDS})
+        return item
+
+    async def pending(self, link: str) -> list[tuple[int, dict[str, str]]]:
+        return [(i, dict(m)) for i, (lk, m) in self._items.items() if lk == link]
+
+    async def ack(self, item_id: int, response_code: str) -> None:
+        entry = self._items.pop(item_id, None)
+        if entry is not None:
+            self.acked.append((item_id, response_code, entry[1]))
+
+    async def count(self, link: str) -> int:
+        return sum(1 for lk, _ in self._items.values() if lk == link)
+
+
+class _Lost(Exception):
+    """The connection dropped (or was down) before the answer came."""
+
+
+class _NotSent(_Lost):
+    """The connection was already gone: the message never left."""
+
+
+class _LinkProtocol(asyncio.Protocol):
+    """Feeds the frame reader and hands decoded messages to the link; coalesces writes."""
+
+    def __init__(self, link: IssuerLink) -> None:
+        self.link = link
+        self.reader = h2h.FrameReader()
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._out: list[bytes] = []
+        self._flush_handle: asyncio.Handle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.link._last_rx = self.link._loop.time()
+        try:
+            bodies = self.reader.feed(data)
+        except h2h.H2HError as exc:
+            log.warning("issuer_bad_frame", extra=kv(link=self.link.name, error=str(exc)))
+            self.abort()
+            return
+        for body in bodies:
+            try:
+                msg = h2h.decode(body)
+            except h2h.H2HError as exc:
+                log.warning("issuer_bad_message", extra=kv(link=self.link.name, error=str(exc)))
+                continue
+            self.link._on_message(msg)
+
+    def send(self, wire: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise _Lost()
+        self._out.append(wire)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if self._out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self._out))
+            self.link._last_tx = self.link._loop.time()
+        self._out.clear()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _noop(*_: Any) -> None:
+    return None
+
+
+class IssuerLink:
+    """One persistent H2H connection to an issuer; see the module docstring."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        name: str = "issuer",
+        timeout: float = 10.0,
+        connect_timeout: float = 3.0,
+        echo_interval: float = 30.0,
+        echo_timeout: float = 5.0,
+        backoff: tuple[float, float] = (0.05, 5.0),
+        reversal_timeout: float | None = None,
+        reversal_retry: float = 1.0,
+        reversal_store: ReversalStore | None = None,
+        metrics: Any = None,
+    ) -> None:
+        self.host, self.port, self.name = host, port, name
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.echo_interval = echo_interval
+        self.echo_timeout = echo_timeout
+        self.backoff = backoff
+        self.reversal_timeout = reversal_timeout if reversal_timeout is not None else timeout
+        self.reversal_retry = reversal_retry
+        self.reversals: ReversalStore = reversal_store or MemoryReversalStore()
+        # metric hooks, looked up once (missing ones are no-ops)
+        self._m_state: Callable[..., None] = getattr(metrics, "link_state", _noop)
+        self._m_latency: Callable[..., None] = getattr(metrics, "upstream_latency", _noop)
+        self._m_pending: Callable[..., None] = getattr(metrics, "pending_reversals", _noop)
+        self._m_timeout: Callable[..., None] = getattr(metrics, "timeout", _noop)
+        self._m_late: Callable[..., None] = getattr(metrics, "late_response", _noop)
+        self.state = LinkState.DOWN
+        self.connects = 0
+        self._proto: _LinkProtocol | None = None
+        self._inflight: dict[tuple[str, str, str], asyncio.Future[dict[str, str]]] = {}
+        self._stan = random.randrange(1, 999999)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._up = asyncio.Event()
+        self._reversal_wake = asyncio.Event()
+        self._closing = False
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:  # constructed outside a loop: start() binds it
+            self._loop = None  # type: ignore[assignment]
+        self._last_rx = self._last_tx = 0.0
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self, wait: float | None = None) -> IssuerLink:
+        """Start the connection manager, echo and reversal tasks; ``wait`` s for the first connect."""
+        self._loop = asyncio.get_running_loop()
+        self._up = asyncio.Event()
+        self._reversal_wake = asyncio.Event()
+        self._tasks = [self._loop.create_task(c) for c in (self._run(), self._echoer(), self._reverser())]
+        if wait:
+            await self.wait_up(wait)
+        return self
+
+    async def wait_up(self, timeout: float) -> None:
+        """Wait until the link is up (raises :class:`IssuerUnavailable` after ``timeout``)."""
+        try:
+            await asyncio.wait_for(self._up.wait(), timeout)
+        except TimeoutError:
+            raise IssuerUnavailable(f"{self.name}: not connected after {timeout} s") from None
+
+    async def close(self) -> None:
+        self._closing = True
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._proto is not None:
+            self._proto._flush()
+            if self._proto.transport is not None:
+                self._proto.transport.close()
+        self._fail_inflight()
+        self._set_state(LinkState.CLOSED)
+
+    @property
+    def is_up(self) -> bool:
+        return self.state == LinkState.UP
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    async def pending_reversals(self) -> int:
+        return await self.reversals.count(self.name)
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            log.info("issuer_link_state", extra=kv(link=self.name, state=state, host=self.host, port=self.port))
+        self.state = state
+        self._m_state(self.name, state == LinkState.UP)
+
+    async def _run(self) -> None:
+        delay = self.backoff[0]
+        while not self._closing:
+            self._set_state(LinkState.CONNECTING)
+            try:
+                _, proto = await asyncio.wait_for(
+                    self._loop.create_connection(lambda: _LinkProtocol(self), self.host, self.port),
+                    self.connect_timeout)
+            except (OSError, TimeoutError) as exc:
+                self._set_state(LinkState.DOWN)
+                log.debug("issuer_connect_failed", extra=kv(link=self.name, error=str(exc), retry_in=delay))
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self.backoff[1])
+                continue
+            delay = self.backoff[0]
+            self.connects += 1
+            self._proto = proto
+            self._last_rx = self._last_tx = self._loop.time()
+            self._set_state(LinkState.UP)
+            self._up.set()
+            self._reversal_wake.set()
+            try:
+                await proto.closed
+            finally:
+                self._up.clear()
+                self._proto = None
+                self._fail_inflight()
+            if not self._closing:
+                self._set_state(LinkState.DOWN)
+
+    def _fail_inflight(self) -> None:
+        inflight, self._inflight = self._inflight, {}
+        for fut in inflight.values():
+            if not fut.done():
+                fut.set_exception(_Lost())
+
+    # ---------------------------------------------------------------- request / response
+    def _next_stan(self) -> str:
+        for _ in range(1000):
+            self._stan = self._stan % 999999 + 1
+            stan = f"{self._stan:06d}"
+            if not any(k[0] == stan for k in self._inflight):
+                return stan
+        raise IssuerUnavailable(f"{self.name}: no free STAN")
+
+    def _on_message(self, msg: dict[str, str]) -> None:
+        fut = self._inflight.pop(h2h.match_key(msg), None)
+        if fut is None or fut.done():
+            self._m_late(self.name)
+            log.warning("issuer_unmatched_response", extra=kv(link=self.name, mti=msg.get("t"),
+                                                             stan=msg.get("11"), rrn=msg.get("37"),
+                                                             rc=msg.get("39")))
+            return
+        fut.set_result(msg)
+
+    async def _exchange(self, msg: dict[str, str], timeout: float) -> dict[str, str]:
+        """Send ``msg`` with a fresh STAN and field 7; raise ``TimeoutError`` / ``_Lost``."""
+        proto = self._proto
+        if proto is None:
+            raise _NotSent()
+        out = dict(msg)
+        out["11"] = self._next_stan()
+        out["7"] = h2h.transmission_time()
+        wire = h2h.frame(out)  # H2HError propagates: a bad message is the caller's bug
+        key = h2h.match_key(out)
+        fut: asyncio.Future[dict[str, str]] = self._loop.create_future()
+        self._inflight[key] = fut
+        msg.clear()
+        msg.update(out)
+        try:
+            try:
+                proto.send(wire)
+            except _Lost:
+                raise _NotSent() from None
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            if self._inflight.get(key) is fut:
+                del self._inflight[key]
+
+    async def request(self, msg: dict[str, str], timeout: float | None = None) -> dict[str, str]:
+        """Send a request and return the issuer's answer.
+
+        Raises :class:`IssuerUnavailable` when the link is down (nothing sent) and
+        :class:`IssuerTimeout` when no answer came in time (a 0420 is queued if reversible).
+        ``msg`` is not modified; fields 11 and 7 are set by the link.
+        """
+        if self._proto is None:
+            raise IssuerUnavailable(f"{self.name}: link {self.state}")
+        timeout = self.timeout if timeout is None else timeout
+        sent = dict(msg)
+        t0 = self._loop.time()
+        try:
+            resp = await self._exchange(sent, timeout)
+        except _NotSent:
+            raise IssuerUnavailable(f"{self.name}: link down") from None
+        except (TimeoutError, _Lost) as exc:
+            lost = isinstance(exc, _Lost)
+            self._m_timeout(self.name)
+            reversed_ = h2h.is_reversible(sent)
+            log.warning("issuer_timeout", extra=kv(link=self.name, mti=sent.get("t"), stan=sent.get("11"),
+                                                  rrn=sent.get("37"), connection_lost=lost,
+                                                  reversal=reversed_))
+            if reversed_:
+                await self.reverse(sent, "98")
+            raise IssuerTimeout(f"{self.name}: no answer to {sent.get('t')} stan {sent.get('11')}") from None
+        self._m_latency(self.name, sent.get("t", ""), self._loop.time() - t0, resp.get("39", ""))
+        return resp
+
+    # ---------------------------------------------------------------- reversals
+    async def reverse(self, original: dict[str, str], reason: str = "98") -> int:
+        """Queue a 0420 for ``original`` (as sent upstream, or rebuilt from the journal: t, 2, 3, 4,
+        11, 37, 41, 42, 49; field 7 may be missing) and return its queue id."""
+        orig = dict(original)
+        orig.setdefault("11", "000000")
+        orig.setdefault("7", "0000000000")
+        rev = h2h.reversal_for(orig, reason)
+        item = await self.reversals.add(self.name, rev)
+        self._m_pending(self.name, await self.reversals.count(self.name))
+        log.info("reversal_queued", extra=kv(link=self.name, id=item, orig_stan=orig.get("11"),
+                                             rrn=orig.get("37"), reason=reason))
+        self._reversal_wake.set()
+        return item
+
+    async def _reverser(self) -> None:
+        while not self._closing:
+            await self._reversal_wake.wait()
+            self._reversal_wake.clear()
+            while not self._closing:
+                pending = await self.reversals.pending(self.name)
+                if not pending:
+                    break
+                await self._up.wait()
+                progressed = False
+                for item, rev in pending:
+                    try:
+                        resp = await self._exchange(rev, self.reversal_timeout)
+                    except (TimeoutError, _Lost):
+                        log.info("reversal_retry", extra=kv(link=self.name, id=item, rrn=rev.get("37")))
+                        break
+                    code = resp.get("39", "")
+                    await self.reversals.ack(item, code)
+                    progressed = True
+                    self._m_pending(self.name, await self.reversals.count(self.name))
+                    log.info("reversal_acked", extra=kv(link=self.name, id=item, rc=code, rrn=rev.get("37"),
+                                                        done=code in h2h.REVERSAL_DONE))
+                if not progressed:
+                    await asyncio.sleep(self.reversal_retry)
+
+    # ---------------------------------------------------------------- echo
+    async def _echoer(self) -> None:
+        while not self._closing:
+            await self._up.wait()
+            idle_since = max(self._last_rx, self._last_tx)
+            wait = idle_since + self.echo_interval - self._loop.time()
+            if wait > 0:
+                await asyncio.sleep(min(wait, self.echo_interval))
+                continue
+            proto = self._proto
+            try:
+                resp = await self._exchange(h2h.echo_request("000000"), self.echo_timeout)
+                if resp.get("39") != "00":
+                    log.warning("issuer_echo_refused", extra=kv(link=self.name, rc=resp.get("39")))
+            except (TimeoutError, _Lost):
+                log.warning("issuer_echo_timeout", extra=kv(link=self.name))
+                if proto is not None and proto is self._proto:
+                    proto.abort()
+                await asyncio.sleep(0)
