@@ -1,0 +1,91 @@
+"""Per-request context shared by the flows, response codes and reply builders.
+
+One :class:`Context` per terminal request (jPOS style): the decoded request, the terminal
+record, the MAC input and the reply being built.  Flows are plain async functions
+``async def flow(ctx: Context) -> None`` that fill ``ctx.reply``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from switch.flows.dispatch import Services
+
+
+class RC:
+    """Field 39 values the switch returns (pos-8583-dialect.md §10)."""
+
+    APPROVED = "00"
+    INVALID_MERCHANT = "03"
+    DO_NOT_HONOUR = "05"
+    INVALID_TXN = "12"
+    INVALID_AMOUNT = "13"
+    INVALID_CARD = "14"
+    NO_SUCH_ISSUER = "15"
+    ORIGINAL_NOT_FOUND = "25"
+    FORMAT_ERROR = "30"
+    INSUFFICIENT_FUNDS = "51"
+    EXPIRED = "54"
+    WRONG_PIN = "55"
+    OVER_LIMIT = "61"
+    AMOUNT_MISMATCH = "64"
+    ISSUER_UNAVAILABLE = "91"
+    ISSUER_LINK_DOWN = "92"
+    DUPLICATE = "94"
+    SYSTEM_ERROR = "96"
+    UNKNOWN_TERMINAL = "97"
+    ISSUER_TIMEOUT = "98"
+    MAC_ERROR = "A0"
+
+
+#: header digit 6 values the host sets in replies
+PR_NONE = 0
+PR_SIGN_ON_AGAIN = 3
+
+#: request fields echoed in every reply when present (§6)
+ECHO_FIELDS = ("2", "3", "4", "11", "14", "22", "25", "41", "42", "49", "60")
+
+
+@dataclass(slots=True)
+class Context:
+    req: dict[str, str]
+    body: bytes
+    services: Services
+    terminal: Any = None
+    reply: dict[str, str] = field(default_factory=dict)
+    processing_request: int = PR_NONE
+    mac_reply: bool = False
+    txn_type: str = "unknown"
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def mti(self) -> str:
+        return self.req["t"]
+
+    def start_reply(self, rc: str, extra: tuple[str, ...] = ()) -> dict[str, str]:
+        """Reply skeleton: MTI + 10, echoed fields, date/time, acquirer ID and field 39."""
+        req = self.req
+        reply = {"t": f"{int(req['t']) + 10:04d}"}
+        for f in ECHO_FIELDS + extra:
+            v = req.get(f)
+            if v is not None:
+                reply[f] = v
+        if "2" not in reply and "35" in req:
+            from switch.flows.wire import pan_of
+
+            pan = pan_of(req)
+            if pan:
+                reply["2"] = pan
+        now = time.localtime()
+        reply["12"] = time.strftime("%H%M%S", now)
+        reply["13"] = time.strftime("%m%d", now)
+        reply["32"] = self.services.acquirer_id
+        reply["39"] = rc
+        self.reply = reply
+        return reply
+
+    def fail(self, rc: str) -> None:
+        self.start_reply(rc)

@@ -1,0 +1,59 @@
+"""Reversal 0400/0410: undo the terminal's last financial request.
+
+The original is found by 41 + 42 + 11 + batch (60.2) and the MTI class of the original (01 for the
+pre-auth family, 02 otherwise).  Idempotent: reversing an already reversed original answers 00
+again and changes nothing.  An approved original is reversed upstream (0420 queued on the issuer
+link, retried until acknowledged); a declined or unanswered one is only marked reversed.  An
+unknown original gets 25, which terminals count as "reversal done" (§7).  A reversed void puts
+its sale back to approved.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from switch.flows.context import RC, Context
+from switch.flows.upstream import batch_of, reverse_upstream
+from switch.logsafe import kv
+
+log = logging.getLogger("switch.flows")
+
+_PREAUTH_TYPES = frozenset({"10", "11"})
+
+
+async def reversal(ctx: Context) -> None:
+    req, term, svc = ctx.req, ctx.terminal, ctx.services
+    journal = svc.journal
+    stan = req.get("11", "")
+    if not stan.isdigit():
+        ctx.fail(RC.FORMAT_ERROR)
+        return
+    t601 = req.get("60", "")[:2]
+    mti_class = "01" if t601 in _PREAUTH_TYPES else "02"
+    orig = await journal.find_by_trace(term.tid, term.mid, batch_of(req), stan, mti_class)
+    reply_rc = RC.APPROVED
+    if orig is None or orig.txn_type in ("balance", "reversal"):
+        reply_rc = RC.ORIGINAL_NOT_FOUND
+    elif orig.state == "reversed":
+        pass  # idempotent
+    elif orig.state in ("voided", "refunded", "settled"):
+        reply_rc = RC.INVALID_TXN  # a voided or settled original cannot be reversed any more
+    elif orig.state == "approved":
+        await reverse_upstream(ctx, orig, req.get("39", "98"))
+        await journal.update_state(orig.id, "reversed")
+        if orig.txn_type in ("void", "preauth_void", "completion_void") and orig.original_id:
+            await journal.update_state(orig.original_id, "approved")
+        log.info("reversed", extra=kv(tid=term.tid, stan=stan, rrn=orig.rrn, reason=req.get("39")))
+    else:  # declined, or never answered upstream (the issuer link reverses those itself)
+        await journal.update_state(orig.id, "reversed")
+    reply = ctx.start_reply(reply_rc)
+    reply["15"] = reply["13"]
+    if orig is not None and orig.rrn:
+        reply["37"] = orig.rrn
+    if "38" in req:
+        reply["38"] = req["38"]
+
+
+FLOWS = {
+    ("0400",): (reversal, "reversal", True),
+}

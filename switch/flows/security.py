@@ -1,0 +1,53 @@
+"""The switch's view of the HSM: MAC check/generation, PIN translation, working keys.
+
+A thin adapter over ``switch.hsm_client.HsmClient`` so the flows name operations by what they
+mean for a terminal (its MAK, its PIK, its TMK) and the HSM command details stay in one place.
+The switch never holds a clear key: every key here is under the LMK.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+class Security:
+    def __init__(self, hsm: Any, metrics: Any = None) -> None:
+        self.hsm = hsm
+        self.metrics = metrics
+
+    def _observe(self, command: str, t0: float) -> None:
+        m = self.metrics
+        if m is not None:
+            try:
+                m.hsm_latency.labels(command).observe(time.perf_counter() - t0)
+            except Exception:
+                pass
+
+    async def verify_mac(self, term: Any, data: bytes, mac: bytes) -> bool:
+        t0 = time.perf_counter()
+        try:
+            return bool(await self.hsm.verify_mac(term.mak_under_lmk, data, mac, algorithm=term.mac_algorithm))
+        finally:
+            self._observe("verify_mac", t0)
+
+    async def generate_mac(self, term: Any, data: bytes) -> bytes:
+        t0 = time.perf_counter()
+        try:
+            return bytes(await self.hsm.generate_mac(term.mak_under_lmk, data, algorithm=term.mac_algorithm))
+        finally:
+            self._observe("generate_mac", t0)
+
+    async def translate_pin(self, term: Any, zpk_under_lmk: str, pin_block: bytes, pan: str | None) -> bytes:
+        t0 = time.perf_counter()
+        try:
+            return bytes(await self.hsm.translate_pin_tpk_to_zpk(term.pik_under_lmk, zpk_under_lmk, pin_block, pan or "0" * 13))
+        finally:
+            self._observe("translate_pin", t0)
+
+    async def working_keys(self, term: Any, mode: str) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return await self.hsm.generate_working_keys_for_terminal(term.tmk_under_lmk, mode=mode)
+        finally:
+            self._observe("working_keys", t0)

@@ -1,0 +1,176 @@
+"""Talking to the issuer for a flow: route, PIN translation, request, journal bookkeeping.
+
+``authorize`` is the common path of every online financial request (balance, sale, pre-auth,
+completion, void, refund): pick the route by BIN, translate the PIN block TPK → ZPK in the HSM,
+journal the request, send it on the issuer link and turn the outcome into field 39.  An approval
+is committed to the journal (group commit) before this function returns, so the reply can never
+reach the terminal ahead of its journal row.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from switch import h2h
+from switch.flows import wire
+from switch.flows.context import RC, Context
+from switch.logsafe import kv
+
+try:
+    from switch.issuer_link import IssuerTimeout, IssuerUnavailable
+except ImportError:  # pragma: no cover - until the issuer link lands
+
+    class IssuerTimeout(Exception):  # type: ignore[no-redef]
+        pass
+
+    class IssuerUnavailable(Exception):  # type: ignore[no-redef]
+        pass
+
+
+log = logging.getLogger("switch.flows")
+
+#: journal txn type -> (H2H MTI, processing code) of the original request
+_H2H_CODES = {kind.value: codes[:2] for kind, codes in h2h._KIND_CODES.items()}
+
+#: 60.1 / entry mode -> payment method label for the journal
+_METHOD = {"01": "keyed", "02": "swipe", "05": "chip", "07": "contactless", "03": "qr", "98": "contactless"}
+
+
+@dataclass(slots=True)
+class Outcome:
+    rc: str
+    txn_id: int | None = None
+    rrn: str = ""
+    auth_code: str = ""
+    upstream: dict[str, str] | None = None
+    route: Any = None
+
+
+def payment_method(req: dict[str, str]) -> str:
+    f22 = req.get("22", "")[:2]
+    if f22 == "02" and wire.Field60.parse(req.get("60")).rest[1:2] == "2":
+        return "fallback"
+    return _METHOD.get(f22, "keyed")
+
+
+def batch_of(req: dict[str, str]) -> int:
+    return int(wire.Field60.parse(req.get("60")).batch or 0)
+
+
+async def authorize(ctx: Context, txn_type: str, *, mti_up: str | None = None, amount: int | None = None,
+                    original: Any = None) -> Outcome:
+    """Route, translate the PIN, journal, ask the issuer; returns the outcome (39 and references)."""
+    req, term, svc = ctx.req, ctx.terminal, ctx.services
+    pan = wire.pan_of(req)
+    if not pan or not pan.isdigit() or not 12 <= len(pan) <= 19:
+        return Outcome(RC.INVALID_CARD)
+    route = svc.router.lookup(pan)
+    if route is None:
+        return Outcome(RC.NO_SUCH_ISSUER)
+    if not route.up:
+        return Outcome(RC.ISSUER_LINK_DOWN, route=route)
+    pin_block = None
+    if "52" in req:
+        if not route.zpk_under_lmk:
+            return Outcome(RC.SYSTEM_ERROR, route=route)
+        zpb = await svc.security.translate_pin(term, route.zpk_under_lmk, bytes.fromhex(req["52"]), pan)
+        pin_block = zpb.hex().upper()
+    journal = svc.journal
+    rrn = journal.next_rrn()
+    try:
+        up = h2h.financial_request(
+            txn_type, terminal_id=term.tid, merchant_id=term.mid, rrn=rrn,
+            amount=amount if amount is not None else (int(req["4"]) if "4" in req else None),
+            pan=pan, track2=req["35"].replace("D", "=") if "35" in req else None, expiry=req.get("14"),
+            entry_mode=req.get("22", "021"), psn=req.get("23"), pin_block=pin_block,
+            icc=h2h.field55_tags(req["55"]) if "55" in req else None,
+            auth_code=original.auth_code if original is not None and original.auth_code else None,
+            original=original_h2h(original, svc.acquirer_id) if original is not None else None,
+            acquirer_id=svc.acquirer_id, currency=req.get("49", "156"), stan=req.get("11", "000000"),
+        )
+    except h2h.H2HError:
+        return Outcome(RC.FORMAT_ERROR, route=route)
+    if mti_up:
+        up["t"] = mti_up
+    txn = {
+        "terminal_id": term.tid, "merchant_id": term.mid, "txn_type": txn_type, "mti": req["t"],
+        "processing_code": req.get("3", ""), "state": "sent", "amount": int(up.get("4", "0") or 0),
+        "currency": req.get("49", "156"), "stan": req.get("11", ""), "batch": batch_of(req), "rrn": rrn,
+        "card_org": route.card_org, "payment_method": payment_method(req), "entry_mode": req.get("22", ""),
+        "issuer": route.name, "pan": pan,
+    }
+    if original is not None:
+        txn["original_id"] = original.id
+    txn_id = await journal.record(txn)
+    t0 = time.perf_counter()
+    try:
+        resp = await route.link.request(up, timeout=svc.issuer_timeout)
+    except IssuerTimeout:
+        log.warning("issuer timeout", extra=kv(issuer=route.name, tid=term.tid, stan=req.get("11"), rrn=rrn))
+        await journal.update_state(txn_id, "reversed", response_code=RC.ISSUER_TIMEOUT)
+        return Outcome(RC.ISSUER_TIMEOUT, txn_id, rrn, route=route)
+    except IssuerUnavailable:
+        log.warning("issuer unavailable", extra=kv(issuer=route.name, tid=term.tid, stan=req.get("11")))
+        await journal.update_state(txn_id, "declined", response_code=RC.ISSUER_UNAVAILABLE)
+        return Outcome(RC.ISSUER_UNAVAILABLE, txn_id, rrn, route=route)
+    finally:
+        m = svc.metrics
+        if m is not None:
+            try:
+                m.issuer_latency.labels(route.name).observe(time.perf_counter() - t0)
+            except Exception:
+                pass
+    rc = resp.get("39", RC.SYSTEM_ERROR)
+    auth = resp.get("38", "")
+    if rc == RC.APPROVED:
+        await journal.commit_approval(txn_id, rrn=rrn, auth_code=auth, response_code=rc)
+    else:
+        await journal.update_state(txn_id, "declined", response_code=rc)
+    return Outcome(rc, txn_id, rrn, auth, resp, route)
+
+
+def fill_reply(ctx: Context, out: Outcome) -> dict[str, str]:
+    """Reply fields of an online financial request from its outcome."""
+    reply = ctx.start_reply(out.rc, extra=("23",))
+    if out.rrn:
+        reply["37"] = out.rrn
+    if out.auth_code:
+        reply["38"] = out.auth_code
+    reply["15"] = reply["13"]
+    up = out.upstream or {}
+    if "55" in up:
+        reply["55"] = up["55"]
+    if "54" in up:
+        reply["54"] = up["54"]
+    if out.route is not None:
+        reply["63"] = out.route.card_org
+        reply["44"] = f"{out.route.name[:11]:<11}{ctx.services.acquirer_id[:11]:<11}"
+    return reply
+
+
+def original_h2h(orig: Any, acquirer_id: str) -> dict[str, str]:
+    """The H2H request of a journaled original, rebuilt for field 90 and reversals.
+
+    Field 7 is the original's creation time (the link stamps 7 when it sends, within the same
+    second); 37 (our unique RRN) is what the issuer matches on.
+    """
+    mti, proc = _H2H_CODES.get(orig.txn_type, (orig.mti or "0200", orig.processing_code or "000000"))
+    return {
+        "t": mti, "3": orig.processing_code or proc, "4": f"{int(orig.amount):012d}",
+        "7": time.strftime("%m%d%H%M%S", time.gmtime(orig.created_at or time.time())),
+        "11": f"{int(orig.stan or 0):06d}", "32": acquirer_id, "37": orig.rrn,
+        "41": orig.terminal_id.ljust(8), "42": orig.merchant_id.ljust(15), "49": orig.currency or "156",
+        **({"38": orig.auth_code} if orig.auth_code else {}),
+    }
+
+
+async def reverse_upstream(ctx: Context, orig: Any, reason: str) -> None:
+    """Queue a reversal of an approved original on its issuer link (retried there until acked)."""
+    route = ctx.services.router.routes.get(orig.issuer)
+    if route is None:
+        log.error("cannot reverse upstream: unknown route", extra=kv(issuer=orig.issuer, rrn=orig.rrn))
+        return
+    await route.link.reverse(original_h2h(orig, ctx.services.acquirer_id), reason=reason or "98")

@@ -1,0 +1,138 @@
+"""One asyncio protocol object per terminal connection.
+
+The protocol only feeds ``_fastcore.framing.FrameSplitter`` (compiled) and hands each frame to
+the server; it never decodes or logs per message.  Per-connection limits: maximum frame length (a longer
+length prefix closes the connection), requests in flight (reading pauses at the limit and
+resumes when replies go out) and an idle timeout.  Replies are written as they complete;
+``write`` coalesces nothing itself because each reply is one ``transport.write`` of the whole
+frame, which uvloop sends without copying when the socket is writable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from _fastcore.errors import FramingError
+from _fastcore.framing import FrameSplitter
+from switch.logsafe import kv
+
+if TYPE_CHECKING:
+    from switch.server import SwitchServer
+
+log = logging.getLogger("switch.protocol")
+
+#: smallest legal frame after the length prefix: TPDU 5 + header 6 + MTI 2 + bitmap 8
+MIN_FRAME = 21
+
+
+@dataclass(slots=True)
+class Limits:
+    max_frame: int = 2048
+    max_in_flight: int = 32
+    idle_timeout: float = 300.0
+
+
+class TerminalProtocol(asyncio.Protocol):
+    __slots__ = ("server", "limits", "transport", "peer", "in_flight", "closed",
+                 "_splitter", "_paused", "_idle", "_last_rx", "_loop")
+
+    def __init__(self, server: SwitchServer, limits: Limits) -> None:
+        self.server = server
+        self.limits = limits
+        self.transport: asyncio.Transport | None = None
+        self.peer: str = "?"
+        self.in_flight = 0
+        self.closed = False
+        self._splitter = FrameSplitter(limits.max_frame, MIN_FRAME)
+        self._paused = False
+        self._idle: asyncio.TimerHandle | None = None
+        self._last_rx = 0.0
+        self._loop = asyncio.get_running_loop()
+
+    # ------------------------------------------------------------------ asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self._last_rx = self._loop.time()
+        self._idle = self._loop.call_later(self.limits.idle_timeout, self._check_idle)
+        self.server.connection_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_rx = self._loop.time()
+        splitter = self._splitter
+        try:
+            frames = splitter.feed(data)
+        except FramingError as exc:
+            for frame in getattr(exc, "frames", ()):
+                self.server.dispatch(self, frame, -1)
+            self.protocol_error(str(exc), exc.offset or 0)
+            return
+        if not frames:
+            return
+        offset = splitter.offset - sum(len(f) + 2 for f in frames)  # stream offset of the first one
+        for frame in frames:
+            self.server.dispatch(self, frame, offset)
+            offset += len(frame) + 2
+            if self.closed:
+                return
+
+    def eof_received(self) -> bool:
+        # half-close: let in-flight replies go out, then close
+        if self.in_flight == 0 and self.transport is not None:
+            self.transport.close()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._idle is not None:
+            self._idle.cancel()
+        self.server.connection_closed(self)
+
+    # ------------------------------------------------------------------ called by the server
+    def request_started(self) -> None:
+        self.in_flight += 1
+        if self.in_flight >= self.limits.max_in_flight and not self._paused and self.transport:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def request_done(self) -> None:
+        self.in_flight -= 1
+        if self._paused and self.in_flight < self.limits.max_in_flight and self.transport and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
+        if self.in_flight == 0 and self.transport is not None and self.transport.is_closing() is False \
+                and self.server.draining:
+            self.transport.close()
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def protocol_error(self, reason: str, offset: int) -> None:
+        """Unrecoverable stream error: log it with the offset and drop this connection only."""
+        log.warning("closing connection: bad frame", extra=kv(peer=self.peer, reason=reason, offset=offset))
+        self.server.count_protocol_error()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _check_idle(self) -> None:
+        if self.closed:
+            return
+        idle_for = self._loop.time() - self._last_rx
+        timeout = self.limits.idle_timeout
+        if idle_for >= timeout and self.in_flight == 0:
+            log.info("closing idle connection", extra=kv(peer=self.peer, idle_s=round(idle_for, 1)))
+            self.close()
+            return
+        self._idle = self._loop.call_later(max(timeout - idle_for, 0.05) if idle_for < timeout else timeout,
+                                           self._check_idle)
