@@ -82,6 +82,7 @@ class TxnRecord:
     auth_code: str = ""
     response_code: str = ""
     card_org: str = ""
+    card_type: str = ""  # "debit", "credit" or "" (unknown): selects the merchant fee rate
     payment_method: str = ""
     entry_mode: str = ""
     issuer: str = ""
@@ -160,6 +161,9 @@ def _check_fields(fields: Mapping[str, Any]) -> None:
     txn_type = fields.get("txn_type")
     if txn_type is not None and txn_type not in TXN_TYPES:
         raise JournalError(f"journal: unknown txn_type {txn_type!r}")
+    card_type = fields.get("card_type")
+    if card_type is not None and card_type not in ("debit", "credit", ""):
+        raise JournalError(f"journal: unknown card_type {card_type!r}")
     method = fields.get("payment_method")
     if method is not None and method not in PAYMENT_METHODS:
         raise JournalError(f"journal: unknown payment_method {method!r}")

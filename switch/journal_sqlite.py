@@ -88,6 +88,13 @@ JOURNAL_MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX IF NOT EXISTS txn_created ON txn(created_at)",
         ],
     ),
+    (
+        2,
+        [
+            # debit / credit card (for merchant fee rates) when routing or the issuer tells us; '' = unknown
+            "ALTER TABLE txn ADD COLUMN card_type TEXT NOT NULL DEFAULT ''",
+        ],
+    ),
 ]
 
 
