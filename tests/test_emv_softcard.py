@@ -1,0 +1,227 @@
+"""EMV flow: terminal kernel against the software card in process (contact, contactless, T=0).
+
+The ARQC/TC are checked with pyemv as an independent oracle, using the key and
+data convention ``issuer_sim`` verifies (IMK-AC test key, option A, common
+session key with R = ATC||0000||UN, data 9F02 9F03 9F1A 95 5F2A 9A 9C 9F37 82
+9F36 9F10, ARPC method 1 with the session key).
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from pyemv import ac, kd
+from pyemv import tlv as pyemv_tlv
+
+from terminal_bridge import emv_crypto, emv_tlv
+from terminal_bridge.apdu import ApduError, DirectTransport, exchange
+from terminal_bridge.devices import CardReadError, EntryMode
+from terminal_bridge.drivers.softcard import TEST_IMK_AC, CardProfile, SoftCard
+from terminal_bridge.emv import REQUEST_MANDATORY, REQUEST_TAGS, EmvKernel, build_field55
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*TripleDES.*")
+
+NOW = datetime.datetime(2026, 11, 22, 10, 30, 0)
+UN = bytes.fromhex("1A2B3C4D")
+ARQC_DATA_ORDER = ["9F02", "9F03", "9F1A", "95", "5F2A", "9A", "9C", "9F37", "82", "9F36", "9F10"]
+
+
+def make(t0: bool = False, contactless: bool = False, card_contactless: bool | None = None, **profile):
+    card = SoftCard(CardProfile(**profile), t0=t0,
+                    contactless=contactless if card_contactless is None else card_contactless)
+    kernel = EmvKernel(DirectTransport(card), contactless=contactless, clock=lambda: NOW,
+                       unpredictable=lambda n: UN[:n])
+    return card, kernel
+
+
+def oracle_sk(pan: str, psn: str, atc: bytes, un: bytes) -> bytes:
+    mk = kd.derive_icc_mk_a(TEST_IMK_AC, pan, psn)
+    return kd.derive_common_sk(mk, atc + b"\x00\x00" + un)
+
+
+def issuer_reply(f55: bytes, pan: str, psn: str, arc: bytes = b"00") -> tuple[bytes, bytes]:
+    """What issuer_sim does: verify the ARQC, answer 91 = ARPC || ARC.  Returns (reply 55, ARQC)."""
+    d = pyemv_tlv.decode(f55, flatten=True)
+    sk = oracle_sk(pan, psn, d["9F36"], d["9F37"])
+    arqc = ac.generate_ac(sk, b"".join(d[t] for t in ARQC_DATA_ORDER))
+    assert arqc == d["9F26"], "ARQC does not verify with the issuer convention"
+    return pyemv_tlv.encode({"91": ac.generate_arpc_1(sk, arqc, arc) + arc}), arqc
+
+
+def test_crypto_backend_known_answers() -> None:
+    """payment-crypto.md EMV-1/EMV-2/EMV-3 through whichever backend the card uses."""
+    mk = emv_crypto.icc_master_key(TEST_IMK_AC, "9901234567890123", "45")
+    assert emv_crypto._kcv(mk) == "1DA5"
+    sk = bytes(kd.derive_common_sk(mk, bytes.fromhex("1234567890123456")))
+    assert emv_crypto._kcv(sk) == "0995"
+    assert emv_crypto.session_key(mk, bytes.fromhex("1234"), bytes.fromhex("90123456")) == kd.derive_common_sk(
+        mk, bytes.fromhex("1234000090123456"))
+    arqc = emv_crypto.application_cryptogram(sk, bytes.fromhex("0123456789ABCDEF0123456789ABCDEF"))
+    assert arqc.hex().upper() == "4B46013359B7A58B"
+    assert emv_crypto.arpc_method1(mk, arqc, b"\x00\x00").hex().upper() == "F8C9CECAABD55AD1"
+
+
+@pytest.mark.parametrize("t0", [False, True], ids=["t1", "t0"])
+def test_contact_sale_approved(t0: bool) -> None:
+    card, k = make(t0=t0)
+    txn = k.start(1234, sequence=42)
+    c = txn.card
+    assert (c.pan, c.psn, c.expiry, c.entry_mode) == ("6212345678901232", "01", "3012", EntryMode.CHIP)
+    assert c.track2 == "6212345678901232=301222000000"
+    assert c.aid == "A000000333010101" and c.app_label == "UnionPay Debit"
+    f55 = k.first_generate_ac(txn, pin_entered=True)
+    assert txn.online_requested and c.icc_data == f55
+
+    d = pyemv_tlv.decode(f55, flatten=True)  # independent decoder
+    assert set(REQUEST_MANDATORY) <= set(d)
+    assert list(d) == [t for t in REQUEST_TAGS if t in d]  # §11 order
+    assert d["9F02"] == bytes.fromhex("000000001234") and d["9F03"] == bytes(6)
+    assert d["5F2A"] == d["9F1A"] == bytes.fromhex("0156")
+    assert d["9A"] == bytes.fromhex("261122") and d["9C"] == b"\x00" and d["9F37"] == UN
+    assert d["9F27"] == b"\x80" and d["9F36"] == b"\x00\x01" and d["82"] == bytes.fromhex("1C00")
+    assert d["9F34"] == bytes.fromhex("420300") and d["95"][2] & 0x04  # online PIN
+    assert d["84"] == bytes.fromhex("A000000333010101") and d["9F41"] == bytes.fromhex("00000042")
+    assert d["9F1E"] == b"POS00001"
+
+    reply, _ = issuer_reply(f55, c.pan, c.psn)
+    done = k.second_generate_ac(txn, "00", reply)
+    assert done.approved and done.cid == 0x40 and done.reversal_reason is None and done.issuer_authenticated
+    # the TC uses the same convention (CDOL2 values, CVR updated) and is in the TC-upload set
+    tc = pyemv_tlv.decode(done.tc_field55, flatten=True)
+    sk = oracle_sk(c.pan, c.psn, tc["9F36"], tc["9F37"])
+    assert ac.generate_ac(sk, b"".join(({**d, **tc})[t] for t in ARQC_DATA_ORDER)) == tc["9F26"]
+    assert set(pyemv_tlv.decode(done.reversal_field55, flatten=True)) == {"95", "9F1E", "9F10", "9F36"}
+    if t0:
+        ins = [a[1] for a in card.log]
+        assert 0xC0 in ins  # GET RESPONSE after 61xx
+        rr = [a for a in card.log if a[1] == 0xB2]
+        assert any(a[-1] == 0 for a in rr) and any(a[-1] != 0 for a in rr)  # 6Cxx -> resent with Le = xx
+
+
+def test_contactless_uses_ppse_and_entry_mode_07() -> None:
+    card, k = make(contactless=True)
+    txn = k.start(500)
+    k.first_generate_ac(txn)
+    assert txn.card.entry_mode == EntryMode.CONTACTLESS and txn.card.entry_mode.value == "07"
+    assert card.log[0][5:19] == b"2PAY.SYS.DDF01"
+    reply, _ = issuer_reply(txn.field55, txn.card.pan, txn.card.psn)
+    assert k.second_generate_ac(txn, "00", reply).approved
+
+
+def test_contactless_reader_with_contact_only_card() -> None:
+    _, k = make(contactless=True, card_contactless=False)
+    with pytest.raises(ApduError, match="SELECT PPSE failed with SW 6A82"):
+        k.start(500)
+
+
+def test_wrong_arpc_card_declines_and_asks_for_reversal() -> None:
+    _, k = make()
+    txn = k.start(1000)
+    k.first_generate_ac(txn)
+    reply, arqc = issuer_reply(txn.field55, txn.card.pan, txn.card.psn)
+    tampered = bytearray(pyemv_tlv.decode(reply)["91"])
+    tampered[0] ^= 1
+    done = k.second_generate_ac(txn, "00", pyemv_tlv.encode({"91": bytes(tampered)}))
+    assert done.cid == 0x00 and not done.approved
+    assert done.reversal_reason == "06" and done.issuer_authenticated is False
+
+
+def test_arpc_for_other_arc_is_rejected() -> None:
+    """An ARPC computed for ARC '51' must not authenticate an approval ('00' in field 39)."""
+    _, k = make()
+    txn = k.start(1000)
+    k.first_generate_ac(txn)
+    reply, _ = issuer_reply(txn.field55, txn.card.pan, txn.card.psn, arc=b"51")
+    done = k.second_generate_ac(txn, "00", reply)
+    assert not done.approved and done.reversal_reason == "06"
+
+
+def test_host_decline_and_no_answer() -> None:
+    _, k = make()
+    txn = k.start(1000)
+    k.first_generate_ac(txn)
+    reply, _ = issuer_reply(txn.field55, txn.card.pan, txn.card.psn, arc=b"51")
+    done = k.second_generate_ac(txn, "51", reply)
+    assert done.cid == 0x00 and not done.approved and done.reversal_reason is None and done.issuer_authenticated
+
+    _, k2 = make()
+    txn2 = k2.start(1000)
+    k2.first_generate_ac(txn2)
+    done2 = k2.second_generate_ac(txn2, None, None)
+    assert done2.cid == 0x00 and done2.issuer_authenticated is None and done2.reversal_reason is None
+
+
+def test_atc_increments_per_transaction_and_keys_follow_pan_psn() -> None:
+    card, k = make(pan="6212340000000000006", psn="02")
+    atcs = []
+    for _ in range(3):
+        txn = k.start(1)
+        k.first_generate_ac(txn)
+        issuer_reply(txn.field55, "6212340000000000006", "02")  # asserts the ARQC verifies
+        atcs.append(txn.tags["9F36"])
+        card.reset()
+    assert atcs == [b"\x00\x01", b"\x00\x02", b"\x00\x03"]
+
+
+def test_arqc_does_not_verify_under_other_imk() -> None:
+    _, k = make(imk_ac=bytes.fromhex("00112233445566778899AABBCCDDEEFF"))
+    txn = k.start(1)
+    k.first_generate_ac(txn)
+    with pytest.raises(AssertionError, match="ARQC does not verify"):
+        issuer_reply(txn.field55, txn.card.pan, txn.card.psn)
+
+
+def test_card_status_words() -> None:
+    card = SoftCard()
+    assert card.process(bytes.fromhex("80A8000002830000"))[-2:] == b"\x69\x85"  # GPO before SELECT
+    assert card.process(bytes.fromhex("00A404000EFF"))[-2:] == b"\x67\x00"  # Lc mismatch
+    assert card.process(bytes.fromhex("00A4040008A00000033301019900"))[-2:] == b"\x6a\x82"
+    assert card.process(bytes.fromhex("0020008000"))[-2:] == b"\x6d\x00"
+    assert card.process(bytes.fromhex("B0B2010C00"))[-2:] == b"\x6e\x00"
+    assert card.process(bytes.fromhex("00A4040008A00000033301010100"))[-2:] == b"\x90\x00"
+    assert card.process(bytes.fromhex("80A80000028300"))[-2:] == b"\x67\x00"  # PDOL wants 2 bytes
+    assert card.process(bytes.fromhex("00B2030C00"))[-2:] == b"\x6a\x83"
+    assert card.process(bytes.fromhex("80AE8000021234"))[-2:] == b"\x69\x85"  # GAC before GPO
+
+
+class _BrokenCard(SoftCard):
+    def process(self, apdu: bytes) -> bytes:
+        resp = super().process(apdu)
+        if apdu[1] == 0xB2 and apdu[2] == 2:
+            return resp[:30] + b"\x90\x00"  # record 2 truncated inside a tag
+        return resp
+
+
+def test_malformed_record_names_tag_and_offset() -> None:
+    k = EmvKernel(DirectTransport(_BrokenCard()), clock=lambda: NOW)
+    with pytest.raises(CardReadError, match=r"READ RECORD 1/2: card answer is malformed .*tag 70"):
+        k.start(1)
+
+
+def test_field55_missing_mandatory_tag() -> None:
+    with pytest.raises(CardReadError, match="missing mandatory tag.*9F26"):
+        build_field55({"95": bytes(5)}, "request")
+    assert emv_tlv.decode(build_field55({"9F36": b"\x00\x07", "95": bytes(5)}, "reversal")) == {
+        "95": bytes(5), "9F36": b"\x00\x07"}
+
+
+def test_exchange_follows_61xx_chains() -> None:
+    class Chunky:
+        def __init__(self) -> None:
+            self.rest = bytes(range(40))
+
+        def transmit(self, apdu: bytes) -> bytes:
+            if apdu[1] != 0xC0:
+                return b"\x61\x10"
+            chunk, self.rest = self.rest[: apdu[4]], self.rest[apdu[4] :]
+            return chunk + (bytes([0x61, min(16, len(self.rest))]) if self.rest else b"\x90\x00")
+
+    data, sw = exchange(Chunky(), bytes.fromhex("80A8000002830000"))
+    assert data == bytes(range(40)) and sw == b"\x90\x00"
+
+
+def test_no_pan_in_reprs() -> None:
+    _, k = make()
+    txn = k.start(1)
+    assert "6212345678901232" not in repr(txn) and "6212345678901232" not in repr(txn.card)
