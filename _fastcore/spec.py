@@ -21,8 +21,8 @@ What a caller puts in a document (``doc[...]`` is always ``str``):
 
 ``H2H_SPEC`` is the switch<->issuer host-to-host spec (ASCII ISO 8583, see ``docs/dialect.md``).
 
-The transaction table of §4 is data here too: :data:`TRANSACTION_TYPES`,
-:func:`lookup_transaction`, :data:`MAC_TYPES`.
+The reference's tables are data here too: §4 :data:`TRANSACTION_TYPES`, :func:`lookup_transaction`,
+:data:`MAC_TYPES`; §10 :data:`RESPONSE_CODES`; §11 the ``FIELD55_*`` tag lists.
 """
 
 from __future__ import annotations
@@ -43,6 +43,13 @@ __all__ = [
     "NETWORK_MGMT_CODES",
     "MAC_TYPES",
     "REVERSAL_DONE_CODES",
+    "FIELD55_REQUEST_MANDATORY",
+    "FIELD55_REQUEST_OPTIONAL",
+    "FIELD55_REVERSAL_TAGS",
+    "FIELD55_SCRIPT_ADVICE_TAGS",
+    "FIELD55_REPLY_TAGS",
+    "RESPONSE_CODES",
+    "APPROVED_CODES",
     "lookup_transaction",
     "response_mti",
 ]
@@ -362,3 +369,46 @@ def lookup_transaction(mti: str, processing_code: str | None, type_code: str,
             if hit is not None:
                 break
     return hit
+
+
+# --------------------------------------------------------------------------------------
+# §11: field 55 tag lists; §10: response codes
+# --------------------------------------------------------------------------------------
+
+#: Request field 55 of online sale / balance / pre-auth (contact and contactless): mandatory tags.
+FIELD55_REQUEST_MANDATORY: tuple[str, ...] = (
+    "9F26", "9F27", "9F10", "9F37", "9F36", "95", "9A", "9C", "9F02", "5F2A", "82", "9F1A", "9F03", "9F33",
+)
+#: ... and the tags sent when available (``9F74`` only for e-cash).
+FIELD55_REQUEST_OPTIONAL: tuple[str, ...] = ("9F34", "9F35", "9F1E", "84", "9F09", "9F41", "9F63", "9F74", "5F34")
+#: Tags a reversal (0400) keeps from the original's field 55 (``_fastcore.tlv.select``).
+FIELD55_REVERSAL_TAGS: tuple[str, ...] = ("95", "9F1E", "9F10", "9F36", "DF31")
+#: Tags of a script-result advice (0620) or a TC batch upload.
+FIELD55_SCRIPT_ADVICE_TAGS: tuple[str, ...] = (
+    "9F33", "95", "9F37", "9F1E", "9F10", "9F26", "9F36", "82", "DF31", "9F1A", "9A",
+)
+#: Tags a host may put in a 0110/0210 field 55 (never ``8A``: the terminal derives the ARC from 39).
+FIELD55_REPLY_TAGS: tuple[str, ...] = ("91", "71", "72")
+
+#: Field 39 meanings (reference §10).
+RESPONSE_CODES: dict[str, str] = {
+    "00": "approved", "01": "refer to issuer", "03": "invalid merchant", "04": "pick up card",
+    "05": "cardholder verification failed", "10": "partial approval", "11": "approved (VIP)",
+    "12": "invalid transaction", "13": "invalid amount", "14": "invalid card number", "15": "no such issuer",
+    "21": "card not initialised / dormant", "22": "operation error or beyond allowed days",
+    "25": "original not found", "30": "format error", "34": "suspected fraud, capture",
+    "38": "PIN tries exceeded, call issuer", "40": "function not supported by issuer",
+    "41": "lost card, capture", "43": "stolen card, capture", "51": "insufficient funds", "54": "expired card",
+    "55": "wrong PIN", "57": "card not permitted", "58": "not permitted on this terminal",
+    "59": "card verification error", "61": "amount over limit", "62": "restricted card",
+    "64": "amount differs from original", "65": "over frequency limit", "68": "timeout, retry",
+    "75": "PIN tries exceeded", "90": "cut-over in progress", "91": "issuer unavailable",
+    "92": "issuer link down", "94": "duplicate transaction", "96": "switch malfunction",
+    "97": "terminal not registered", "98": "issuer timeout / reversal reason: no reply",
+    "99": "PIN format error, sign on again", "A0": "MAC error, sign on again / reversal reason: bad reply MAC",
+    "A1": "currency mismatch", "A2": "approved, confirm with issuer", "A3": "account incorrect",
+    "A4": "approved, confirm with issuer", "A5": "approved, confirm with issuer",
+    "A6": "approved, confirm with issuer", "A7": "switch malfunction",
+}
+#: Codes terminals treat as an approval.
+APPROVED_CODES: frozenset[str] = frozenset({"00", "10", "11", "A2", "A4", "A5", "A6"})

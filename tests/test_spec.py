@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 import iso8583
 import pytest
@@ -174,3 +175,56 @@ def test_transaction_table() -> None:
     assert "sale" in MAC_TYPES and "sign_on_double" not in MAC_TYPES and "settlement" not in MAC_TYPES
     keys = [(t.mti, t.processing_code, t.type_code, t.network_code) for t in TRANSACTION_TYPES]
     assert len(keys) == len(set(keys))
+
+
+SIGNON_0800 = {
+    "t": "0800", "p": "0020000000C00012", "11": "000123", "41": "10000001", "42": "898310048120001",
+    "60": "00000001003", "63": "01 ",
+}
+SIGNON_0810 = {
+    "t": "0810", "p": "003800010AC00016", "11": "000123", "12": "143015", "13": "1122", "32": "00010000",
+    "37": "112214301501", "39": "00", "41": "10000001", "42": "898310048120001", "60": "00000002003",
+    "62": "6701EAD6A9AD51E51AA406E2C27FCFA98D0A74B8B651F9E9BACE9AE10000000000000000AB7153CA", "63": "01 ",
+}
+GOLDEN = [("mac1_frame.hex", MAC1_FIELDS), ("signon_0800_frame.hex", SIGNON_0800),
+          ("signon_0810_frame.hex", SIGNON_0810)]
+
+
+@pytest.mark.parametrize("name, expected", GOLDEN)
+def test_golden_frames_with_pyiso8583(name: str, expected: dict[str, str]) -> None:
+    raw = body(frame(name))
+    doc, _ = iso8583.decode(raw, POS_SPEC)
+    assert doc == expected
+    assert bytes(iso8583.encode(dict(expected), POS_SPEC)[0]) == raw
+
+
+@pytest.mark.parametrize("name, expected", GOLDEN)
+def test_golden_frames_with_our_codec(iso8583_impl: ModuleType, name: str, expected: dict[str, str]) -> None:
+    raw = body(frame(name))
+    doc, _ = iso8583_impl.decode(raw, POS_SPEC)
+    assert doc == expected
+    assert bytes(iso8583_impl.encode(dict(expected), POS_SPEC)[0]) == raw
+
+
+def test_signon_pair_is_consistent() -> None:
+    from _fastcore import fields
+    from _fastcore.framing import parse_frame, swap_tpdu
+
+    req_tpdu, req_header, _ = parse_frame(frame("signon_0800_frame.hex"))
+    rsp_tpdu, rsp_header, _ = parse_frame(frame("signon_0810_frame.hex"))
+    assert rsp_tpdu == swap_tpdu(req_tpdu) and rsp_header == req_header
+    assert response_mti(SIGNON_0800["t"]) == SIGNON_0810["t"]
+    req60, rsp60 = fields.parse_field60(SIGNON_0800["60"]), fields.parse_field60(SIGNON_0810["60"])
+    t = lookup_transaction("0800", None, req60.type_code, req60.network_code)
+    assert t is not None and t.name == "sign_on_double"
+    assert rsp60.batch_number == req60.batch_number + 1
+    keys = fields.parse_working_keys(SIGNON_0810["62"], rsp60.network_code)
+    assert keys.pik_cv.hex().upper() == "8D0A74B8"
+
+
+def test_reference_tables() -> None:
+    from _fastcore.spec import APPROVED_CODES, FIELD55_REVERSAL_TAGS, RESPONSE_CODES
+
+    assert RESPONSE_CODES["25"] == "original not found" and "A0" in RESPONSE_CODES
+    assert APPROVED_CODES <= set(RESPONSE_CODES)
+    assert "9F36" in FIELD55_REVERSAL_TAGS and "9F26" not in FIELD55_REVERSAL_TAGS
