@@ -1,10 +1,199 @@
-"""``posswitch demo``: placeholder until the switch lands (issue 4 replaces it with the full demo)."""
+"""``posswitch demo``: the whole system on loopback with live traffic, then a settlement.
+
+Starts the HSM simulator, two issuer simulators (domestic CUP cards and foreign cards), the switch
+(journal and registry in a temporary directory, Prometheus metrics on a free port) and K simulated
+terminals.  Each terminal signs on and drives a realistic mix (swipe, chip and tap sales with and
+without PIN, balance inquiries, voids, partial refunds, wrong-PIN and unknown-card declines) until
+the time is up, then settles its batch (0500) and closes it (0320).  A live summary line is printed
+every second.  Stops by itself after ``--seconds`` (default 20) or on Ctrl-C.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import collections
+import logging
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from typing import Any
+
+from switch.logsafe import configure_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="posswitch demo", description="Run HSM + issuers + switch + terminals.")
+    p.add_argument("--seconds", type=float, default=20.0, help="how long to drive traffic (default 20)")
+    p.add_argument("--terminals", type=int, default=4, help="number of simulated terminals (default 4)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for a reproducible mix")
+    p.add_argument("--log-level", default="WARNING", help="log level of the components (default WARNING)")
+    return p
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.by_kind: collections.Counter[str] = collections.Counter()
+        self.by_rc: collections.Counter[str] = collections.Counter()
+        self.total = 0
+        self.errors = 0
+        self.mac_failures = 0
+
+    def add(self, kind: str, reply: Any) -> None:
+        self.total += 1
+        self.by_kind[kind] += 1
+        self.by_rc[reply.rc] += 1
+        if reply.mac_ok is False:
+            self.mac_failures += 1
+
+
+async def _drive(stack: Any, i: int, deadline: float, stats: Stats, rng: random.Random,
+                 stop: asyncio.Event) -> Any:
+    from switch.sim_terminal import SimCard
+
+    term = await stack.connected_terminal(i)
+    cards = [stack.card("cup", n) for n in range(4)] + [stack.card("intl", n) for n in range(2)]
+    unknown = SimCard(pan="9999990000000001")
+    low = stack.card("cup", 4)  # opened with a low balance: large sales get 51
+    pin_victim = stack.card("cup", 5 - i % 2) if i % 2 else stack.card("intl", 5)  # wrong-PIN declines
+    sales: list[tuple[Any, Any]] = []
+    while time.monotonic() < deadline and not stop.is_set():
+        r = rng.random()
+        card = rng.choice(cards)
+        amount = rng.randrange(100, 50_000)
+        try:
+            if r < 0.22:
+                reply = await term.sale(card, amount, entry="swipe", pin=card.pin)
+                kind = "sale swipe+PIN"
+            elif r < 0.40:
+                reply = await term.sale(card, amount, entry="chip", pin=card.pin if rng.random() < 0.5 else None)
+                kind = "sale chip"
+            elif r < 0.58:
+                reply = await term.sale(card, min(amount, 100_000), entry="contactless")
+                kind = "sale tap"
+            elif r < 0.66:
+                reply = await term.balance(card, entry="swipe", pin=card.pin)
+                kind = "balance"
+            elif r < 0.74 and sales:
+                c, orig = sales.pop(rng.randrange(len(sales)))
+                reply = await term.void(c, orig)
+                kind = "void"
+            elif r < 0.82 and sales:
+                c, orig = sales[rng.randrange(len(sales))]
+                reply = await term.refund(c, orig, max(1, int(orig.request["4"]) // 3))
+                kind = "refund"
+            elif r < 0.90:
+                reply = await term.sale(pin_victim, amount, entry="swipe", pin="999999")
+                kind = "decline wrong PIN"
+            elif r < 0.92:
+                reply = await term.sale(low, 20_000 + amount, entry="chip")
+                kind = "decline no funds"
+            elif r < 0.96:
+                reply = await term.sale(unknown, amount, entry="keyed")
+                kind = "decline unknown BIN"
+            else:
+                reply = await term.preauth(card, amount, entry="chip", pin=card.pin)
+                kind = "preauth"
+                if reply.approved:
+                    stats.add(kind, reply)
+                    reply = await term.completion(card, reply, amount)
+                    kind = "completion"
+        except Exception:
+            stats.errors += 1
+            await asyncio.sleep(0.05)
+            continue
+        stats.add(kind, reply)
+        if kind.startswith("sale") and reply.approved:
+            sales.append((card, reply))
+    return term
+
+
+def _line(stats: Stats, t0: float) -> str:
+    el = max(time.monotonic() - t0, 1e-6)
+    top = " ".join(f"{rc}:{n}" for rc, n in sorted(stats.by_rc.items()))
+    return f"  {el:5.1f}s  {stats.total:6d} txns  {stats.total / el:7.1f}/s  codes {top}"
+
+
+async def demo(seconds: float, n_terminals: int, seed: int | None) -> int:
+    from switch.sim_terminal import settlement_balanced
+    from switch.testbed import Stack
+
+    rng = random.Random(seed)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    with tempfile.TemporaryDirectory(prefix="posswitch-demo-") as work:
+        print("posswitch demo: starting HSM simulator, issuer simulators, switch and terminals ...")
+        stack = await Stack.start(work, terminals=n_terminals, metrics=True, issuer_timeout=5.0)
+        try:
+            import _fastcore
+
+            print(f"  switch   127.0.0.1:{stack.port}  (core: {_fastcore.IMPLEMENTATION}, "
+                  f"loop: {type(loop).__module__.split('.')[0]})")
+            print(f"  hsm      127.0.0.1:{stack.hsm_port}")
+            for name, port in stack.issuer_ports.items():
+                print(f"  issuer   127.0.0.1:{port}  ({name})")
+            print(f"  metrics  http://127.0.0.1:{stack.metrics_port}/metrics   health: /health")
+            print(f"  {n_terminals} terminals, {seconds:.0f} s of traffic (Ctrl-C stops early)")
+            stats = Stats()
+            t0 = time.monotonic()
+            deadline = t0 + seconds
+            drivers = [loop.create_task(_drive(stack, i, deadline, stats, random.Random(rng.random()), stop))
+                       for i in range(n_terminals)]
+            while not all(d.done() for d in drivers):
+                await asyncio.wait(drivers, timeout=1.0)
+                print(_line(stats, t0), flush=True)
+            terms = []
+            for d in drivers:
+                if d.exception() is not None:
+                    print(f"  terminal failed: {d.exception()!r}")
+                else:
+                    terms.append(d.result())
+            print("traffic done; settling batches ...")
+            balanced = 0
+            for term in terms:
+                reply = await term.settle()
+                ok = settlement_balanced(reply)
+                balanced += bool(ok)
+                await term.end_batch()
+                print(f"  {term.tid.strip()}  0510 39={reply.rc}  {'balanced' if ok else 'NOT balanced'}")
+            print("summary:")
+            for kind, n in sorted(stats.by_kind.items()):
+                print(f"  {kind:<20} {n:6d}")
+            print(_line(stats, t0).strip())
+            print(f"  terminal MAC failures: {stats.mac_failures}, client errors: {stats.errors}, "
+                  f"batches balanced: {balanced}/{len(terms)}")
+            journal_rows = stack.journal.commit_count
+            print(f"  journal commits: {journal_rows}")
+        finally:
+            await stack.stop()
+    print("posswitch demo: stopped cleanly")
+    return 0
+
 
 def main(argv: list[str] | None = None) -> int:
-    import _fastcore
+    args = build_parser().parse_args(argv)
+    if args.terminals < 1 or args.seconds <= 0:
+        print("posswitch demo: --terminals must be >= 1 and --seconds > 0", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level)
+    logging.getLogger("posswitch.issuer").setLevel(max(logging.getLogger().level, logging.ERROR))
+    if not os.environ.get("SWITCH_NO_UVLOOP"):
+        try:
+            import uvloop
 
-    print(f"posswitch demo: core implementation {_fastcore.IMPLEMENTATION}; the full demo is not built yet")
-    return 0
+            uvloop.install()
+        except ImportError:
+            pass
+    try:
+        return asyncio.run(demo(args.seconds, args.terminals, args.seed))
+    except KeyboardInterrupt:
+        print("posswitch demo: interrupted")
+        return 130

@@ -29,6 +29,9 @@ log = logging.getLogger("switch.testbed")
 MERCHANT_ID = "898310048990001"
 #: BIN of the default test issuer ("cup") and of a second one ("intl") with foreign cards
 ISSUER_BINS = {"cup": ("621234",), "intl": ("4761",)}
+#: card index (per issuer) opened with a low balance, for "insufficient funds" (51) declines
+LOW_BALANCE_CARD = 4
+LOW_BALANCE = 5_000
 #: test PIN verification key of the simulated issuers (never a real key)
 TEST_PVK = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
 
@@ -121,9 +124,10 @@ class Stack:
             for n in range(1, 7):
                 partial = f"{bins[0]}{n:0{15 - len(bins[0])}d}"
                 cards.append(SimCard(pan=partial + _luhn(partial)))
-            accounts = [{"pan": c.pan, "expiry": c.expiry, "balance": 10_000_000, "psn": c.psn, "org": org,
-                         "pin": {"method": "pvv", "pvki": "1", "pvv": crypto.visa_pvv(TEST_PVK, c.pan, "1", c.pin)}}
-                        for c in cards]
+            accounts = [{"pan": c.pan, "expiry": c.expiry, "psn": c.psn, "org": org,
+                         "balance": LOW_BALANCE if k == LOW_BALANCE_CARD else 10_000_000,
+                         "pin": {"method": "pvv", "pvki": "1", "pvv": _pvv(c.pan, c.pin)}}
+                        for k, c in enumerate(cards)]
             cfg = parse({"issuer": {"keys": keys}, "accounts": accounts})
             handle = await start_issuer(cfg, host="127.0.0.1", port=0, hsm=self.hsm,
                                         ledger=str(self.workdir / f"ledger-{name}.db"))
@@ -183,6 +187,13 @@ async def _quiet(aw: Any) -> None:
         await asyncio.wait_for(aw, 5.0)
     except Exception as exc:  # shutdown must go on
         log.debug("stop step failed", extra={"fields": {"error": repr(exc)}})
+
+
+def _pvv(pan: str, pin: str) -> str:
+    """Issuer-side provisioning of a test card's PVV (reference twin: not a switch code path)."""
+    from _fastcore import _crypto_py
+
+    return _crypto_py.visa_pvv(TEST_PVK, pan, "1", pin)
 
 
 def _luhn(partial: str) -> str:
