@@ -114,8 +114,7 @@ class _LinkProtocol(asyncio.Protocol):
         self._flush_handle: asyncio.Handle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

@@ -264,3 +264,32 @@ async def test_many_concurrent_requests_match_their_answers(issuer):
             assert (s["37"], s["4"]) == (r["37"], r["4"])
     finally:
         await link.close()
+
+
+def test_link_and_issuer_under_uvloop():
+    """The switch runs on uvloop: the same timeout + reversal scenario on a uvloop loop."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario():
+        srv = await start_issuer(accounts_mod.parse(CONFIG))
+        srv.faults.add(action="drop_response", kind="sale", times=1)
+        link = await IssuerLink("127.0.0.1", srv.port, timeout=0.2, reversal_retry=0.05).start(wait=2)
+        try:
+            with pytest.raises(IssuerTimeout):
+                await link.request(sale(1_234))
+
+            async def done():
+                return await link.pending_reversals() == 0
+            await eventually(done)
+            assert srv.ledger.balance(PAN) == 100_000
+            assert (await link.request(sale(1)))["39"] == "00"
+            return type(asyncio.get_running_loop()).__module__
+        finally:
+            await link.close()
+            await srv.close(close_ledger=True)
+
+    loop = uvloop.new_event_loop()
+    try:
+        assert loop.run_until_complete(scenario()).startswith("uvloop")
+    finally:
+        loop.close()
