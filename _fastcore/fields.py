@@ -49,6 +49,8 @@ __all__ = [
     "parse_entry_mode",
     "track_to_wire",
     "track_from_wire",
+    "tdk_block",
+    "tdk_replace",
 ]
 
 
@@ -495,3 +497,33 @@ def track_to_wire(track: str) -> str:
 def track_from_wire(value: str) -> str:
     """Codec value of field 35/36 -> track text with ``=`` (only for clear, not TDK-encrypted, tracks)."""
     return value.upper().replace("D", "=")
+
+
+def tdk_block(track: str) -> tuple[str, int, bytes]:
+    """The 8-byte block of a track that the TDK encrypts (60.3 ``004``, 53.3 ``1``; reference §9.3).
+
+    ``track`` is the codec value of field 35/36 (``D`` separator).  It is left-padded with ``F`` to
+    at least 17 characters; the block is the 16 digits at positions ``len-17 .. len-2`` (odd
+    length) or ``len-18 .. len-3`` (even length).  Returns ``(padded_track, start, block)``: run the
+    block through the HSM (encrypt on the terminal side, decrypt on the host) and put the result
+    back with :func:`tdk_replace`.  The same positions apply to the encrypted value, whose length
+    is unchanged, so the host calls this on the received field too.
+    """
+    value = track.upper()
+    for i, ch in enumerate(value):
+        if ch not in "0123456789ABCDEF":
+            raise FieldFormatError("35", f"track value may hold hex digits only, got {ch!r}", i)
+    padded = value.rjust(17, "F")
+    n = len(padded)
+    start = n - 17 if n % 2 else n - 18
+    return padded, start, bytes.fromhex(padded[start : start + 16])
+
+
+def tdk_replace(padded: str, start: int, block: bytes) -> str:
+    """Write an 8-byte block back as 16 hex digits at ``start`` (see :func:`tdk_block`).
+
+    After decryption strip the ``F`` padding with ``value.lstrip("F")``.
+    """
+    if len(block) != 8 or not 0 <= start <= len(padded) - 16:
+        raise FieldFormatError("35", f"block of {len(block)} bytes does not fit at {start}")
+    return padded[:start] + block.hex().upper() + padded[start + 16 :]

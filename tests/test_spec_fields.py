@@ -191,3 +191,26 @@ def test_field53_entry_mode_tracks() -> None:
     assert F.track_from_wire("6222020000000001d2512101") == "6222020000000001=2512101"
     with pytest.raises(F.FieldFormatError, match="offset 3"):
         F.track_to_wire("622X")
+
+
+TDK = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
+
+
+@pytest.mark.parametrize("track", ["6222020000000001D2512101", "6222020000000001D25121010000000123456",
+                                   "1234D5678", "6212345678901234D301222012345678901"])
+def test_tdk_track_encryption_positions(track: str) -> None:
+    padded, start, block = F.tdk_block(track)
+    n = len(padded)
+    assert n == max(len(track), 17) and padded.endswith(track)
+    assert start == (n - 17 if n % 2 else n - 18)
+    # the last digit (odd) or two (even) stay in clear; so does everything before the window
+    enc_block = DES3.new(TDK, DES3.MODE_ECB).encrypt(block)
+    wire = F.tdk_replace(padded, start, enc_block)
+    assert len(wire) == n and wire[:start] == padded[:start] and wire[start + 16 :] == padded[start + 16 :]
+    # host side: same positions on the received value, decrypt, strip the F padding
+    p2, s2, b2 = F.tdk_block(wire)
+    assert (p2, s2, b2) == (wire, start, enc_block)
+    clear = F.tdk_replace(p2, s2, DES3.new(TDK, DES3.MODE_ECB).decrypt(b2)).lstrip("F")
+    assert clear == track
+    with pytest.raises(F.FieldFormatError):
+        F.tdk_replace(padded, start, b"\x00" * 7)
