@@ -88,6 +88,7 @@ class TxnRecord:
     issuer: str = ""
     original_id: int | None = None
     qr_order_no: str = ""
+    upstream_ref: str = ""  # issuer-side reference of this transaction (e.g. "stan|field7") for reversals
     created_at: float = 0.0
     updated_at: float = 0.0
     approved_at: float | None = None

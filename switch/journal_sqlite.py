@@ -95,6 +95,13 @@ JOURNAL_MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE txn ADD COLUMN card_type TEXT NOT NULL DEFAULT ''",
         ],
     ),
+    (
+        3,
+        [
+            # the issuer-side reference of the upstream original (e.g. "stan|field7"), for 0420 / field 90
+            "ALTER TABLE txn ADD COLUMN upstream_ref TEXT NOT NULL DEFAULT ''",
+        ],
+    ),
 ]
 
 

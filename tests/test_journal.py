@@ -201,11 +201,31 @@ async def test_migrations_are_idempotent(tmp_path: Path) -> None:
         await j.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT version FROM schema_version WHERE component='journal'").fetchone() == (2,)
+        assert conn.execute("SELECT version FROM schema_version WHERE component='journal'").fetchone() == (3,)
         assert conn.execute("SELECT COUNT(*) FROM txn").fetchone() == (3,)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
         conn.close()
+
+
+async def test_old_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    from switch.journal_sqlite import JOURNAL_MIGRATIONS, connect, migrate
+
+    path = str(tmp_path / "old.db")
+    conn = connect(path)
+    migrate(conn, "journal", JOURNAL_MIGRATIONS[:1])  # a version-1 database with one row
+    conn.execute("INSERT INTO txn(terminal_id, merchant_id, txn_type, state, created_at, updated_at) "
+                 "VALUES ('00000001', '898310048140001', 'sale', 'approved', 1, 1)")
+    conn.close()
+    j = await Journal.open(path, KEY)
+    try:
+        old = await j.get(1)
+        assert old is not None and old.card_type == "" and old.upstream_ref == ""
+        new = await j.record(sale(upstream_ref="123456|1122021530", card_type="debit"))
+        await j.commit_approval(new, j.next_rrn(), "000002", upstream_ref="654321|1122021531")
+        assert (await j.get(new)).upstream_ref == "654321|1122021531"
+    finally:
+        await j.close()
 
 
 def test_bad_input_is_named() -> None:
