@@ -1,0 +1,405 @@
+"""End-to-end transaction flows over loopback TCP: HSM sim + issuer sim + switch + sim terminals.
+
+Each test drives real frames through the switch (``switch.testbed.Stack``) and checks the
+terminal's reply, the switch's journal and, where money moves, the issuer simulator's ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from switch.sim_terminal import SimCard, settlement_balanced
+from switch.testbed import MERCHANT_ID, Stack
+
+TID = "SIM00000"
+
+
+@pytest.fixture
+async def stack(tmp_path):
+    s = await Stack.start(tmp_path, terminals=3, issuer_timeout=0.5)
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+async def _row(stack, rrn, tid=TID):
+    return await stack.journal.find_by_rrn(tid, MERCHANT_ID, rrn)
+
+
+def _ledger(stack, issuer="cup"):
+    return stack.issuers[issuer].ledger
+
+
+async def _wait_for(pred, timeout=5.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        if pred():
+            return True
+        await asyncio.sleep(0.02)
+    return pred()
+
+
+# ---------------------------------------------------------------- sign-on and management
+
+@pytest.mark.parametrize(("mode", "f62_len"), [("001", 24), ("003", 40), ("004", 60)])
+async def test_sign_on_layouts(stack, mode, f62_len):
+    term = await stack.terminal(0).connect()
+    reply = await term.sign_on(mode)
+    assert reply.rc == "00"
+    assert len(bytes.fromhex(reply.doc["62"])) == f62_len
+    assert reply.doc["60"] == f"00{1:06d}{mode}"
+    assert len(reply.doc["12"]) == 6 and len(reply.doc["13"]) == 4
+    t = stack.registry.get(TID, MERCHANT_ID)
+    assert (t.tdk_under_lmk is not None) == (mode == "004")
+    # keys work: a MACed sale with PIN goes through
+    card = stack.card()
+    sale = await term.sale(card, 100, pin=card.pin)
+    assert sale.rc == "00" and sale.mac_ok
+
+
+async def test_echo_and_sign_off(stack):
+    term = await stack.connected_terminal(0)
+    assert (await term.echo()).rc == "00"
+    assert (await term.sign_off()).rc == "00"
+
+
+async def test_fresh_keys_each_sign_on(stack):
+    term = await stack.terminal(0).connect()
+    a = await term.sign_on()
+    b = await term.sign_on()
+    assert a.doc["62"] != b.doc["62"]
+    card = stack.card()
+    assert (await term.sale(card, 100, pin=card.pin)).rc == "00"
+
+
+async def test_resign_required_sets_header_digit(stack):
+    term = await stack.connected_terminal(0)
+    stack.registry.require_resign(TID, MERCHANT_ID)
+    reply = await term.sale(stack.card(), 100, entry="contactless")
+    assert reply.processing_request == "3"
+    await term.sign_on()
+    reply = await term.sale(stack.card(), 100, entry="contactless")
+    assert reply.processing_request == "0"
+
+
+async def test_unknown_terminal_97_and_disabled_merchant_03(stack):
+    from switch.sim_terminal import SimTerminal
+    from switch.testbed import test_tmk
+
+    stranger = await SimTerminal("127.0.0.1", stack.port, "NOPE0001", MERCHANT_ID, test_tmk(0)).connect()
+    stack.terminals.append(stranger)
+    assert (await stranger.sign_on()).rc == "97"
+    other_mid = await SimTerminal("127.0.0.1", stack.port, TID, "000000000000000", test_tmk(0)).connect()
+    stack.terminals.append(other_mid)
+    assert (await other_mid.sign_on()).rc == "97"
+    stack.registry.store.set_merchant_status(MERCHANT_ID, "disabled")
+    stack.registry.reload()
+    term = await stack.terminal(1).connect()
+    assert (await term.sign_on()).rc == "03"
+    stack.registry.store.set_merchant_status(MERCHANT_ID, "active")
+    stack.registry.store.set_status("SIM00002", MERCHANT_ID, "disabled")
+    stack.registry.reload()
+    term2 = await stack.terminal(2).connect()
+    assert (await term2.sign_on()).rc == "97"
+
+
+# ---------------------------------------------------------------- MAC
+
+async def test_bad_mac_gets_a0_and_nothing_is_forwarded(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card()
+    before = len(_ledger(stack).postings())
+    doc = term._base("0200", "000000", "22")
+    doc.update({"4": "000000000777", "25": "00", "49": "156", "35": card.track2, "22": "022"})
+    body = bytearray(term.encode(doc, mac=True))
+    body[-1] ^= 0x01  # corrupt the MAC
+    reply = await term.send(doc, raw_body=bytes(body))
+    assert reply.rc == "A0"
+    assert "64" not in reply.doc
+    assert len(_ledger(stack).postings()) == before
+    # the same request with the right MAC works
+    body_ok = term.encode(doc, mac=True)
+    assert (await term.send(doc, raw_body=body_ok)).rc == "00"
+
+
+async def test_tampered_field_fails_mac(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card()
+    doc = term._base("0200", "000000", "22")
+    doc.update({"4": "000000000100", "25": "00", "49": "156", "35": card.track2, "22": "022"})
+    body = term.encode(doc, mac=True)
+    tampered = body.replace(bytes.fromhex("000000000100"), bytes.fromhex("000000009900"))
+    assert tampered != body
+    assert (await term.send(doc, raw_body=tampered)).rc == "A0"
+
+
+async def test_maced_request_before_sign_on_asks_for_sign_on(stack):
+    term = await stack.terminal(0).connect()
+    term._mak = bytes(8)  # a terminal that believes it has keys
+    term._pik = bytes(16)
+    stack.registry.get(TID, MERCHANT_ID).mak_under_lmk = None
+    reply = await term.sale(stack.card(), 100, entry="contactless")
+    assert reply.rc == "A0" and reply.processing_request == "3"
+
+
+async def test_x99_mac_profile(tmp_path):
+    s = await Stack.start(tmp_path, terminals=1)
+    try:
+        from hsm_sim import lmk
+        from switch.testbed import terminal_id, test_tmk
+
+        s.registry.add(terminal_id(0), MERCHANT_ID, lmk.encrypt_under_lmk(test_tmk(0), "TMK"),
+                       mac_algorithm="x9.9")
+        term = s.terminal(0)
+        term.mac_algorithm = "x9.9"
+        await term.connect()
+        await term.sign_on()
+        reply = await term.sale(s.card(), 321, entry="contactless")
+        assert reply.rc == "00" and reply.mac_ok
+    finally:
+        await s.stop()
+
+
+# ---------------------------------------------------------------- sales and balance
+
+@pytest.mark.parametrize(("entry", "with_pin"), [("swipe", True), ("swipe", False), ("chip", True),
+                                                 ("chip", False), ("contactless", False), ("keyed", True)])
+async def test_sale_entry_modes(stack, entry, with_pin):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 1)
+    before = _ledger(stack).balance(card.pan)
+    reply = await term.sale(card, 2500, entry=entry, pin=card.pin if with_pin else None)
+    assert reply.rc == "00", reply.doc
+    assert reply.mac_ok is True
+    assert len(reply.rrn) == 12 and reply.doc.get("38")
+    assert reply.doc["63"].startswith("CUP")
+    assert _ledger(stack).balance(card.pan) == before - 2500
+    row = await _row(stack, reply.rrn)
+    assert row.state == "approved" and row.amount == 2500 and row.pan_masked.startswith(card.pan[:6])
+    assert card.pan not in repr(row)
+    if entry in ("chip", "contactless"):
+        assert "55" in reply.doc and "91" in reply.doc["55"]  # issuer authentication data
+
+
+async def test_wrong_pin_55_and_insufficient_funds_51(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 2)
+    assert (await term.sale(card, 100, pin="999999")).rc == "55"
+    low = stack.card("cup", 4)
+    reply = await term.sale(low, 9_000_000, entry="chip")
+    assert reply.rc == "51"
+    assert (await _row(stack, reply.rrn)).state == "declined"
+
+
+async def test_balance_inquiry_returns_field_54(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 3)
+    reply = await term.balance(card, pin=card.pin)
+    assert reply.rc == "00"
+    f54 = reply.doc["54"]
+    assert f54[7] == "C" and int(f54[8:20]) == _ledger(stack).available(card.pan)
+
+
+async def test_foreign_card_routes_to_second_issuer(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("intl", 0)
+    reply = await term.sale(card, 400, entry="contactless")
+    assert reply.rc == "00" and reply.doc["63"].startswith("VIS")
+    assert (await _row(stack, reply.rrn)).issuer == "intl"
+
+
+async def test_unknown_bin_gets_15(stack):
+    term = await stack.connected_terminal(0)
+    reply = await term.sale(SimCard(pan="9999990000000001"), 100, entry="keyed")
+    assert reply.rc == "15"
+
+
+async def test_zero_amount_13(stack):
+    term = await stack.connected_terminal(0)
+    assert (await term.sale(stack.card(), 0, entry="contactless")).rc == "13"
+
+
+async def test_longest_bin_prefix_wins(stack):
+    from switch.routing import Route
+
+    r = stack.router
+    r.add_route(Route("other", stack.links["intl"], None))
+    r.add_bin("62", "other")
+    assert r.lookup("6212340000000001").name == "cup"
+    assert r.lookup("6299990000000001").name == "other"
+    assert r.lookup("5100000000000001") is None
+    r.default = "intl"
+    assert r.lookup("5100000000000001").name == "intl"
+
+
+# ---------------------------------------------------------------- issuer failures
+
+async def test_issuer_timeout_98_and_reversal_delivered(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 1)
+    before = _ledger(stack).balance(card.pan)
+    stack.issuers["cup"].faults.add(action="drop_response", amount=4321, times=1)
+    reply = await term.sale(card, 4321, entry="contactless")
+    assert reply.rc == "98"
+    row = await _row(stack, reply.rrn)
+    assert row.state == "reversed" and row.response_code == "98"
+    # the issuer posted the sale, then the 0420 undid it
+    assert await _wait_for(lambda: _ledger(stack).balance(card.pan) == before)
+    assert await _wait_for(lambda: stack.links["cup"].reversals is not None)
+    assert await stack.links["cup"].pending_reversals() == 0
+
+
+async def test_issuer_down_gets_92_and_others_unaffected(stack):
+    term = await stack.connected_terminal(0)
+    await stack.issuers["cup"].close()
+    assert await _wait_for(lambda: not stack.links["cup"].is_up)
+    reply = await term.sale(stack.card("cup", 0), 100, entry="contactless")
+    assert reply.rc in ("91", "92")
+    # the other issuer still works
+    assert (await term.sale(stack.card("intl", 0), 100, entry="contactless")).rc == "00"
+
+
+# ---------------------------------------------------------------- void
+
+async def test_void_full_amount_same_batch(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 1)
+    before = _ledger(stack).balance(card.pan)
+    sale = await term.sale(card, 1500, entry="chip", pin=card.pin)
+    assert sale.rc == "00"
+    void = await term.void(card, sale)
+    assert void.rc == "00" and void.mac_ok
+    assert (await _row(stack, sale.rrn)).state == "voided"
+    assert _ledger(stack).balance(card.pan) == before
+    # a second void of the same sale is refused
+    assert (await term.void(card, sale)).rc == "12"
+
+
+async def test_void_wrong_amount_64_and_unknown_25(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 1)
+    sale = await term.sale(card, 1500, entry="contactless")
+    assert (await term.void(card, sale, amount=1400)).rc == "64"
+    fake = await term.sale(card, 10, entry="contactless")
+    fake.doc["37"] = "999999999999"
+    fake.request["11"] = "999999"
+    assert (await term.void(card, fake)).rc == "25"
+
+
+async def test_void_other_terminal_not_found(stack):
+    t0 = await stack.connected_terminal(0)
+    t1 = await stack.connected_terminal(1)
+    card = stack.card("cup", 1)
+    sale = await t0.sale(card, 1500, entry="contactless")
+    assert (await t1.void(card, sale)).rc == "25"
+
+
+# ---------------------------------------------------------------- refund
+
+async def test_partial_refunds_never_above_original(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 2)
+    before = _ledger(stack).balance(card.pan)
+    sale = await term.sale(card, 1000, entry="contactless")
+    assert (await term.refund(card, sale, 400)).rc == "00"
+    assert (await term.refund(card, sale, 500)).rc == "00"
+    assert (await term.refund(card, sale, 200)).rc == "61"  # 400 + 500 + 200 > 1000
+    assert (await term.refund(card, sale, 100)).rc == "00"
+    assert (await _row(stack, sale.rrn)).state == "refunded"
+    assert (await term.refund(card, sale, 1)).rc in ("61", "12")
+    assert _ledger(stack).balance(card.pan) == before
+
+
+async def test_refund_unknown_original_25(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 2)
+    sale = await term.sale(card, 1000, entry="contactless")
+    sale.doc["37"] = "000000999999"
+    sale.request["11"] = "999998"
+    assert (await term.refund(card, sale, 10)).rc == "25"
+
+
+# ---------------------------------------------------------------- reversal
+
+async def test_reversal_of_approved_sale_is_idempotent(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 3)
+    before = _ledger(stack).balance(card.pan)
+    sale = await term.sale(card, 2222, entry="swipe", pin=card.pin)
+    assert sale.rc == "00"
+    rev = await term.reversal(sale, "98")
+    assert rev.rc == "00" and rev.mac_ok
+    assert (await _row(stack, sale.rrn)).state == "reversed"
+    assert await _wait_for(lambda: _ledger(stack).balance(card.pan) == before)
+    again = await term.reversal(sale, "98")
+    assert again.rc == "00"
+    assert _ledger(stack).balance(card.pan) == before
+
+
+async def test_reversal_of_declined_sale_and_of_unknown(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 2)
+    declined = await term.sale(card, 100, pin="999999")
+    assert declined.rc == "55"
+    assert (await term.reversal(declined, "06")).rc == "00"
+    assert (await _row(stack, declined.rrn)).state == "reversed"
+    ghost = dict(declined.request)
+    ghost["11"] = "888888"
+    assert (await term.reversal(ghost, "98")).rc == "25"
+
+
+# ---------------------------------------------------------------- pre-auth
+
+async def test_preauth_and_completion(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 1)
+    pa = await term.preauth(card, 5000, entry="chip", pin=card.pin)
+    assert pa.rc == "00"
+    assert (await term.completion(card, pa, 6000)).rc == "64"  # above the pre-authorized amount
+    comp = await term.completion(card, pa, 4500)
+    assert comp.rc == "00" and comp.mac_ok
+    row = await _row(stack, comp.rrn)
+    assert row.txn_type == "completion" and row.amount == 4500
+
+
+# ---------------------------------------------------------------- settlement and batch upload
+
+async def test_settlement_balanced_then_not_balanced(stack):
+    term = await stack.connected_terminal(0)
+    c1, c2 = stack.card("cup", 1), stack.card("intl", 1)
+    s1 = await term.sale(c1, 1000, entry="contactless")
+    await term.sale(c2, 700, entry="contactless")
+    await term.void(c1, s1)
+    s3 = await term.sale(c1, 300, entry="contactless")
+    await term.refund(c1, s3, 100)
+    reply = await term.settle()
+    assert reply.rc == "00", reply.doc
+    assert settlement_balanced(reply) is True
+    assert reply.doc["48"][:30] == term.field48_totals()[:30]
+    # lie about the totals: not balanced
+    bad = "000000099999001" + "000000000000000" + "0" + term.field48_totals()[31:]
+    reply = await term.settle(bad)
+    assert reply.rc == "00" and settlement_balanced(reply) is False
+    assert reply.doc["48"][30] == "2" and reply.doc["48"][61] == "1"
+    assert (await term.end_batch(2)).rc == "00"
+
+
+async def test_settlement_moves_batch_and_sign_on_hands_it_out(stack):
+    term = await stack.connected_terminal(0)
+    await term.sale(stack.card(), 100, entry="contactless")
+    await term.settle()
+    await term.end_batch()
+    assert stack.registry.get(TID, MERCHANT_ID).batch == 2
+    again = await term.sign_on()
+    assert again.doc["60"][2:8] == "000002"
+
+
+async def test_batch_upload_record_acknowledged(stack):
+    term = await stack.connected_terminal(0)
+    doc = term._base("0320", None, "00", "201")
+    doc["48"] = "01" + "00" + "000001" + "6212340000000010".rjust(20, "0") + "000000000100"
+    assert (await term.send(doc)).rc == "00"
