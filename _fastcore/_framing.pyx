@@ -5,6 +5,7 @@ Wire layout: ``| LEN 2 B big-endian | TPDU 5 B | HEADER 6 B | ISO 8583 message |
 host links use the 2-byte length alone (``tpdu_len=0, header_len=0``).
 """
 
+from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from .errors import FramingError
@@ -83,7 +84,6 @@ cdef class FrameSplitter:
         return err
 
     def feed(self, data) -> list:
-        cdef const unsigned char[::1] view
         cdef const unsigned char* p
         cdef Py_ssize_t pos = 0, end, n
         cdef list frames = []
@@ -109,20 +109,18 @@ cdef class FrameSplitter:
             self._consumed += pos
             return frames
         self._buf += data
-        view = self._buf
-        end = view.shape[0]
+        p = <const unsigned char*>PyByteArray_AS_STRING(self._buf)
+        end = len(self._buf)
         while end - pos >= 2:
-            n = (view[pos] << 8) | view[pos + 1]
+            n = (p[pos] << 8) | p[pos + 1]
             if n < self.min_frame or n > self.max_frame:
-                view = None
                 del self._buf[:pos]
                 self._consumed += pos
                 raise self._fail(n, self._consumed, frames)
             if end - pos - 2 < n:
                 break
-            frames.append(PyBytes_FromStringAndSize(<const char*>&view[pos + 2], n))
+            frames.append(PyBytes_FromStringAndSize(<const char*>(p + pos + 2), n))
             pos += 2 + n
-        view = None
         if pos:
             del self._buf[:pos]
             self._consumed += pos

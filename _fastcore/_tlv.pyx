@@ -147,24 +147,21 @@ def _tag_bytes(tag: str) -> bytes:
     return raw
 
 
-def _length_bytes(n: int, tag: str) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    if n <= 0xFF:
-        return bytes((0x81, n))
-    if n <= 0xFFFF:
-        return bytes((0x82, n >> 8, n & 0xFF))
-    if n <= 0xFFFFFF:
-        return bytes((0x83, n >> 16, (n >> 8) & 0xFF, n & 0xFF))
-    raise TLVError(f"value of {n} bytes too long", tag)
+cdef dict _TAG_BYTES = {}
 
 
-def encode(items: Iterable[tuple[str, bytes | str]] | Mapping[str, bytes | str]) -> bytes:
+def encode(items):
     """Encode ``[(tag, value), ...]`` or ``{tag: value}``; values are bytes or hex strings."""
+    cdef bytearray out = bytearray()
+    cdef Py_ssize_t n
+    cdef unsigned char lb[4]
     pairs = items.items() if isinstance(items, Mapping) else items
-    out = bytearray()
     for tag, value in pairs:
-        raw_tag = _tag_bytes(tag)
+        raw_tag = _TAG_BYTES.get(tag)
+        if raw_tag is None:
+            raw_tag = _tag_bytes(tag)
+            if len(_TAG_BYTES) < 4096:
+                _TAG_BYTES[tag] = raw_tag
         if isinstance(value, str):
             try:
                 value = bytes.fromhex(value)
@@ -172,8 +169,28 @@ def encode(items: Iterable[tuple[str, bytes | str]] | Mapping[str, bytes | str])
                 raise TLVError("value is not a hex string", tag.upper()) from None
         elif not isinstance(value, (bytes, bytearray, memoryview)):
             raise TLVError(f"value must be bytes or hex str, not {type(value).__name__}", tag.upper())
-        out += raw_tag
-        out += _length_bytes(len(value), tag.upper())
+        n = len(value)
+        out += <bytes>raw_tag
+        if n < 0x80:
+            lb[0] = <unsigned char>n
+            out += PyBytes_FromStringAndSize(<const char*>lb, 1)
+        elif n <= 0xFF:
+            lb[0] = 0x81
+            lb[1] = <unsigned char>n
+            out += PyBytes_FromStringAndSize(<const char*>lb, 2)
+        elif n <= 0xFFFF:
+            lb[0] = 0x82
+            lb[1] = <unsigned char>(n >> 8)
+            lb[2] = <unsigned char>(n & 0xFF)
+            out += PyBytes_FromStringAndSize(<const char*>lb, 3)
+        elif n <= 0xFFFFFF:
+            lb[0] = 0x83
+            lb[1] = <unsigned char>(n >> 16)
+            lb[2] = <unsigned char>((n >> 8) & 0xFF)
+            lb[3] = <unsigned char>(n & 0xFF)
+            out += PyBytes_FromStringAndSize(<const char*>lb, 4)
+        else:
+            raise TLVError(f"value of {n} bytes too long", tag.upper())
         out += value
     return bytes(out)
 
