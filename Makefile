@@ -35,7 +35,7 @@ demo: sysdeps build
 	$(VENV)/bin/posswitch demo
 
 bench: sysdeps build
-	$(VENV)/bin/pytest bench -q --benchmark-only --benchmark-columns=min,median,mean,ops,rounds -p no:cacheprovider
+	$(VENV)/bin/pytest bench -q -o python_files='bench_*.py' -o testpaths=bench --benchmark-only --benchmark-columns=min,median,mean,ops,rounds -p no:cacheprovider
 
 clean:
 	rm -rf build $(VENV) *.egg-info .pytest_cache .benchmarks .build.lock
