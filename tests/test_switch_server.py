@@ -1,0 +1,144 @@
+"""The terminal listener under stress and abuse: malformed and oversize frames, pipelining,
+in-flight limits, split frames, idle timeout and graceful shutdown (real TCP on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from switch.flows import wire
+from switch.protocol import Limits
+from switch.sim_terminal import DEFAULT_HEADER, DEFAULT_TPDU
+from switch.testbed import Stack
+
+
+@pytest.fixture
+async def stack(tmp_path):
+    s = await Stack.start(tmp_path, terminals=2, limits=Limits(max_frame=1024, max_in_flight=4, idle_timeout=30))
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+async def _closed_by_peer(reader: asyncio.StreamReader) -> bool:
+    try:
+        data = await asyncio.wait_for(reader.read(100), 5.0)
+    except ConnectionError:
+        return True
+    return data == b""
+
+
+async def test_malformed_field_gets_30_and_connection_survives(stack):
+    term = await stack.connected_terminal(0)
+    other = await stack.connected_terminal(1)
+    # MTI 0200, bitmap with field 2, LL = 0x99 digits (> 19 allowed)
+    bad = bytes.fromhex("0200" + "4000000000000000" + "99" + "12" * 10)
+    reply = await term.send({"t": "0200"}, raw_body=bad)
+    assert reply.rc == "30"
+    assert stack.server.protocol_errors == 1
+    card = stack.card()
+    assert (await term.sale(card, 100, entry="contactless")).rc == "00"
+    assert (await other.sale(card, 100, entry="contactless")).rc == "00"
+
+
+async def test_undecodable_unknown_mti_closes_only_that_connection(stack):
+    other = await stack.connected_terminal(1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    body = bytes.fromhex("9999" + "FFFFFFFFFFFFFFFF" + "00" * 4)
+    writer.write(wire.frame_bytes(DEFAULT_TPDU, DEFAULT_HEADER, body))
+    assert await _closed_by_peer(reader)
+    writer.close()
+    assert (await other.sale(stack.card(), 100, entry="contactless")).rc == "00"
+
+
+@pytest.mark.parametrize("length", [0, 5, 60000])
+async def test_bad_length_prefix_closes_connection(stack, length):
+    other = await stack.connected_terminal(1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(length.to_bytes(2, "big") + b"\x60" * 30)
+    assert await _closed_by_peer(reader)
+    writer.close()
+    assert (await other.echo()).rc == "00"
+
+
+async def test_bad_tpdu_closes_connection(stack):
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    body = bytes.fromhex("0820" + "0020000000800010") + b"\x00" * 30
+    writer.write(wire.frame_bytes(b"\x61\x00\x03\x00\x00", DEFAULT_HEADER, body))
+    assert await _closed_by_peer(reader)
+    writer.close()
+
+
+async def test_reply_swaps_tpdu_and_echoes_header(stack):
+    term = await stack.connected_terminal(0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    doc = term._base("0820", None, "00", "301")
+    writer.write(wire.frame_bytes(bytes.fromhex("6005250000"), bytes.fromhex("603100311001"), wire.encode(doc)))
+    n = int.from_bytes(await reader.readexactly(2), "big")
+    payload = await reader.readexactly(n)
+    frame = wire.Frame.parse(payload)
+    assert frame.tpdu == bytes.fromhex("6000000525")
+    assert frame.header == bytes.fromhex("603100311001")
+    assert wire.decode(frame.body)["39"] == "00"
+    writer.close()
+
+
+async def test_frame_split_byte_by_byte(stack):
+    term = await stack.connected_terminal(0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    doc = term._base("0820", None, "00", "301")
+    data = wire.frame_bytes(DEFAULT_TPDU, DEFAULT_HEADER, wire.encode(doc))
+    for b in data:
+        writer.write(bytes([b]))
+        await writer.drain()
+    n = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), 5), "big")
+    assert wire.decode(wire.Frame.parse(await reader.readexactly(n)).body)["39"] == "00"
+    writer.close()
+
+
+async def test_pipelined_requests_beyond_in_flight_limit(stack):
+    term = await stack.connected_terminal(0)
+    cards = [stack.card("cup", n) for n in range(4)]
+    replies = await asyncio.gather(*(term.sale(cards[i % 4], 100 + i, entry="contactless") for i in range(40)))
+    assert [r.rc for r in replies] == ["00"] * 40
+    assert len({r.rrn for r in replies}) == 40
+    assert all(r.mac_ok for r in replies)
+
+
+async def test_many_terminals_at_once(tmp_path):
+    s = await Stack.start(tmp_path, terminals=12)
+    try:
+        terms = [await s.connected_terminal(i) for i in range(12)]
+        replies = await asyncio.gather(*(t.sale(s.card("cup", i % 4), 200, entry="chip") for i, t in enumerate(terms)))
+        assert all(r.rc == "00" and r.mac_ok for r in replies)
+        assert len(s.server.connections) == 12
+    finally:
+        await s.stop()
+
+
+async def test_graceful_shutdown_drains_in_flight(stack):
+    term = await stack.connected_terminal(0)
+    stack.issuers["cup"].faults.add(action="delay", delay=0.4, amount=5555)
+    card = stack.card("cup", 1)
+    sale = asyncio.create_task(term.sale(card, 5555, entry="contactless"))
+    await asyncio.sleep(0.15)
+    assert stack.server.tasks
+    await stack.server.stop(drain_timeout=5.0)
+    reply = await sale
+    assert reply.rc == "00"
+    row = await stack.journal.find_by_rrn("SIM00000", "898310048990001", reply.rrn)
+    assert row.state == "approved"
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", stack.port)
+
+
+async def test_idle_connection_is_closed(tmp_path):
+    s = await Stack.start(tmp_path, terminals=1, issuers=False, limits=Limits(idle_timeout=0.2))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+        assert await _closed_by_peer(reader)
+        writer.close()
+    finally:
+        await s.stop()
