@@ -104,10 +104,11 @@ class PcscTransport:
         return bytes(self._conn.getATR())
 
     def close(self) -> None:
-        try:
-            self._conn.disconnect()
-        except Exception:  # noqa: BLE001 - already gone
-            pass
+        for step in ("disconnect", "release"):  # release the PC/SC context now, not in __del__
+            try:
+                getattr(self._conn, step, lambda: None)()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
 
 
 def exchange(transport: object, apdu: bytes, *, max_chain: int = 16) -> tuple[bytes, bytes]:
