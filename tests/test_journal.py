@@ -285,3 +285,44 @@ def test_batch_totals_match_a_python_model(rows) -> None:
             assert [obj.credit_amount, obj.credit_count] == want[(side, "C")]
 
     asyncio.run(run())
+
+
+_CHILD = """
+import asyncio, sys
+from switch.journal import Journal
+
+async def main():
+    j = await Journal.open(sys.argv[1], bytes(range(32)))
+    txn = await j.record(dict(terminal_id="00000001", merchant_id="898310048140001", txn_type="sale",
+                              amount=4321, stan=9, batch=1, pan="6212345678901234567", card_org="CUP"))
+    rrn = j.next_rrn()
+    await j.commit_approval(txn, rrn, "654321")
+    print(txn, rrn, flush=True)
+    await asyncio.sleep(3600)  # killed here, never closes the journal
+
+asyncio.run(main())
+"""
+
+
+def test_approval_survives_a_killed_process(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "k.db")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, path], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        line = child.stdout.readline()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        child.stdout.close()
+    txn_id, rrn = line.split()
+    conn = sqlite3.connect(path)
+    try:
+        row = conn.execute("SELECT state, rrn, auth_code, amount FROM txn WHERE id=?", (int(txn_id),)).fetchone()
+    finally:
+        conn.close()
+    assert row == ("approved", rrn, "654321", 4321)
