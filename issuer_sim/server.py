@@ -67,7 +67,12 @@ class _H2HServerProtocol(asyncio.Protocol):
         if h2h.is_response(msg):
             log.info("h2h_unexpected_response", extra=kv(mti=msg.get("t"), stan=msg.get("11")))
             return
-        outcome = await self.server.host.handle(msg)
+        try:
+            outcome = await self.server.host.handle(msg)
+        except Exception:  # a bug or a ledger failure must not leave the switch waiting
+            log.exception("issuer_failed", extra=kv(mti=msg.get("t"), stan=msg.get("11")))
+            self.send(h2h.response_to(msg, "96"))
+            return
         if outcome.response is None:
             return
         if outcome.delay > 0:

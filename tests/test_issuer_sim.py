@@ -250,3 +250,28 @@ def test_accounts_errors_name_the_field(patch, message):
     doc["accounts"][0].update(patch)
     with pytest.raises(accounts_mod.AccountsError, match=message):
         accounts_mod.parse(doc)
+
+
+async def test_bad_input_closes_only_that_connection(issuer, link):
+    # a broken length prefix: that connection is closed ...
+    r1, w1 = await asyncio.open_connection("127.0.0.1", issuer.port)
+    w1.write(b"\x00\x00garbage")
+    assert await asyncio.wait_for(r1.read(), 5) == b""
+    # ... an undecodable body keeps the connection and is answered 30
+    r2, w2 = await asyncio.open_connection("127.0.0.1", issuer.port)
+    body = b"0200" + b"Z" * 16
+    w2.write(len(body).to_bytes(2, "big") + body)
+    size = int.from_bytes(await asyncio.wait_for(r2.readexactly(2), 5), "big")
+    answer = h2h.decode(await r2.readexactly(size))
+    assert answer == {"t": "0210", "39": "30"}
+    w2.close()
+    # everyone else is still served
+    assert (await link.request(req("sale", amount=1)))["39"] == "00"
+
+
+async def test_internal_error_answers_96(issuer, link):
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+    issuer.ledger.post = boom
+    resp = await link.request(req("sale", amount=5))
+    assert resp["39"] == "96"
