@@ -78,6 +78,7 @@ __all__ = [
     "emv_arpc_method1",
     "emv_arpc_method2",
     "clear_key_cache",
+    "cached_key_count",
     "KEY_CACHE_SIZE",
 ]
 
@@ -135,6 +136,11 @@ _HEX_UPPER = "0123456789ABCDEF"
 # --------------------------------------------------------------------------- key schedule cache
 
 _cache: dict[tuple[str, bytes], Any] = {}
+
+
+def cached_key_count() -> int:
+    """Number of key schedules currently cached (at most ``KEY_CACHE_SIZE``)."""
+    return len(_cache)
 
 
 def clear_key_cache() -> None:
@@ -413,17 +419,15 @@ def pin_block_decode(block: bytes, pan: str | None, fmt: int) -> str:
     if fmt == PIN_IBM3624:
         text = block.hex().upper()
         n = text.find("F")
-        if n == -1:
-            n = 16
-        pin, pad = text[:n], text[n:]
-        if pad.strip("F"):
-            raise CryptoError(f"PIN block: bad pad nibble at nibble {n + len(pad) - len(pad.lstrip('F'))}")
-        for i, c in enumerate(pin):
-            if c not in "0123456789":
+        n = 16 if n == -1 else n
+        for i, c in enumerate(text):
+            if i < n and c not in "0123456789":
                 raise CryptoError(f"PIN block: non-decimal PIN digit {c} at nibble {i}")
-        if not 4 <= len(pin) <= 12:
-            raise CryptoError(f"PIN block: PIN length {len(pin)} outside 4-12")
-        return pin
+            if i >= n and c != "F":
+                raise CryptoError(f"PIN block: bad pad nibble {c} at nibble {i} for format {fmt}")
+        if not 4 <= n <= 12:
+            raise CryptoError(f"PIN block: PIN length {n} outside 4-12")
+        return text[:n]
     raise CryptoError(f"unknown PIN block format {fmt!r}")
 
 
@@ -478,7 +482,7 @@ def translate_pin_block(
 
 
 def pad_iso9797(data: bytes, method: int, block: int = 8) -> bytes:
-    """ISO/IEC 9797-1 padding method 1 (zeros; one zero block for empty data), 2 (80 00..) or 3."""
+    """ISO/IEC 9797-1 padding: 1 zeros (one zero block for empty data), 2 ``80 00..``, 3 length block + 1."""
     data = _bytes(data, "data")
     if method == 1:
         if not data:
@@ -488,8 +492,7 @@ def pad_iso9797(data: bytes, method: int, block: int = 8) -> bytes:
         data += b"\x80"
         return data + bytes(-len(data) % block)
     if method == 3:
-        length = (len(data) * 8).to_bytes(block, "big")
-        return length + data + bytes(-len(data) % block)
+        return (len(data) * 8).to_bytes(block, "big") + pad_iso9797(data, 1, block)
     raise CryptoError(f"MAC padding method must be 1, 2 or 3, got {method!r}")
 
 
@@ -910,14 +913,25 @@ def emv_icc_master_key(imk: bytes, pan: str, psn: str | None = "00") -> bytes:
     return set_odd_parity(mk)
 
 
-def emv_session_key(icc_mk: bytes, atc: bytes) -> bytes:
-    """EMV common session key: R = ATC||00*6 (or an 8-byte R as given); byte 2 = F0 / 0F."""
+def emv_session_key(icc_mk: bytes, atc: bytes, un: bytes | None = None) -> bytes:
+    """EMV common session key (EMV 4.x Book 2 A1.3.1).
+
+    R = ATC||00 00||UN when ``un`` (4 bytes) is given, else ATC||00*6; an 8-byte
+    ``atc`` is taken as R itself.  SK = TDES(MK, R with byte 2 = F0) || TDES(MK, R
+    with byte 2 = 0F), odd parity.
+    """
     icc_mk = _check_mk(icc_mk, "ICC MK")
     r = _bytes(atc, "ATC")
     if len(r) == 2:
-        r += bytes(6)
-    elif len(r) != 8:
-        raise CryptoError(f"ATC must be 2 bytes (or an 8-byte diversifier), got {len(r)}")
+        if un is None:
+            r += bytes(6)
+        else:
+            un = _bytes(un, "UN")
+            if len(un) != 4:
+                raise CryptoError(f"UN must be 4 bytes, got {len(un)}")
+            r += bytes(2) + un
+    elif len(r) != 8 or un is not None:
+        raise CryptoError(f"ATC must be 2 bytes (or an 8-byte diversifier without UN), got {len(r)}")
     return set_odd_parity(tdes_ecb_encrypt(icc_mk, r[:2] + b"\xf0" + r[3:] + r[:2] + b"\x0f" + r[3:]))
 
 
