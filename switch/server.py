@@ -87,8 +87,13 @@ class SwitchServer:
             except Exception:
                 pass
 
-    def count_protocol_error(self) -> None:
+    def count_protocol_error(self, reason: str = "framing") -> None:
         self.protocol_errors += 1
+        if self.metrics is not None:
+            try:
+                self.metrics.rejected_frames.labels(reason).inc()
+            except Exception:
+                pass
 
     def dispatch(self, conn: TerminalProtocol, payload: bytes, offset: int) -> None:
         try:
@@ -98,6 +103,8 @@ class SwitchServer:
             return
         self.requests += 1
         conn.request_started()
+        if self.metrics is not None:
+            self.metrics.in_flight.inc()
         task = asyncio.get_running_loop().create_task(self._handle(conn, frame, offset))
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -105,6 +112,8 @@ class SwitchServer:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
+        if self.metrics is not None:
+            self.metrics.in_flight.dec()
         task.conn.request_done()  # type: ignore[attr-defined]
 
     async def _handle(self, conn: TerminalProtocol, frame: wire.Frame, offset: int) -> None:
@@ -129,7 +138,7 @@ class SwitchServer:
         pos = getattr(exc, "pos", None)
         body_off = offset + 2 + wire.PREFIX_LEN
         mti = frame.body[:2].hex()
-        self.protocol_errors += 1
+        self.count_protocol_error("format")
         if mti in REQUEST_MTIS:
             log.warning("format error, answering 30", extra=kv(
                 peer=conn.peer, mti=mti, field=field, offset=None if pos is None else body_off + pos,

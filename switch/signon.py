@@ -46,6 +46,7 @@ async def sign_on(ctx: Context) -> None:
 async def sign_off_or_echo(ctx: Context) -> None:
     f60 = Field60.parse(ctx.req.get("60"))
     if f60.nmi == SIGN_OFF:
+        ctx.services.registry.sign_off(ctx.terminal.tid, ctx.terminal.mid)
         ctx.start_reply(RC.APPROVED)
         log.info("sign-off", extra=kv(tid=ctx.terminal.tid, mid=ctx.terminal.mid))
     elif f60.nmi == ECHO:

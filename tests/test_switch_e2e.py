@@ -36,3 +36,22 @@ async def test_swipe_sale_with_pin_approved(stack):
     assert reply.doc["4"] == "000000001234"
     rec = await stack.journal.find_by_rrn("SIM00000", "898310048990001", reply.rrn)
     assert rec.state == "approved" and rec.amount == 1234
+
+
+async def test_metrics_endpoint_counts_transactions(tmp_path):
+    import asyncio
+
+    s = await Stack.start(tmp_path, terminals=1, metrics=True)
+    try:
+        term = await s.connected_terminal(0)
+        await term.sale(s.card(), 100, entry="contactless")
+        await term.sale(s.card(), 100, pin="999999")
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.metrics_port)
+        writer.write(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        text = (await asyncio.wait_for(reader.read(), 5)).decode()
+        writer.close()
+        assert 'posswitch_transactions_total{response_code="00",type="sale"} 1.0' in text
+        assert 'posswitch_transactions_total{response_code="55",type="sale"} 1.0' in text
+        assert 'posswitch_transactions_total{response_code="00",type="sign_on"} 1.0' in text
+    finally:
+        await s.stop()

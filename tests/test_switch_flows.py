@@ -65,6 +65,11 @@ async def test_echo_and_sign_off(stack):
     term = await stack.connected_terminal(0)
     assert (await term.echo()).rc == "00"
     assert (await term.sign_off()).rc == "00"
+    assert not stack.registry.get(TID, MERCHANT_ID).signed_on
+    reply = await term.sale(stack.card(), 100, entry="contactless")
+    assert reply.rc == "A0" and reply.processing_request == "3"
+    await term.sign_on()
+    assert (await term.sale(stack.card(), 100, entry="contactless")).rc == "00"
 
 
 async def test_fresh_keys_each_sign_on(stack):

@@ -8,6 +8,7 @@ It is the only place that knows the §4 transaction table (MTI, processing code,
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,13 +91,15 @@ class Processor:
             return self._finish(ctx, None)
         ctx.txn_type = entry.txn_type
         if entry.maced:
-            if not term.mak_under_lmk:
+            if not term.mak_under_lmk or not term.signed_on:  # never signed on, or signed off
                 ctx.fail(RC.MAC_ERROR)
                 ctx.processing_request = PR_SIGN_ON_AGAIN
                 return self._finish(ctx, None)
             mac = req.get("64")
             if mac is None or not await svc.security.verify_mac(term, wire.mac_input(body), bytes.fromhex(mac)):
                 log.warning("bad MAC", extra=kv(tid=tid, mid=mid, stan=req.get("11"), mti=req["t"]))
+                if svc.metrics is not None:
+                    svc.metrics.mac_failures.inc()
                 ctx.fail(RC.MAC_ERROR)
                 return self._finish(ctx, None)
             ctx.mac_reply = True
@@ -117,7 +120,7 @@ class Processor:
         m = self.services.metrics
         if m is not None:
             try:
-                m.transactions.labels(ctx.txn_type, ctx.reply.get("39", "")).inc()
+                m.observe_transaction(ctx.txn_type, ctx.reply.get("39", ""), time.perf_counter() - ctx.started)
             except Exception:  # metrics never break a transaction
                 pass
         if body is None:
