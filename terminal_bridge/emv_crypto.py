@@ -3,7 +3,7 @@
 Key convention shared with ``issuer_sim`` (see ``docs/terminal.md``): ICC master
 key by EMV option A from PAN + PSN under IMK-AC, session key by the EMV common
 session key derivation with R = ATC || 00 00 || UN, ARQC/TC/AAC = ISO 9797-1
-MAC algorithm 3 with padding method 2, ARPC method 1 with the session key.
+MAC algorithm 3 with padding method 2, ARPC method 1 with the ICC master key (what the HSM's ``KQ`` does).
 
 Backed by ``_fastcore.crypto`` (crypto engineer) once it is present and passes the
 known-answer vectors EMV-1/EMV-2 of ``payment-crypto.md``; ``pyemv`` otherwise.
@@ -80,6 +80,6 @@ def application_cryptogram(sk: bytes, data: bytes) -> bytes:
     return bytes(_mac(sk, data))
 
 
-def arpc_method1(sk: bytes, arqc: bytes, arc: bytes) -> bytes:
-    """ARPC = TDES(SK, ARQC XOR (ARC || 00*6)); ARC is 2 bytes (ASCII of field 39)."""
-    return bytes(_arpc1(sk, arqc, arc))
+def arpc_method1(key: bytes, arqc: bytes, arc: bytes) -> bytes:
+    """ARPC = TDES(key, ARQC XOR (ARC || 00*6)); key = ICC MK-AC; ARC is 2 bytes (ASCII of field 39)."""
+    return bytes(_arpc1(key, arqc, arc))

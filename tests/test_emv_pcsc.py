@@ -91,11 +91,12 @@ def inserted(pcscd: None, request: pytest.FixtureRequest) -> Iterator[tuple[Soft
 
 def _verify_and_answer(f55: bytes, pan: str, psn: str) -> bytes:
     d = pyemv_tlv.decode(f55, flatten=True)
-    sk = kd.derive_common_sk(kd.derive_icc_mk_a(TEST_IMK_AC, pan, psn), d["9F36"] + b"\0\0" + d["9F37"])
+    mk = kd.derive_icc_mk_a(TEST_IMK_AC, pan, psn)
+    sk = kd.derive_common_sk(mk, d["9F36"] + b"\0\0" + d["9F37"])
     data = b"".join(d[t] for t in ("9F02", "9F03", "9F1A", "95", "5F2A", "9A", "9C", "9F37", "82", "9F36", "9F10"))
     arqc = ac.generate_ac(sk, data)
     assert arqc == d["9F26"]
-    return pyemv_tlv.encode({"91": ac.generate_arpc_1(sk, arqc, b"00") + b"00"})
+    return pyemv_tlv.encode({"91": ac.generate_arpc_1(mk, arqc, b"00") + b"00"})
 
 
 def test_reader_selftest(pcscd: None) -> None:

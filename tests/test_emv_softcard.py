@@ -3,7 +3,7 @@
 The ARQC/TC are checked with pyemv as an independent oracle, using the key and
 data convention ``issuer_sim`` verifies (IMK-AC test key, option A, common
 session key with R = ATC||0000||UN, data 9F02 9F03 9F1A 95 5F2A 9A 9C 9F37 82
-9F36 9F10, ARPC method 1 with the session key).
+9F36 9F10, ARPC method 1 with the ICC master key as the HSM's KQ does).
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def issuer_reply(f55: bytes, pan: str, psn: str, arc: bytes = b"00") -> tuple[by
     sk = oracle_sk(pan, psn, d["9F36"], d["9F37"])
     arqc = ac.generate_ac(sk, b"".join(d[t] for t in ARQC_DATA_ORDER))
     assert arqc == d["9F26"], "ARQC does not verify with the issuer convention"
-    return pyemv_tlv.encode({"91": ac.generate_arpc_1(sk, arqc, arc) + arc}), arqc
+    mk = kd.derive_icc_mk_a(TEST_IMK_AC, pan, psn)
+    return pyemv_tlv.encode({"91": ac.generate_arpc_1(mk, arqc, arc) + arc}), arqc
 
 
 def test_crypto_backend_known_answers() -> None:
@@ -225,3 +226,19 @@ def test_no_pan_in_reprs() -> None:
     _, k = make()
     txn = k.start(1)
     assert "6212345678901232" not in repr(txn) and "6212345678901232" not in repr(txn.card)
+
+
+def test_arpc_key_option_session() -> None:
+    """CardProfile.arpc_key: an ARPC under the ICC MK does not authenticate a card set to the session key."""
+    _, k = make(arpc_key="session")
+    txn = k.start(1000)
+    k.first_generate_ac(txn)
+    reply, _ = issuer_reply(txn.field55, txn.card.pan, txn.card.psn)
+    assert k.second_generate_ac(txn, "00", reply).reversal_reason == "06"
+    _, k = make(arpc_key="session")
+    txn = k.start(1000)
+    k.first_generate_ac(txn)
+    d = pyemv_tlv.decode(txn.field55, flatten=True)
+    sk = oracle_sk(txn.card.pan, txn.card.psn, d["9F36"], d["9F37"])
+    good = pyemv_tlv.encode({"91": ac.generate_arpc_1(sk, d["9F26"], b"00") + b"00"})
+    assert k.second_generate_ac(txn, "00", good).approved

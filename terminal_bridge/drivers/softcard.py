@@ -10,8 +10,10 @@ commands and ``6Cxx`` for a wrong Le.  Its ARQC is what ``issuer_sim`` verifies:
 * SK = EMV common session key, R = ATC || 00 00 || UN;
 * AC = ISO 9797-1 alg 3, padding method 2, over
   ``CDOL1 data (9F02 9F03 9F1A 95 5F2A 9A 9C 9F37) || AIP || ATC || IAD``;
-* the 2nd GENERATE AC verifies the ARPC in tag 91 (method 1 with the SK:
-  ``TDES(SK, ARQC XOR ARC||00*6)``, 91 = ARPC || ARC) and returns a TC only for an
+* the 2nd GENERATE AC verifies the ARPC in tag 91 (method 1 with the ICC master
+  key, as the HSM's ``KQ`` computes it: ``TDES(MK-AC, ARQC XOR ARC||00*6)``,
+  91 = ARPC || ARC; ``CardProfile.arpc_key="session"`` switches to the session
+  key) and returns a TC only for an
   approved, authenticated host answer; otherwise an AAC.  The TC/AAC uses the
   same data layout with the CDOL2 values and the updated CVR.
 
@@ -78,6 +80,7 @@ class CardProfile:
     cvn: int = 0x0A
     app_version: bytes = bytes.fromhex("0030")
     country: bytes = bytes.fromhex("0156")
+    arpc_key: str = "mk"  # ARPC method 1 key: "mk" (ICC MK-AC, HSM KQ / vector EMV-3) or "session"
 
     def track2_equivalent(self) -> bytes:
         return _bcd(f"{self.pan}D{self.expiry[:4]}{self.service_code}{'0' * 5}")
@@ -288,7 +291,8 @@ class SoftCard:
         authenticated = False
         if any(iad91):
             arpc, arc91 = iad91[:8], iad91[8:10]
-            expected = emv_crypto.arpc_method1(self._sk, self._arqc, arc91)
+            key = self._sk if self.profile.arpc_key == "session" else self._icc_mk
+            expected = emv_crypto.arpc_method1(key, self._arqc, arc91)
             authenticated = hmac.compare_digest(arpc, expected) and arc91 == arc
             if not authenticated:
                 self._cvr[2] |= 0x10  # issuer authentication failed
