@@ -31,7 +31,7 @@ from switch.logsafe import kv
 
 __all__ = [
     "IssuerLink", "IssuerLinkError", "IssuerTimeout", "IssuerUnavailable",
-    "ReversalStore", "MemoryReversalStore", "LinkState",
+    "ReversalStore", "MemoryReversalStore", "LinkState", "SwitchMetricsHooks",
 ]
 
 log = logging.getLogger("posswitch.issuer_link")
@@ -160,6 +160,26 @@ def _noop(*_: Any) -> None:
     return None
 
 
+class SwitchMetricsHooks:
+    """Adapts ``switch.metrics.SwitchMetrics`` (its ``issuer_link_up``, ``issuer_latency`` and
+    ``pending_reversals`` instruments) to the link's hook names. ``IssuerLink`` wraps a
+    ``SwitchMetrics`` in this automatically; one instance may serve several links."""
+
+    def __init__(self, metrics: Any) -> None:
+        self.m = metrics
+        self._pending: dict[str, int] = {}
+
+    def link_state(self, link: str, up: bool) -> None:
+        self.m.issuer_link_up.labels(link).set(1 if up else 0)
+
+    def upstream_latency(self, link: str, mti: str, seconds: float, code: str) -> None:
+        self.m.issuer_latency.labels(link).observe(seconds)
+
+    def pending_reversals(self, link: str, n: int) -> None:
+        self._pending[link] = n
+        self.m.pending_reversals.set(sum(self._pending.values()))
+
+
 class IssuerLink:
     """One persistent H2H connection to an issuer; see the module docstring."""
 
@@ -189,6 +209,8 @@ class IssuerLink:
         self.reversal_retry = reversal_retry
         self.reversals: ReversalStore = reversal_store or MemoryReversalStore()
         # metric hooks, looked up once (missing ones are no-ops)
+        if metrics is not None and hasattr(metrics, "issuer_link_up") and not hasattr(metrics, "link_state"):
+            metrics = SwitchMetricsHooks(metrics)
         self._m_state: Callable[..., None] = getattr(metrics, "link_state", _noop)
         self._m_latency: Callable[..., None] = getattr(metrics, "upstream_latency", _noop)
         self._m_pending: Callable[..., None] = getattr(metrics, "pending_reversals", _noop)

@@ -293,3 +293,31 @@ def test_link_and_issuer_under_uvloop():
         assert loop.run_until_complete(scenario()).startswith("uvloop")
     finally:
         loop.close()
+
+
+async def test_switch_metrics_are_fed(issuer):
+    from switch.metrics import SwitchMetrics
+
+    m = SwitchMetrics()
+    issuer.faults.add(action="drop", kind="sale", times=1)
+    issuer.faults.add(action="drop", kind="reversal", times=1000)
+    link = await IssuerLink("127.0.0.1", issuer.port, name="cup", timeout=0.1, reversal_retry=0.05,
+                            metrics=m).start(wait=2)
+    try:
+        with pytest.raises(IssuerTimeout):
+            await link.request(sale(5))
+        text = m.exposition().decode()
+        assert 'posswitch_issuer_link_up{issuer="cup"} 1.0' in text
+        assert "posswitch_pending_reversals 1.0" in text
+        issuer.faults.clear()
+        assert (await link.request(sale(6), timeout=2))["39"] == "00"
+
+        async def done():
+            return await link.pending_reversals() == 0
+        await eventually(done)
+        text = m.exposition().decode()
+        assert "posswitch_pending_reversals 0.0" in text
+        assert 'posswitch_issuer_seconds_count{issuer="cup"} 1.0' in text
+    finally:
+        await link.close()
+    assert 'posswitch_issuer_link_up{issuer="cup"} 0.0' in m.exposition().decode()
