@@ -29,6 +29,8 @@ def twin(name: str, which: str) -> ModuleType:
 
 
 def report(op: str, benchmark: Any, which: str) -> None:
+    if benchmark.stats is None:  # --benchmark-disable: the functions ran once as plain tests
+        return
     RESULTS[(op, which)] = benchmark.stats.stats.median
     base = RESULTS.get((op, "py"))
     fast = RESULTS.get((op, "c"))
