@@ -30,6 +30,7 @@ async def sign_on(ctx: Context) -> None:
         ctx.fail(RC.INVALID_TXN)
         return
     keys = await svc.security.working_keys(term, mode)
+    svc.registry.refresh_if_changed()  # pick up CLI changes (status, key rotation) now and then
     svc.registry.set_working_keys(
         term.tid, term.mid, keys.pik.under_lmk, keys.mak.under_lmk, keys.tdk.under_lmk if keys.tdk else None
     )

@@ -126,7 +126,8 @@ async def authorize(ctx: Context, txn_type: str, *, mti_up: str | None = None, a
     rc = resp.get("39", RC.SYSTEM_ERROR)
     auth = resp.get("38", "")
     if rc == RC.APPROVED:
-        await journal.commit_approval(txn_id, rrn=rrn, auth_code=auth, response_code=rc)
+        await journal.commit_approval(txn_id, rrn=rrn, auth_code=auth, response_code=rc,
+                                      upstream_ref=f"{resp.get('11', '')}|{resp.get('7', '')}")
     else:
         await journal.update_state(txn_id, "declined", response_code=rc)
     return Outcome(rc, txn_id, rrn, auth, resp, route)
@@ -154,17 +155,21 @@ def fill_reply(ctx: Context, out: Outcome) -> dict[str, str]:
 def original_h2h(orig: Any, acquirer_id: str) -> dict[str, str]:
     """The H2H request of a journaled original, rebuilt for field 90 and reversals.
 
-    Field 7 is the original's creation time (the link stamps 7 when it sends, within the same
-    second); 37 (our unique RRN) is what the issuer matches on.
+    11 and 7 are the ones the link sent (kept in the journal's ``upstream_ref``); failing that the
+    terminal STAN and the row's creation time.  The issuer also matches on 41 + 37 (our unique RRN).
     """
     mti, proc = _H2H_CODES.get(orig.txn_type, (orig.mti or "0200", orig.processing_code or "000000"))
-    return {
+    up_stan, _, up_f7 = (getattr(orig, "upstream_ref", "") or "").partition("|")
+    doc = {
         "t": mti, "3": orig.processing_code or proc, "4": f"{int(orig.amount):012d}",
         "7": time.strftime("%m%d%H%M%S", time.gmtime(orig.created_at or time.time())),
         "11": f"{int(orig.stan or 0):06d}", "32": acquirer_id, "37": orig.rrn,
         "41": orig.terminal_id.ljust(8), "42": orig.merchant_id.ljust(15), "49": orig.currency or "156",
         **({"38": orig.auth_code} if orig.auth_code else {}),
     }
+    if len(up_stan) == 6 and len(up_f7) == 10:  # exactly what the link sent upstream
+        doc["11"], doc["7"] = up_stan, up_f7
+    return doc
 
 
 async def reverse_upstream(ctx: Context, orig: Any, reason: str) -> None:
