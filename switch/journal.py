@@ -237,6 +237,12 @@ class Journal:
     async def start(self) -> None:
         await self.store.start()
 
+    def reversal_store(self) -> Any:
+        """A durable ``ReversalStore`` for :class:`switch.issuer_link.IssuerLink` in this database."""
+        from switch.journal_reversals import SqliteReversalStore
+
+        return SqliteReversalStore(self)
+
     async def close(self) -> None:
         await self.store.close()
 

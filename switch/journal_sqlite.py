@@ -102,6 +102,24 @@ JOURNAL_MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE txn ADD COLUMN upstream_ref TEXT NOT NULL DEFAULT ''",
         ],
     ),
+    (
+        4,
+        [
+            # pending upstream reversals (switch.journal_reversals): field 2 only sealed, erased on ack
+            """CREATE TABLE IF NOT EXISTS reversal_queue (
+                id INTEGER PRIMARY KEY,
+                link TEXT NOT NULL,
+                message TEXT NOT NULL,
+                pan_sealed BLOB,
+                pan_masked TEXT NOT NULL DEFAULT '',
+                rrn TEXT NOT NULL DEFAULT '',
+                created_at REAL NOT NULL,
+                acked_at REAL,
+                response_code TEXT NOT NULL DEFAULT ''
+            )""",
+            "CREATE INDEX IF NOT EXISTS reversal_pending ON reversal_queue(link, id) WHERE acked_at IS NULL",
+        ],
+    ),
 ]
 
 

@@ -201,7 +201,7 @@ async def test_migrations_are_idempotent(tmp_path: Path) -> None:
         await j.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT version FROM schema_version WHERE component='journal'").fetchone() == (3,)
+        assert conn.execute("SELECT version FROM schema_version WHERE component='journal'").fetchone() == (4,)
         assert conn.execute("SELECT COUNT(*) FROM txn").fetchone() == (3,)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
