@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pyemv import ac, kd
 from pyemv import tlv as pyemv_tlv
 
@@ -242,3 +244,27 @@ def test_arpc_key_option_session() -> None:
     sk = oracle_sk(txn.card.pan, txn.card.psn, d["9F36"], d["9F37"])
     good = pyemv_tlv.encode({"91": ac.generate_arpc_1(sk, d["9F26"], b"00") + b"00"})
     assert k.second_generate_ac(txn, "00", good).approved
+
+
+@settings(max_examples=40)
+@given(pan=st.text("0123456789", min_size=13, max_size=19), psn=st.integers(0, 99),
+       amount=st.integers(0, 10**12 - 1), other=st.integers(0, 10**6), txn_type=st.sampled_from(["00", "31", "03"]),
+       un=st.binary(min_size=4, max_size=4), t0=st.booleans(), approve=st.booleans())
+def test_property_any_card_any_amount(pan: str, psn: int, amount: int, other: int, txn_type: str, un: bytes,
+                                      t0: bool, approve: bool) -> None:
+    """For any PAN/PSN/amount the card data reads back, the ARQC verifies with pyemv, and the
+    2nd GENERATE AC follows the host decision."""
+    card = SoftCard(CardProfile(pan=pan, psn=f"{psn:02d}"), t0=t0)
+    k = EmvKernel(DirectTransport(card), clock=lambda: NOW, unpredictable=lambda n: un)
+    txn = k.start(amount, other_fen=other, txn_type=txn_type)
+    assert (txn.card.pan, txn.card.psn) == (pan, f"{psn:02d}")
+    assert txn.card.track2 is not None and txn.card.track2.startswith(pan + "=3012")
+    f55 = k.first_generate_ac(txn)
+    d = pyemv_tlv.decode(f55, flatten=True)
+    assert d["9F02"].hex() == f"{amount:012d}" and d["9F03"].hex() == f"{other:012d}"
+    assert d["9C"].hex() == txn_type and d["9F37"] == un
+    rc = "00" if approve else "51"
+    reply, _ = issuer_reply(f55, pan, f"{psn:02d}", arc=rc.encode())
+    done = k.second_generate_ac(txn, rc, reply)
+    assert done.approved is approve and done.cid == (0x40 if approve else 0x00)
+    assert done.issuer_authenticated and done.reversal_reason is None
