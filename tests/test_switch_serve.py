@@ -1,0 +1,121 @@
+"""``posswitch serve`` from a TOML config (in-process run with real HSM/issuer sims) and the CLI
+entry points ``posswitch serve`` / ``posswitch demo`` as subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from _fastcore import crypto
+from switch.sim_terminal import SimCard, SimTerminal
+
+ROOT = Path(__file__).resolve().parents[1]
+PVK = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_serve_runs_from_config(tmp_path):
+    from hsm_sim import lmk
+    from hsm_sim.server import start_hsm
+    from issuer_sim.accounts import parse
+    from issuer_sim.server import start_issuer
+    from switch.config import load_config
+    from switch.hsm_client import HsmClient
+    from switch.serve import run
+    from switch.testbed import TEST_IMK_AC, _pvv
+
+    hsm_server, hsm_port = await start_hsm("127.0.0.1", 0)
+    hsm = await HsmClient.connect("127.0.0.1", hsm_port)
+    zpk = lmk.encrypt_under_lmk(crypto.set_odd_parity(bytes(range(1, 17))), "ZPK")
+    card = SimCard(pan="6212345678901234")
+    issuer = await start_issuer(parse({
+        "issuer": {"keys": {"zpk": zpk, "pvk": lmk.encrypt_under_lmk(PVK, "PVK"),
+                            "imk_ac": lmk.encrypt_under_lmk(TEST_IMK_AC, "IMK-AC")}},
+        "accounts": [{"pan": card.pan, "expiry": card.expiry, "balance": 100000, "psn": card.psn,
+                      "pin": {"method": "pvv", "pvki": "1", "pvv": _pvv(card.pan, card.pin)}}],
+    }), hsm=hsm)
+    tmk = crypto.set_odd_parity(bytes(range(16, 32)))
+    port = _free_port()
+    cfg_path = tmp_path / "switch.toml"
+    cfg_path.write_text(f"""
+acquirer_id = "48020000"
+[listener]
+port = {port}
+[hsm]
+port = {hsm_port}
+[issuers.cup]
+port = {issuer.port}
+zpk_under_lmk = "{zpk}"
+[routes]
+default = "cup"
+[routes.bins]
+"62" = "cup"
+[journal]
+path = "{tmp_path / 'switch.db'}"
+pan_hash_key = "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F"
+[metrics]
+enabled = false
+[[merchants]]
+merchant_id = "898310048140001"
+[[terminals]]
+terminal_id = "00000001"
+merchant_id = "898310048140001"
+tmk_under_lmk = "{lmk.encrypt_under_lmk(tmk, 'TMK')}"
+""")
+    cfg = load_config(cfg_path)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(cfg, stop, drain=2.0))
+    term = SimTerminal("127.0.0.1", port, "00000001", "898310048140001", tmk)
+    try:
+        for _ in range(100):
+            try:
+                await term.connect()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        assert (await term.sign_on()).rc == "00"
+        reply = await term.sale(card, 1000, entry="swipe", pin=card.pin)
+        assert reply.rc == "00" and reply.mac_ok
+        # no BIN matches: the default route takes it and the issuer does not know the card
+        assert (await term.sale(SimCard(pan="5100000000000008"), 10, entry="keyed")).rc == "14"
+    finally:
+        await term.close()
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await issuer.close(close_ledger=True)
+        await hsm.close()
+        await hsm_server.close()
+
+
+def _run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    return subprocess.run([sys.executable, "-m", "switch.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_serve_bad_config_names_the_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[listener]\nport = "x"\n')
+    proc = _run_cli("serve", "--config", str(bad))
+    assert proc.returncode == 2
+    assert "[listener]" in proc.stderr and "port" in proc.stderr
+
+
+def test_demo_runs_and_stops_by_itself():
+    proc = _run_cli("demo", "--seconds", "2", "--terminals", "2", "--seed", "7")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "metrics  http://127.0.0.1:" in out
+    assert "batches balanced: 2/2" in out
+    assert "terminal MAC failures: 0" in out
+    assert "stopped cleanly" in out
