@@ -145,7 +145,7 @@ class IssuerHost:
 
     # ---------------------------------------------------------------- authorisation
     async def _authorise(self, msg: dict[str, str], kind: TxnKind) -> dict[str, str]:
-        if kind is TxnKind.UNKNOWN:
+        if kind in (TxnKind.UNKNOWN, TxnKind.QUERY):
             raise _Decline("12", f"unsupported MTI {msg.get('t')} / processing code {msg.get('3')}")
         if msg.get("49", "156") != "156":
             raise _Decline("A1", "currency")

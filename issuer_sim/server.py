@@ -144,8 +144,9 @@ class IssuerServer:
         self._server = await loop.create_server(lambda: _H2HServerProtocol(self), host, port)
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
-        log.info("issuer_listening", extra=kv(host=sock[0], port=sock[1],
-                                              accounts=len(self.host.config.accounts)))
+        accounts = getattr(self.host.config, "accounts", None) or getattr(self.host.config, "users", [])
+        log.info("issuer_listening", extra=kv(host=sock[0], port=sock[1], accounts=len(accounts),
+                                              kind=type(self.host).__name__))
         return self
 
     async def close(self, *, close_ledger: bool = False) -> None:
@@ -162,6 +163,9 @@ class IssuerServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        host_close = getattr(self.host, "close", None)
+        if host_close is not None:
+            host_close()
         if close_ledger:
             self.host.ledger.close()
 

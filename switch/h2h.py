@@ -26,7 +26,7 @@ __all__ = [
     "financial_request", "reversal_for", "echo_request", "response_to", "is_reversible",
     "transmission_time", "field90", "parse_field90", "field54_balance", "parse_field54",
     "tlv_decode", "tlv_encode", "field55_tags", "tags_to_field55", "APPROVED", "REVERSAL_DONE",
-    "SENSITIVE_FIELDS",
+    "SENSITIVE_FIELDS", "qr_pay_request", "qr_query_request",
 ]
 
 SPEC = default_ascii
@@ -69,6 +69,7 @@ class TxnKind(StrEnum):
     REFUND = "refund"                  # 0220/200000
     REVERSAL = "reversal"              # 0400/0420
     ECHO = "echo"                      # 0800/301
+    QUERY = "query"                    # 0200/531000: QR order status
     UNKNOWN = "unknown"
 
 
@@ -156,6 +157,8 @@ def classify(msg: Mapping[str, str]) -> TxnKind:
     if req == "0200":
         if proc == "31":
             return TxnKind.BALANCE
+        if proc == "53":
+            return TxnKind.QUERY
         if proc == "00":
             return TxnKind.COMPLETION if cond == "06" else TxnKind.SALE
         if proc == "20":
@@ -399,6 +402,29 @@ def reversal_for(original: Mapping[str, str], reason: str = "98", *, advice: boo
     if "2" not in msg and "35" in original:
         pan = original["35"].replace("D", "=").split("=", 1)[0]
         msg["2"] = pan
+    return msg
+
+
+def qr_pay_request(*, payment_code: str, amount: int, terminal_id: str, merchant_id: str, rrn: str,
+                   acquirer_id: str = "00000000001", currency: str = "156", stan: str = "000000",
+                   local: _dt.datetime | None = None) -> dict[str, str]:
+    """QR payment, merchant scans the customer's code: 0200/000000, 22 = 031, 48 = payment code,
+    37 = our order number (see ``docs/issuer.md`` §6)."""
+    if not payment_code.isdigit() or not 10 <= len(payment_code) <= 32:
+        raise H2HError("payment code must be 10-32 digits", field="48")
+    if amount <= 0:
+        raise H2HError("amount (fen) must be > 0", field="4")
+    local = local or _dt.datetime.now()
+    return {"t": "0200", "3": "000000", "4": f"{amount:012d}", "7": transmission_time(), "11": stan,
+            "12": local.strftime("%H%M%S"), "13": local.strftime("%m%d"), "22": "031", "25": "00",
+            "32": acquirer_id, "37": rrn, "41": terminal_id.ljust(8), "42": merchant_id.ljust(15),
+            "48": payment_code, "49": currency}
+
+
+def qr_query_request(original: Mapping[str, str], stan: str = "000000") -> dict[str, str]:
+    """Order status query (0200/531000) for the QR payment ``original`` (matched on 41 + 37)."""
+    msg = {k: original[k] for k in ("12", "13", "22", "25", "32", "37", "41", "42", "49") if k in original}
+    msg.update({"t": "0200", "3": "531000", "7": transmission_time(), "11": stan})
     return msg
 
 
