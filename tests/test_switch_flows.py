@@ -408,3 +408,14 @@ async def test_batch_upload_record_acknowledged(stack):
     doc = term._base("0320", None, "00", "201")
     doc["48"] = "01" + "00" + "000001" + "6212340000000010".rjust(20, "0") + "000000000100"
     assert (await term.send(doc)).rc == "00"
+
+
+async def test_retransmitted_stan_is_duplicate_94(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 1)
+    before = _ledger(stack).balance(card.pan)
+    first = await term.sale(card, 700, entry="contactless")
+    assert first.rc == "00"
+    again = await term.send(dict(first.request), mac=True)
+    assert again.rc == "94"
+    assert _ledger(stack).balance(card.pan) == before - 700

@@ -79,6 +79,9 @@ async def authorize(ctx: Context, txn_type: str, *, mti_up: str | None = None, a
         zpb = await svc.security.translate_pin(term, route.zpk_under_lmk, bytes.fromhex(req["52"]), pan)
         pin_block = zpb.hex().upper()
     journal = svc.journal
+    stan = req.get("11", "")
+    if stan.isdigit() and await journal.find_by_trace(term.tid, term.mid, batch_of(req), stan, req["t"][:2]):
+        return Outcome(RC.DUPLICATE, route=route)  # same terminal, batch and STAN: a retransmission
     rrn = journal.next_rrn()
     try:
         up = h2h.financial_request(
