@@ -52,6 +52,7 @@ __all__ = [
     "APPROVED_CODES",
     "lookup_transaction",
     "response_mti",
+    "derive_spec",
 ]
 
 FieldSpec = dict[str, Any]
@@ -234,6 +235,25 @@ def _build_pos_spec() -> dict[str, FieldSpec]:
 
 #: pyiso8583 spec dict of the CUPS POS terminal dialect (message only: MTI, bitmap, fields).
 POS_SPEC: dict[str, FieldSpec] = _build_pos_spec()
+
+def derive_spec(overrides: dict[str, dict[str, Any]], base: dict[str, FieldSpec] | None = None) -> dict[str, FieldSpec]:
+    """A per-acquirer dialect profile: a deep copy of ``base`` (default ``POS_SPEC``) with field overrides.
+
+    ``overrides`` maps a field key to the spec keys to change, e.g.
+    ``derive_spec({"60": {"max_len": 40}, "59": {"data_enc": "gbk"}})``.  A key absent from the base
+    must come as a complete field spec.  Never mutate ``POS_SPEC`` itself: it is shared.
+    """
+    spec = copy.deepcopy(POS_SPEC if base is None else base)
+    required = {"data_enc", "len_enc", "len_type", "max_len"}
+    for key, change in overrides.items():
+        merged = {**spec.get(key, {}), **change}
+        missing = required - merged.keys()
+        if missing:
+            raise ValueError(f"field {key}: spec lacks {sorted(missing)}")
+        merged.setdefault("desc", f"Field {key}")
+        spec[key] = merged
+    return spec
+
 
 #: Switch <-> issuer host-to-host spec: pyiso8583's ``default_ascii`` (ASCII MTI, hex-text
 #: bitmap, ASCII numerics and LL/LLL prefixes), deep-copied so nobody mutates the library's.

@@ -7,6 +7,8 @@ from types import ModuleType
 
 import iso8583
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from _fastcore.spec import (
     H2H_SPEC,
@@ -228,3 +230,54 @@ def test_reference_tables() -> None:
     assert RESPONSE_CODES["25"] == "original not found" and "A0" in RESPONSE_CODES
     assert APPROVED_CODES <= set(RESPONSE_CODES)
     assert "9F36" in FIELD55_REVERSAL_TAGS and "9F26" not in FIELD55_REVERSAL_TAGS
+
+
+def test_derive_spec_makes_a_private_profile() -> None:
+    from _fastcore.spec import derive_spec
+
+    profile = derive_spec({"60": {"max_len": 40}, "59": {"data_enc": "gbk"}})
+    assert profile["60"]["max_len"] == 40 and POS_SPEC["60"]["max_len"] == 32
+    assert profile["60"]["right_pad"] == "0" and profile["59"]["data_enc"] == "gbk"
+    profile["3"]["max_len"] = 99
+    assert POS_SPEC["3"]["max_len"] == 6
+    out, _ = iso8583.encode({"t": "0200", "60": "2" * 39}, profile)
+    with pytest.raises(iso8583.DecodeError, match="field 60"):
+        iso8583.decode(out, POS_SPEC)
+    with pytest.raises(ValueError, match="field 200"):
+        derive_spec({"200": {"max_len": 3}})
+
+
+# ------------------------------------------------------------------ round-trip properties of the table
+
+def _value_for(field: str, draw: st.DrawFn) -> str:
+    spec = POS_SPEC[field]
+    fixed = spec["len_type"] == 0
+    n = spec["max_len"] if fixed else draw(st.integers(0 if spec["data_enc"] != "b" else 1, min(spec["max_len"], 60)))
+    if spec["data_enc"] == "b" and spec.get("len_count") == "nibbles":
+        alphabet = "0123456789D" if field in ("35", "36") else "0123456789"
+        return draw(st.text(alphabet=alphabet, min_size=n, max_size=n))
+    if spec["data_enc"] == "b":
+        return draw(st.binary(min_size=n, max_size=n)).hex().upper()
+    return draw(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), min_size=n, max_size=n))
+
+
+DIALECT_FIELDS = ["2", "3", "4", "11", "12", "13", "14", "15", "22", "23", "25", "26", "32", "35", "36", "37",
+                  "38", "39", "41", "42", "44", "48", "49", "52", "53", "54", "55", "58", "59", "60", "61", "62",
+                  "63", "64"]
+
+
+@st.composite
+def documents(draw: st.DrawFn) -> dict[str, str]:
+    chosen = draw(st.sets(st.sampled_from(DIALECT_FIELDS), min_size=1))
+    doc = {"t": draw(st.sampled_from(["0100", "0200", "0220", "0400", "0500", "0800", "0820"]))}
+    for f in chosen:
+        doc[f] = _value_for(f, draw)
+    return doc
+
+
+@given(doc=documents())
+def test_any_dialect_document_round_trips(doc: dict[str, str]) -> None:
+    raw, _ = iso8583.encode(dict(doc), POS_SPEC)
+    back, _ = iso8583.decode(bytes(raw), POS_SPEC)
+    back.pop("p")
+    assert back == doc
