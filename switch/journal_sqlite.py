@@ -256,6 +256,8 @@ class SqliteWriter:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for fn, fut in batch:
+                if not fut.set_running_or_notify_cancel():
+                    continue  # the caller gave up (task cancelled) before the write started: skip it
                 conn.execute("SAVEPOINT op")
                 try:
                     result = fn(conn)
@@ -274,8 +276,10 @@ class SqliteWriter:
             except sqlite3.Error:
                 pass
             for _fn, fut in batch:
-                if not fut.done():
+                if fut.running():
                     fut.set_exception(JournalError(f"journal: commit failed: {exc}"))
+                elif not fut.done():
+                    fut.cancel()
             return
         elapsed = time.perf_counter() - t0
         self.commit_count += 1
