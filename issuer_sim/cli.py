@@ -1,7 +1,8 @@
 """``posswitch issuer``: run the card-issuer simulator.
 
     posswitch issuer --listen 127.0.0.1:9100 --accounts accounts.toml [--hsm 127.0.0.1:9300]
-                     [--ledger issuer-ledger.db] [--latency 0.05] [--log-level INFO] [--json-logs]
+                     [--wallet-listen 127.0.0.1:9101] [--ledger issuer-ledger.db] [--latency 0.05]
+                     [--log-level INFO] [--json-logs]
 
 Without ``--hsm`` PIN and chip (ARQC) transactions are answered 96: the simulator holds no keys.
 """
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="posswitch issuer", description="card issuer simulator (ISO 8583 H2H)")
     p.add_argument("--listen", type=_hostport, default=("127.0.0.1", 9100), metavar="HOST:PORT")
     p.add_argument("--accounts", required=True, metavar="FILE", help="accounts file (.toml or .json)")
+    p.add_argument("--wallet-listen", type=_hostport, default=None, metavar="HOST:PORT",
+                   help="also run the QR-wallet simulator ([[wallet_users]] of the accounts file) here")
     p.add_argument("--hsm", type=_hostport, default=None, metavar="HOST:PORT",
                    help="HSM simulator for PIN and ARQC checks")
     p.add_argument("--ledger", default="issuer-ledger.db", metavar="DB", help="SQLite ledger (':memory:' ok)")
@@ -58,6 +61,13 @@ async def run(args: argparse.Namespace) -> int:
         hsm = await HsmClient.connect(*args.hsm)
     server = await start_issuer(cfg, host=args.listen[0], port=args.listen[1], hsm=hsm, ledger=args.ledger)
     print(f"issuer listening on {server.address[0]}:{server.port}", flush=True)
+    wallets = None
+    if args.wallet_listen:
+        from .wallets import load_wallets, start_wallets
+
+        wallets = await start_wallets(load_wallets(args.accounts), host=args.wallet_listen[0],
+                                      port=args.wallet_listen[1], ledger=server.ledger)
+        print(f"wallets listening on {wallets.address[0]}:{wallets.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -65,6 +75,8 @@ async def run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("issuer_stopping", extra=kv(port=server.port))
+    if wallets is not None:
+        await wallets.close()
     await server.close(close_ledger=True)
     if hsm is not None:
         await hsm.close()

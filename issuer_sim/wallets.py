@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from switch import h2h
@@ -35,7 +38,7 @@ from .faults import Faults
 from .host import Outcome
 from .ledger import DEBIT, Ledger
 
-__all__ = ["WalletUser", "WalletConfig", "WalletHost", "wallet_of", "parse_wallets", "start_wallets",
+__all__ = ["WalletUser", "WalletConfig", "WalletHost", "wallet_of", "parse_wallets", "load_wallets", "start_wallets",
            "QUERY_PROC", "PENDING"]
 
 log = logging.getLogger("posswitch.wallets")
@@ -255,6 +258,16 @@ class WalletHost:
         for order in self.orders.values():
             for t in order.timers:
                 t.cancel()
+
+
+def load_wallets(path: str | Path) -> WalletConfig:
+    """``[wallet]`` / ``[[wallet_users]]`` from an accounts file (TOML or JSON, by suffix)."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_bytes()) if p.suffix.lower() == ".json" else tomllib.loads(p.read_text())
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise AccountsError(f"{p}: {exc}") from None
+    return parse_wallets(doc)
 
 
 async def start_wallets(config: WalletConfig, *, host: str = "127.0.0.1", port: int = 0,
