@@ -2,7 +2,7 @@
 
 Merchant-scans-customer payments with the states a real wallet has: paid at once, pending while
 the user confirms (``USERPAYING``), declined by the user, closed after ``expire_after`` seconds.
-Same framing and :mod:`switch.h2h` message shapes as the card issuer (``docs/issuer.md`` §6):
+Same framing and :mod:`switch.h2h` message shapes as the card issuer (``docs/issuer.md`` §5):
 
 * **pay** 0200/000000, 22 = ``031``, 4, 37 (our order number), 41, 42, 48 = payment code.
   39 = ``00`` paid (38, 44 = wallet transaction id), ``09`` pending (44), ``14`` not a payment code of

@@ -409,7 +409,7 @@ def qr_pay_request(*, payment_code: str, amount: int, terminal_id: str, merchant
                    acquirer_id: str = "00000000001", currency: str = "156", stan: str = "000000",
                    local: _dt.datetime | None = None) -> dict[str, str]:
     """QR payment, merchant scans the customer's code: 0200/000000, 22 = 031, 48 = payment code,
-    37 = our order number (see ``docs/issuer.md`` §6)."""
+    37 = our order number (see ``docs/issuer.md`` §5)."""
     if not payment_code.isdigit() or not 10 <= len(payment_code) <= 32:
         raise H2HError("payment code must be 10-32 digits", field="48")
     if amount <= 0:
