@@ -206,7 +206,10 @@ class SqliteWriter:
         return fut
 
     async def run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        return await asyncio.wrap_future(self.submit(fn))
+        """Submit and await the commit.  Cancelling the caller does not cancel the write: once handed to
+        the journal, a record of what happened (e.g. an issuer approval) is kept even if the terminal
+        connection that was waiting for it has gone."""
+        return await asyncio.shield(asyncio.wrap_future(self.submit(fn)))
 
     def stop(self) -> None:
         """Finish every queued operation, then close the connection."""

@@ -423,4 +423,5 @@ class TerminalRegistry:
     async def flush(self) -> None:
         """Wait until every background write is committed."""
         if self._pending:
-            await asyncio.gather(*(asyncio.wrap_future(f) for f in list(self._pending)), return_exceptions=True)
+            futures = [asyncio.shield(asyncio.wrap_future(f)) for f in list(self._pending)]
+            await asyncio.gather(*futures, return_exceptions=True)
