@@ -884,7 +884,10 @@ def mac_x99(key: bytes, data: bytes, *, padding: int = 1, length: int = 8) -> by
     """ANSI X9.9 MAC: single-DES CBC-MAC (8-byte key); Thales ``MA`` uses ``length=4``."""
     cdef int ln = _check_length(length, 8)
     cdef int pad = _check_padding(padding)
-    cdef _Cipher c = _des(key)
+    cdef bytes k = _bytes(key, "key")
+    if PyBytes_GET_SIZE(k) != 8:
+        raise CryptoError(f"key: X9.9 needs an 8-byte DES key, got {PyBytes_GET_SIZE(k)}")
+    cdef _Cipher c = _des(k)
     cdef bytes d = _bytes(data, "data")
     cdef uint8_t chain[8]
     memset(chain, 0, 8)
