@@ -281,3 +281,17 @@ def test_any_dialect_document_round_trips(doc: dict[str, str]) -> None:
     back, _ = iso8583.decode(bytes(raw), POS_SPEC)
     back.pop("p")
     assert back == doc
+
+
+@given(pos=st.integers(0, 115), byte=st.integers(0, 255), cut=st.integers(0, 116))
+def test_mutated_mac1_only_raises_decode_error(pos: int, byte: int, cut: int) -> None:
+    raw = body(frame("mac1_frame.hex"))
+    mutated = raw[:pos] + bytes([byte]) + raw[pos + 1 :]
+    for data in (mutated, mutated[:cut]):
+        try:
+            doc, _ = iso8583.decode(data, POS_SPEC)
+        except iso8583.DecodeError as exc:
+            assert exc.field and isinstance(exc.pos, int)
+        else:
+            # whatever decodes re-encodes to the same bytes (no silent normalisation)
+            assert bytes(iso8583.encode(doc, POS_SPEC)[0]) == data
