@@ -321,3 +321,34 @@ async def test_switch_metrics_are_fed(issuer):
     finally:
         await link.close()
     assert 'posswitch_issuer_link_up{issuer="cup"} 0.0' in m.exposition().decode()
+
+
+async def test_durable_reversal_survives_switch_restart(issuer, tmp_path):
+    """With the journal-backed store, a 0420 queued before the switch stops is sent by the next link."""
+    journal_mod = pytest.importorskip("switch.journal")
+    key = b"k" * 32
+    journal = await journal_mod.Journal.open(str(tmp_path / "journal.db"), key)
+    issuer.faults.add(action="drop_response", kind="sale", times=1)
+    issuer.faults.add(action="drop", kind="reversal")          # the first switch never gets its 0430
+    link = await IssuerLink("127.0.0.1", issuer.port, timeout=0.1, reversal_retry=0.05,
+                            reversal_store=journal.reversal_store()).start(wait=2)
+    with pytest.raises(IssuerTimeout):
+        await link.request(sale(2_222))
+    await asyncio.sleep(0.2)
+    await link.close()
+    await journal.close()
+    assert issuer.ledger.balance(PAN) == 100_000 - 2_222
+
+    issuer.faults.clear()
+    journal = await journal_mod.Journal.open(str(tmp_path / "journal.db"), key)
+    link = await IssuerLink("127.0.0.1", issuer.port, timeout=1, reversal_retry=0.05,
+                            reversal_store=journal.reversal_store()).start(wait=2)
+    try:
+        async def done():
+            return await link.pending_reversals() == 0
+        await eventually(done)
+        assert issuer.ledger.balance(PAN) == 100_000
+        assert PAN.encode() not in (tmp_path / "journal.db").read_bytes()
+    finally:
+        await link.close()
+        await journal.close()
