@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from _fastcore import crypto as fc
 from _fastcore.errors import CryptoError
@@ -100,33 +101,31 @@ class Fields:
         return s
 
     def hex(self, n: int, name: str) -> bytes:
-        at = self.off()
         s = self.take(n, name)
         try:
-            return bytes.fromhex(s)
+            raw = bytes.fromhex(s)
         except ValueError:
-            raise CommandError("15", f"{name}: not hex at offset {at}") from None
+            raw = b""
+        if len(raw) * 2 != n:  # fromhex would also skip whitespace
+            raise CommandError("15", f"{name}: not hex at offset {self.off() - n}")
+        return raw
 
     def hexlen(self, n: int, name: str) -> int:
-        at = self.off()
         s = self.take(n, name)
-        try:
-            return int(s, 16)
-        except ValueError:
-            raise CommandError("15", f"{name}: not hex at offset {at}") from None
+        if not all(c in _HEX_DIGITS for c in s):
+            raise CommandError("15", f"{name}: not hex at offset {self.off() - n}")
+        return int(s, 16)
 
     def digits(self, n: int, name: str) -> str:
-        at = self.off()
         s = self.take(n, name)
         if not (s.isascii() and s.isdigit()):
-            raise CommandError("15", f"{name}: not decimal at offset {at}")
+            raise CommandError("15", f"{name}: not decimal at offset {self.off() - n}")
         return s
 
     def one_of(self, name: str, allowed: str | tuple[str, ...], n: int = 1) -> str:
-        at = self.off()
         s = self.take(n, name)
         if s not in allowed:
-            raise CommandError("15", f"{name}: invalid value {s!r} at offset {at}")
+            raise CommandError("15", f"{name}: invalid value {s!r} at offset {self.off() - n}")
         return s
 
     def peek(self, n: int = 1) -> str:
@@ -154,6 +153,33 @@ class Fields:
         except LmkError as exc:
             raise CommandError(exc.code, f"{name}: {exc}".replace(f"offset {pos}", f"offset {self.base + pos}")) from None
         return pk
+
+    def key_clear(self, name: str, key_type: str, *, source: bool = True) -> tuple[bytes, Any]:
+        """A key field decrypted under the LMK: ``(clear key, ECB cipher)``, cached per field text.
+
+        The cache skips parsing and LMK decryption for keys seen before (the hot path of CA);
+        stored keys (``K`` + index) are always looked up afresh.
+        """
+        text, pos = self.text, self.pos
+        first = text[pos : pos + 1]
+        if first != "K" and text[pos + 1 : pos + 2] != "K":
+            n = _FIELD_LEN.get(first, 16)
+            hit = self.hsm.key_cache.get((key_type, text[pos : pos + n]))
+            if hit is not None:
+                self.pos = pos + n
+                return hit
+            stored = False
+        else:
+            stored = True
+        pk = self.key(name)
+        clear = self.hsm.clear_key(pk, key_type, source=source)
+        entry = (clear, ecb_cipher(clear))
+        if not stored:
+            cache = self.hsm.key_cache
+            if len(cache) >= 65536:
+                cache.clear()
+            cache[(key_type, pk.text)] = entry
+        return entry
 
     def pin_format(self, name: str) -> int:
         at = self.off()
@@ -193,6 +219,9 @@ class Fields:
         return trailer
 
 
+_HEX_DIGITS = frozenset("0123456789ABCDEFabcdef")
+_FIELD_LEN = {"U": 33, "X": 33, "T": 49, "Y": 49, "Z": 17}
+
 Handler = Callable[["Hsm", Fields], tuple[str, str]]
 HANDLERS: dict[str, Handler] = {}
 
@@ -213,6 +242,8 @@ class Hsm:
         self.keystore = keystore if keystore is not None else KeyStore(lmk_check=self.lmk.check_value())
         self.header_len = header_len
         self.counts: dict[str, int] = {}
+        #: (key type, key field text) -> (clear key, cipher): the decrypted-key cache
+        self.key_cache: dict[tuple[str, str], tuple[bytes, Any]] = {}
         self._debug = log.isEnabledFor(logging.DEBUG)
 
     # -- entry point ---------------------------------------------------------------------------
@@ -464,17 +495,21 @@ def cmd_la(hsm: Hsm, f: Fields) -> tuple[str, str]:
 
 
 def _translate(hsm: Hsm, f: Fields, src_type: str) -> tuple[str, str]:
-    src = hsm.clear_key(f.key("source key"), src_type)
-    dst = hsm.clear_key(f.key("destination ZPK"), "001", source=False)
+    _, src = f.key_clear("source key", src_type)
+    _, dst = f.key_clear("destination ZPK", "001", source=False)
     max_len = int(f.digits(2, "maximum PIN length"))
     block = f.hex(16, "source PIN block")
     sfmt = f.pin_format("source PIN block format")
     dfmt_code = f.peek(2)
     dfmt = f.pin_format("destination PIN block format")
     pan = f.account()
-    pin = _decrypt_pin(src, block, pan, sfmt)
+    # the block cipher runs here on cached contexts; the PIN-block format logic is _fastcore's
+    try:
+        pin = fc.pin_block_decode(src.decrypt(block), pan, sfmt)
+    except CryptoError as exc:
+        raise CommandError("20", f"source PIN block: {exc}") from None
     _check_max_len(pin, max_len)
-    out = fc.encrypt_pin_block(dst, pin, pan, dfmt)
+    out = dst.encrypt(fc.pin_block_encode(pin, pan, dfmt))
     return "00", f"{len(pin):02d}{out.hex().upper()}{dfmt_code}"
 
 

@@ -420,3 +420,33 @@ async def test_header_length_configurable() -> None:
             assert await c.echo(b"six") == b"six"
     finally:
         await server.close()
+
+
+async def test_degenerate_keys_run_as_single_des(hsm: HsmClient) -> None:
+    """payment-crypto §11: keys with equal halves (and LMK pair 18-19) act as single DES."""
+    zpk_c = bytes.fromhex("1C" * 16)
+    tpk_c = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
+    zpk, tpk = encrypt_under_lmk(zpk_c, "ZPK"), encrypt_under_lmk(tpk_c, "TPK")
+    pan = "4012345678909"
+    block = tdes(tpk_c).encrypt(psec.pinblock.encode_pinblock_iso_0("1234", pan))
+    out = await hsm.translate_pin_tpk_to_zpk(tpk, zpk, block, pan)
+    assert DES.new(zpk_c[:8], DES.MODE_ECB).decrypt(out).hex().upper() == "041274EDCBA9876F"
+    assert (await hsm.kcv(zpk, "ZPK")) == DES.new(zpk_c[:8], DES.MODE_ECB).encrypt(bytes(8))
+    k004 = encrypt_under_lmk(tpk_c, "004", "X")  # pair 18-19 = 0101..01 twice: single DES under it
+    assert k004 == "X" + DES.new(bytes.fromhex("0101010101010101"), DES.MODE_ECB).encrypt(tpk_c).hex().upper()
+    assert DEFAULT_LMK.decrypt_key(k004, "004") == tpk_c
+
+
+def test_openssl_and_pycryptodome_paths_agree() -> None:
+    import os as _os
+
+    from hsm_sim import lmk
+
+    keys = [_os.urandom(n) for n in (8, 16, 24) for _ in range(5)]
+    keys += [bytes.fromhex("1C" * 16), bytes.fromhex("1C" * 24), bytes.fromhex("1C" * 8 + "2A" * 16)]
+    keys += [bytes.fromhex("2A" * 16 + "1C" * 8), bytes.fromhex("1C" * 8 + "2A" * 8 + "1C" * 8)]
+    for key in keys:
+        data = _os.urandom(16)
+        fast, ref = lmk.ecb_cipher(key), lmk._pycryptodome_cipher(key)
+        assert fast.encrypt(data) == ref.encrypt(data)
+        assert fast.decrypt(data) == ref.decrypt(data)
