@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> str:
             terms = store.terminals(args.merchant)
             if args.json:
                 return "".join(json.dumps(_terminal_row(t), ensure_ascii=False) + "\n" for t in terms)
-            lines = [f"{'terminal':<8} {'merchant':<15} {'status':<8} {'merchant':<8} {'mode':<4} {'mac':<7} "
+            lines = [f"{'terminal':<8} {'merchant':<15} {'status':<8} {'m.status':<8} {'mode':<4} {'mac':<7} "
                      f"{'batch':>6} {'signed_on':<9} resign"]
             for t in terms:
                 lines.append(f"{t.tid:<8} {t.mid:<15} {t.status:<8} {t.merchant_status:<8} {t.key_mode:<4} "

@@ -11,7 +11,8 @@ Everything lives in the journal's SQLite database (tables ``merchant`` and ``ter
 :class:`TerminalRegistry` is what the running switch uses: lookups come from memory, updates change
 memory at once and are persisted by a background writer thread, so the event loop never waits on
 fsync.  Changes made with the CLI while the switch runs are picked up by
-:meth:`TerminalRegistry.refresh_if_changed`.
+:meth:`TerminalRegistry.refresh_if_changed`, which :meth:`TerminalRegistry.get` calls at most once per
+``refresh_interval`` (1 s): ``posswitch terminals disable`` takes effect on a running switch.
 """
 
 from __future__ import annotations
@@ -317,8 +318,10 @@ class TerminalStore:
 class TerminalRegistry:
     """In-memory view of the registry for the event loop, persisted in the background."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, refresh_interval: float = 1.0) -> None:
         self.path = str(path)
+        self.refresh_interval = refresh_interval
+        self._next_check = 0.0
         self._store = TerminalStore(self.path)  # migrations, start-up loads, reloads
         self._writer = SqliteWriter(self.path, group_commit_ms=0.0, name="registry-writer")
         self._writer.start()
@@ -328,8 +331,9 @@ class TerminalRegistry:
         self.reload()
 
     @classmethod
-    def open(cls, path: str) -> TerminalRegistry:
-        return cls(path)
+    def open(cls, path: str, refresh_interval: float = 1.0) -> TerminalRegistry:
+        """``refresh_interval``: at most this often, :meth:`get` checks for CLI changes (0 = every call)."""
+        return cls(path, refresh_interval)
 
     def close(self) -> None:
         self._writer.stop()
@@ -341,6 +345,11 @@ class TerminalRegistry:
 
     # -- reads ------------------------------------------------------------------------------------------
     def get(self, tid: str, mid: str) -> Terminal | None:
+        """The terminal from memory; picks up CLI changes at most ``refresh_interval`` seconds late."""
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + self.refresh_interval
+            self.refresh_if_changed()
         return self._terminals.get((tid, mid))
 
     def all(self) -> list[Terminal]:

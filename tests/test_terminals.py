@@ -86,6 +86,22 @@ async def test_registry_updates_memory_now_and_disk_in_background(tmp_path: Path
         reopened.close()
 
 
+async def test_get_notices_cli_changes_by_itself(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "r.db")
+    reg = TerminalRegistry.open(db, refresh_interval=0.0)
+    lazy = TerminalRegistry.open(db, refresh_interval=3600.0)
+    try:
+        reg.add(TID, MID, TMK)
+        lazy.reload()
+        assert lazy.get(TID, MID).active  # first get() checks, then not for an hour
+        assert run_cli(capsys, "--db", db, "disable", TID, MID)[0] == 0
+        assert reg.get(TID, MID).status == "disabled"  # no explicit refresh call
+        assert lazy.get(TID, MID).status == "active"  # within its interval: memory only
+    finally:
+        reg.close()
+        lazy.close()
+
+
 async def test_cli_changes_reach_the_running_registry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = str(tmp_path / "r.db")
     reg = TerminalRegistry.open(db)
