@@ -16,7 +16,9 @@ Every ``parse_*`` raises :class:`FieldFormatError` naming the field and the offs
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import FastcoreError
 
@@ -51,6 +53,7 @@ __all__ = [
     "track_from_wire",
     "tdk_block",
     "tdk_replace",
+    "check_numeric_fields",
 ]
 
 
@@ -527,3 +530,37 @@ def tdk_replace(padded: str, start: int, block: bytes) -> str:
     if len(block) != 8 or not 0 <= start <= len(padded) - 16:
         raise FieldFormatError("35", f"block of {len(block)} bytes does not fit at {start}")
     return padded[:start] + block.hex().upper() + padded[start + 16 :]
+
+
+_TRACK_FIELDS = frozenset({"35", "36"})
+
+
+def check_numeric_fields(doc: Mapping[str, str], spec: Mapping[str, Mapping[str, Any]] | None = None,
+                         *, encrypted_tracks: bool = False) -> None:
+    """Reject BCD fields holding non-decimal nibbles (the codec, like pyiso8583, accepts any hex).
+
+    Run it on every decoded request before using its values: a terminal sending amount nibbles
+    ``A``-``F`` gets ``FieldFormatError`` naming the field and the digit offset.  Track fields 35/36
+    may hold ``D`` (separator), or any hex digit when ``encrypted_tracks`` (53.3 = ``1``: the
+    TDK block is hex).  ``MTI`` (``t``) must be 4 digits.  ``spec`` defaults to ``POS_SPEC``.
+    """
+    if spec is None:
+        from .spec import POS_SPEC
+
+        spec = POS_SPEC
+    mti = doc.get("t")
+    if mti is not None:
+        if len(mti) != 4:
+            raise FieldFormatError("t", f"MTI must be 4 digits, got {mti!r}")
+        _digits("t", mti)
+    for field, value in doc.items():
+        fspec = spec.get(field)
+        if fspec is None or field in ("t", "p", "1", "h") or fspec.get("len_count") != "nibbles":
+            continue
+        if field in _TRACK_FIELDS:
+            allowed = "0123456789ABCDEFabcdef" if encrypted_tracks else "0123456789Dd"
+            for i, ch in enumerate(value):
+                if ch not in allowed:
+                    raise FieldFormatError(field, f"invalid track character {ch!r}", i)
+        else:
+            _digits(field, value)

@@ -399,8 +399,9 @@ def lookup_transaction(mti: str, processing_code: str | None, type_code: str,
 FIELD55_REQUEST_MANDATORY: tuple[str, ...] = (
     "9F26", "9F27", "9F10", "9F37", "9F36", "95", "9A", "9C", "9F02", "5F2A", "82", "9F1A", "9F03", "9F33",
 )
-#: ... and the tags sent when available (``9F74`` only for e-cash).
-FIELD55_REQUEST_OPTIONAL: tuple[str, ...] = ("9F34", "9F35", "9F1E", "84", "9F09", "9F41", "9F63", "9F74", "5F34")
+#: ... and the tags sent when available (``9F74`` only for e-cash).  The card sequence number
+#: (``5F34``) travels in field 23, not in field 55.
+FIELD55_REQUEST_OPTIONAL: tuple[str, ...] = ("9F34", "9F35", "9F1E", "84", "9F09", "9F41", "9F63", "9F74")
 #: Tags a reversal (0400) keeps from the original's field 55 (``_fastcore.tlv.select``).
 FIELD55_REVERSAL_TAGS: tuple[str, ...] = ("95", "9F1E", "9F10", "9F36", "DF31")
 #: Tags of a script-result advice (0620) or a TC batch upload.

@@ -214,3 +214,18 @@ def test_tdk_track_encryption_positions(track: str) -> None:
     assert clear == track
     with pytest.raises(F.FieldFormatError):
         F.tdk_replace(padded, start, b"\x00" * 7)
+
+
+def test_check_numeric_fields() -> None:
+    raw, _ = iso8583.encode({"t": "0200", "4": "0000000000AB", "41": "ABCDEFGH"}, POS_SPEC)
+    doc, _ = iso8583.decode(bytes(raw), POS_SPEC)  # the codec lets hex nibbles through ...
+    with pytest.raises(F.FieldFormatError, match="field 4: non-digit 'A' at offset 10"):
+        F.check_numeric_fields(doc)  # ... this check does not
+    F.check_numeric_fields({"t": "0200", "4": "000000001234", "35": "6222D2512", "41": "ABCDEFGH", "55": "9F"})
+    with pytest.raises(F.FieldFormatError, match="field 35"):
+        F.check_numeric_fields({"t": "0200", "35": "6222D25A2"})
+    F.check_numeric_fields({"t": "0200", "35": "6222AB3F"}, encrypted_tracks=True)
+    with pytest.raises(F.FieldFormatError, match="field t"):
+        F.check_numeric_fields({"t": "02A0"})
+    with pytest.raises(F.FieldFormatError, match="field 22"):
+        F.check_numeric_fields({"t": "0200", "22": "0B1"})
