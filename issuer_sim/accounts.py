@@ -62,6 +62,7 @@ class Account:
     org: str = "CUP"
     pin: PinData | None = None
     name: str = ""
+    scripts: tuple[bytes, ...] = ()   # issuer scripts (whole 71/72 TLVs) sent in field 55 on approval
 
     @property
     def account_id(self) -> str:
@@ -127,7 +128,21 @@ def _account(raw: Mapping[str, Any], i: int) -> Account:
         raise AccountsError(f"{where}.psn must be up to 3 digits")
     return Account(pan=pan, expiry=expiry, status=status, balance=balance, daily_limit=limit,
                    psn=psn.rjust(2, "0")[-2:], org=str(raw.get("org", "CUP")).upper()[:3],
-                   pin=_pin(raw.get("pin"), where), name=str(raw.get("name", "")))
+                   pin=_pin(raw.get("pin"), where), name=str(raw.get("name", "")),
+                   scripts=_scripts(raw.get("scripts", []), where))
+
+
+def _scripts(raw: Any, where: str) -> tuple[bytes, ...]:
+    out = []
+    for j, hx in enumerate(raw or []):
+        try:
+            b = bytes.fromhex(str(hx))
+        except ValueError:
+            raise AccountsError(f"{where}.scripts[{j}] is not hex") from None
+        if len(b) < 2 or b[0] not in (0x71, 0x72) or b[1] != len(b) - 2:
+            raise AccountsError(f"{where}.scripts[{j}] must be one 71 or 72 TLV (short length)")
+        out.append(b)
+    return tuple(out)
 
 
 def parse(doc: Mapping[str, Any]) -> IssuerConfig:

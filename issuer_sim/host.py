@@ -61,6 +61,7 @@ class _Decline(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.fields: dict[str, str] = {}
 
 
 def _pan_of(msg: Mapping[str, str]) -> str:
@@ -124,7 +125,7 @@ class IssuerHost:
             try:
                 resp = await self._authorise(msg, kind)
             except _Decline as d:
-                resp = h2h.response_to(msg, d.code)
+                resp = h2h.response_to(msg, d.code, **d.fields)
                 log.info("declined", extra=kv(kind=kind.value, rc=d.code, reason=d.reason, stan=msg.get("11"),
                                               pan=_pan_of(msg), amount=msg.get("4")))
         self.ledger.store_response(msg, resp)
@@ -159,16 +160,30 @@ class IssuerHost:
         exp = _expiry_of(msg)
         if acct.expiry < now_yymm or (exp is not None and exp != acct.expiry):
             raise _Decline("54", "expired or wrong expiry")
-        extra: dict[str, str] = {}
+        extra: dict[str, str] = {"63": acct.org}
+        chip: dict[str, Any] = {}
         if "55" in msg and kind is not TxnKind.REFUND:
-            extra["55"] = await self._check_arqc(msg, acct)
+            chip = await self._check_arqc(msg, acct)
+        try:
+            return await self._decide(msg, kind, acct, extra, chip)
+        except _Decline as d:
+            # the ARQC was good: the card still authenticates the decline (tag 91 with ARC = 39)
+            if chip:
+                arpc = await self._arpc(chip, d.code.encode())
+                if arpc is not None:
+                    d.fields["55"] = h2h.tags_to_field55({"91": arpc + d.code.encode()})
+            d.fields["63"] = acct.org
+            raise
+
+    async def _decide(self, msg: dict[str, str], kind: TxnKind, acct: Account, extra: dict[str, str],
+                      chip: dict[str, Any]) -> dict[str, str]:
         if msg.get("52"):
             await self._check_pin(msg, acct)
         amount = int(msg["4"]) if msg.get("4", "").isdigit() else 0
         aid = acct.account_id
         if kind is TxnKind.BALANCE:
             extra["54"] = h2h.field54_balance(self.ledger.available(aid))
-            return self._approve(msg, extra)
+            return self._approve(msg, extra, chip, acct)
         if amount <= 0:
             raise _Decline("13", "amount must be > 0")
         auth = f"{next(self._auth) % 1000000:06d}"
@@ -194,7 +209,7 @@ class IssuerHost:
             if not self.ledger.release(aid, msg.get("38", ""), msg=msg):
                 raise _Decline("25", "no open pre-authorisation with that code")
         extra["38"] = msg.get("38") if kind is TxnKind.COMPLETION_ADVICE and msg.get("38") else auth
-        return self._approve(msg, extra)
+        return self._approve(msg, extra, chip, acct)
 
     def _hold_for(self, account_id: str, auth_code: str | None) -> int:
         if not auth_code:
@@ -204,22 +219,33 @@ class IssuerHost:
                 return p.amount
         return 0
 
-    def _approve(self, msg: dict[str, str], extra: dict[str, Any]) -> dict[str, str]:
+    def _approve(self, msg: dict[str, str], extra: dict[str, Any], chip: dict[str, Any],
+                 acct: Account) -> dict[str, str]:
         resp = h2h.response_to(msg, "00", **{k: v for k, v in extra.items() if v})
-        if "55" in extra:  # tag 91 carries the ARC = response code
-            resp["55"] = extra["55"]
+        if chip:  # tag 91 = ARPC || ARC (= 39), then the account's issuer scripts (71/72)
+            icc = h2h.tlv_encode({"91": chip["arpc"] + b"00"}) + b"".join(acct.scripts)
+            resp["55"] = icc.hex().upper()
         log.info("approved", extra=kv(kind=h2h.classify(msg).value, stan=msg.get("11"), pan=_pan_of(msg),
                                       amount=msg.get("4"), auth=resp.get("38")))
         return resp
 
-    async def _check_arqc(self, msg: dict[str, str], acct: Account) -> str:
-        """Verify the ARQC in field 55 with the HSM; returns field 55 of the answer (tag 91)."""
+    async def _arpc(self, chip: dict[str, Any], arc: bytes) -> bytes | None:
+        """ARPC for another ARC (a decline after a good ARQC); ``None`` if the HSM cannot."""
+        try:
+            return await self.hsm.verify_arqc(*chip["args"], arc, un=chip["un"])  # type: ignore[union-attr]
+        except Exception as exc:
+            log.warning("hsm_error", extra=kv(command="KQ", error=str(exc)))
+            return None
+
+    async def _check_arqc(self, msg: dict[str, str], acct: Account) -> dict[str, Any]:
+        """Verify the ARQC in field 55 with the HSM (KQ, ARC 00); returns what an ARPC needs, or {}
+        when field 55 carries no ARQC."""
         try:
             tags = h2h.field55_tags(msg["55"])
         except h2h.H2HError as exc:
             raise _Decline("30", str(exc)) from None
         if "9F26" not in tags:
-            return ""
+            return {}
         missing = [t for t in ("9F36", "9F37") if t not in tags]
         if missing:
             raise _Decline("30", f"field 55 lacks {', '.join(missing)}")
@@ -227,15 +253,15 @@ class IssuerHost:
             raise _Decline("96", "no HSM / IMK-AC configured for ARQC verification")
         data = b"".join(tags[t] for t in ARQC_DATA_TAGS if t in tags)
         psn = msg.get("23", "")[-2:] or (tags["5F34"].hex() if "5F34" in tags else acct.psn)
+        args = (self.config.keys["imk_ac"], _pan_of(msg), psn, tags["9F36"], tags["9F26"], data)
         try:
-            arpc = await self.hsm.verify_arqc(self.config.keys["imk_ac"], _pan_of(msg), psn, tags["9F36"],
-                                              tags["9F26"], data, b"00", un=tags["9F37"])
+            arpc = await self.hsm.verify_arqc(*args, b"00", un=tags["9F37"])
         except Exception as exc:  # HsmError, HsmTimeout, HsmUnavailable
             log.warning("hsm_error", extra=kv(command="KQ", error=str(exc)))
             raise _Decline("96", "HSM error") from None
         if arpc is None:
             raise _Decline("05", "ARQC verification failed")
-        return h2h.tags_to_field55({"91": arpc + b"00"})
+        return {"args": args, "un": tags["9F37"], "arpc": arpc}
 
     async def _check_pin(self, msg: dict[str, str], acct: Account) -> None:
         aid = acct.account_id

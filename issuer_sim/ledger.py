@@ -257,9 +257,8 @@ class Ledger:
         return resp
 
     def store_response(self, msg: dict[str, str], resp: dict[str, str]) -> None:
-        doc = {k: v for k, v in resp.items() if k not in _NO_STORE}
-        if "55" in resp and resp.get("39") in ("00", "10", "11"):
-            doc["55"] = resp["55"]  # issuer authentication data (tag 91) is not sensitive
+        # a response's 55 is issuer data (tag 91, scripts), not the card's: kept for replay
+        doc = {k: v for k, v in resp.items() if k not in _NO_STORE or k == "55"}
         with self._tx():
             self._db.execute(
                 "INSERT OR REPLACE INTO responses(mti, terminal_id, stan, rrn, response) VALUES (?,?,?,?,?)",

@@ -33,6 +33,7 @@ PAN_PVV = "6212345678901234"
 PAN_IBM = "6212340000000019"
 PAN_CHIP = "6222021234567890"
 PIN = "1234"
+SCRIPT = "7110" + "9F180400000001" + "86078424000002AABB"  # script id + one command (APPEND RECORD)
 EXP = f"{(dt.date.today().year + 1) % 100:02d}12"
 
 
@@ -60,7 +61,8 @@ def config() -> dict:
         "accounts": [
             {"pan": PAN_PVV, "expiry": EXP, "balance": 10_000, "pin": {"method": "pvv", "pvki": "1", "pvv": pvv(PAN_PVV)}},
             {"pan": PAN_IBM, "expiry": EXP, "balance": 10_000, "pin": {"method": "ibm", "offset": ibm_offset(PAN_IBM)}},
-            {"pan": PAN_CHIP, "expiry": EXP, "balance": 10_000, "psn": "01"},
+            {"pan": PAN_CHIP, "expiry": EXP, "balance": 10_000, "psn": "01", "org": "VIS",
+             "scripts": [SCRIPT]},
         ],
     }
 
@@ -136,10 +138,24 @@ async def test_good_arqc_approved_with_arpc(stack):
     tags, arqc, icc_mk = icc_request(500)
     resp = await link.request(sale(PAN_CHIP, 500, psn="01", icc=tags, entry_mode="051"))
     assert resp["39"] == "00"
-    tag91 = h2h.field55_tags(resp["55"])["91"]
+    tags91 = h2h.field55_tags(resp["55"])
+    tag91 = tags91["91"]
     assert tag91[8:] == b"00"                                  # ARC = response code, ASCII
     assert tag91[:8] == ac.generate_arpc_1(icc_mk, arqc, b"00")  # ARPC method 1 (HSM KQ convention)
+    assert tags91["71"].hex().upper() == SCRIPT[4:]            # the account's issuer script follows
+    assert resp["63"] == "VIS"
     assert issuer.ledger.balance(PAN_CHIP) == 9_500
+
+
+async def test_decline_after_good_arqc_is_authenticated(stack):
+    """51 after a good ARQC: tag 91 carries an ARPC over ARC "51" so the card can trust the decline."""
+    issuer, link = stack
+    tags, arqc, icc_mk = icc_request(20_000)
+    resp = await link.request(sale(PAN_CHIP, 20_000, psn="01", icc=tags, entry_mode="051"))
+    assert resp["39"] == "51"
+    tag91 = h2h.field55_tags(resp["55"])["91"]
+    assert tag91 == ac.generate_arpc_1(icc_mk, arqc, b"51") + b"51"
+    assert "71" not in h2h.field55_tags(resp["55"])           # no scripts on a decline
 
 
 async def test_bad_arqc_declined_05_without_arpc(stack):
