@@ -429,3 +429,23 @@ def test_key_cache_is_bounded_and_clearable(crypto_impl: ModuleType) -> None:
     crypto_impl.clear_key_cache()
     assert crypto_impl.cached_key_count() == 0
     assert crypto_impl.kcv(K2) == H("08D7B4")
+
+
+# --------------------------------------------------------------------------- API shape
+
+
+def test_selector_exports_the_twin_api(crypto_impl: ModuleType) -> None:
+    import inspect
+
+    from _fastcore import crypto
+
+    assert set(crypto.__all__) == set(crypto_impl.__all__) | {"IMPLEMENTATION"}
+    assert crypto.IMPLEMENTATION in ("c", "py")
+    py = __import__("_fastcore._crypto_py", fromlist=["x"])
+    for name in crypto_impl.__all__:
+        obj = getattr(crypto_impl, name)
+        if callable(obj):
+            assert obj.__doc__, f"{name} has no docstring"
+            assert inspect.signature(obj) == inspect.signature(getattr(py, name)), name
+        else:
+            assert obj == getattr(py, name), name
