@@ -152,3 +152,15 @@ async def test_daily_report_uses_the_business_day(journal: Journal) -> None:
     reports = await daily_report(journal, day_of_row, {"default": FeeProfile("default")})
     assert [(x.merchant_id, x.debit_amount, x.fee) for x in reports] == [(MID, 1_000, 4)]
     assert await daily_report(journal, day_of_row - dt.timedelta(days=1), {}) == []
+
+
+@given(amount=st.integers(0, 10**12), rate=st.decimals(min_value=0, max_value=1000, places=2),
+       fixed=st.integers(0, 500), cap=st.integers(0, 10**6))
+def test_fee_matches_decimal_half_up(amount: int, rate, fixed: int, cap: int) -> None:
+    from decimal import ROUND_HALF_UP, Decimal
+
+    variable = (Decimal(amount) * rate / Decimal(10_000)).quantize(Decimal(1), rounding=ROUND_HALF_UP)
+    want = fixed + int(variable)
+    if cap:
+        want = min(want, cap)
+    assert fee_for(amount, FeeRate(float(rate), fixed, cap)) == want
