@@ -64,6 +64,9 @@ ERRORS: dict[str, str] = {
 }
 
 
+_REPLY_CODES: dict[str, str] = {}  # filled for the registered commands below
+
+
 class CommandError(Exception):
     """A request failed with a payShield error code; ``msg`` names the field and offset."""
 
@@ -74,6 +77,9 @@ class CommandError(Exception):
 
 def reply_code(command: str) -> str:
     """``CA`` -> ``CB``; non-printable codes answer as ``ZZ``."""
+    code = _REPLY_CODES.get(command)
+    if code is not None:
+        return code
     if len(command) == 2 and command.isascii() and command.isprintable() and command[1] != "~":
         return command[0] + chr(ord(command[1]) + 1)
     return "ZZ"
@@ -219,6 +225,8 @@ class Fields:
         return trailer
 
 
+#: payShield PIN block format codes usable with DES keys (48 = ISO 4 needs AES)
+_DES_PIN_FORMATS = {code: fmt for code, fmt in fc.PAYSHIELD_PIN_FORMATS.items() if fmt != fc.PIN_ISO4}
 _HEX_DIGITS = frozenset("0123456789ABCDEFabcdef")
 _FIELD_LEN = {"U": 33, "X": 33, "T": 49, "Y": 49, "Z": 17}
 
@@ -229,6 +237,7 @@ HANDLERS: dict[str, Handler] = {}
 def command(code: str) -> Callable[[Handler], Handler]:
     def deco(fn: Handler) -> Handler:
         HANDLERS[code] = fn
+        _REPLY_CODES[code] = code[0] + chr(ord(code[1]) + 1)
         return fn
 
     return deco
@@ -497,12 +506,26 @@ def cmd_la(hsm: Hsm, f: Fields) -> tuple[str, str]:
 def _translate(hsm: Hsm, f: Fields, src_type: str) -> tuple[str, str]:
     _, src = f.key_clear("source key", src_type)
     _, dst = f.key_clear("destination ZPK", "001", source=False)
-    max_len = int(f.digits(2, "maximum PIN length"))
-    block = f.hex(16, "source PIN block")
-    sfmt = f.pin_format("source PIN block format")
-    dfmt_code = f.peek(2)
-    dfmt = f.pin_format("destination PIN block format")
-    pan = f.account()
+    # fast path: the 34 fixed characters after the keys, all valid; else parse field by field
+    p = f.pos
+    seg = f.text[p : p + 34]
+    digits = seg[:2] + seg[22:]
+    sfmt = _DES_PIN_FORMATS.get(seg[18:20])
+    dfmt = _DES_PIN_FORMATS.get(seg[20:22])
+    try:
+        block = bytes.fromhex(seg[2:18])
+    except ValueError:
+        block = b""
+    if len(block) == 8 and sfmt is not None and dfmt is not None and digits.isascii() and digits.isdigit():
+        f.pos = p + 34
+        max_len, dfmt_code, pan = int(seg[:2]), seg[20:22], seg[22:] + "0"
+    else:
+        max_len = int(f.digits(2, "maximum PIN length"))
+        block = f.hex(16, "source PIN block")
+        sfmt = f.pin_format("source PIN block format")
+        dfmt_code = f.peek(2)
+        dfmt = f.pin_format("destination PIN block format")
+        pan = f.account()
     # the block cipher runs here on cached contexts; the PIN-block format logic is _fastcore's
     try:
         pin = fc.pin_block_decode(src.decrypt(block), pan, sfmt)
