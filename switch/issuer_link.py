@@ -37,6 +37,10 @@ __all__ = [
 log = logging.getLogger("posswitch.issuer_link")
 
 
+#: 0420s sent at once by the reversal task
+REVERSAL_BATCH = 32
+
+
 class IssuerLinkError(Exception):
     """Base class of link failures."""
 
@@ -411,21 +415,24 @@ class IssuerLink:
                 if not pending:
                     break
                 await self._up.wait()
-                progressed = False
-                for item, rev in pending:
-                    try:
-                        resp = await self._exchange(rev, self.reversal_timeout)
-                    except (TimeoutError, _Lost):
-                        log.info("reversal_retry", extra=kv(link=self.name, id=item, rrn=rev.get("37")))
-                        break
-                    code = resp.get("39", "")
-                    await self.reversals.ack(item, code)
-                    progressed = True
+                # pipelined: a batch of 0420s leaves in one write, each waits for its own 0430
+                acked = await asyncio.gather(*(self._send_reversal(i, r) for i, r in pending[:REVERSAL_BATCH]))
+                if any(acked):
                     self._m_pending(self.name, await self.reversals.count(self.name))
-                    log.info("reversal_acked", extra=kv(link=self.name, id=item, rc=code, rrn=rev.get("37"),
-                                                        done=code in h2h.REVERSAL_DONE))
-                if not progressed:
+                else:
                     await asyncio.sleep(self.reversal_retry)
+
+    async def _send_reversal(self, item: int, rev: dict[str, str]) -> bool:
+        try:
+            resp = await self._exchange(rev, self.reversal_timeout)
+        except (TimeoutError, _Lost):
+            log.info("reversal_retry", extra=kv(link=self.name, id=item, rrn=rev.get("37")))
+            return False
+        code = resp.get("39", "")
+        await self.reversals.ack(item, code)
+        log.info("reversal_acked", extra=kv(link=self.name, id=item, rc=code, rrn=rev.get("37"),
+                                            done=code in h2h.REVERSAL_DONE))
+        return True
 
     # ---------------------------------------------------------------- echo
     async def _echoer(self) -> None:

@@ -352,3 +352,21 @@ async def test_durable_reversal_survives_switch_restart(issuer, tmp_path):
     finally:
         await link.close()
         await journal.close()
+
+
+async def test_many_pending_reversals_drain_after_outage(issuer):
+    """50 timed-out sales during an outage of the answers: every debit is undone exactly once."""
+    issuer.faults.add(action="drop_response", kind="sale", times=50)
+    link = await IssuerLink("127.0.0.1", issuer.port, timeout=0.2, reversal_retry=0.05).start(wait=2)
+    try:
+        results = await asyncio.gather(*(link.request(sale(10)) for _ in range(50)), return_exceptions=True)
+        assert all(isinstance(r, IssuerTimeout) for r in results)
+
+        async def done():
+            return await link.pending_reversals() == 0
+        await eventually(done)
+        assert issuer.ledger.balance(PAN) == 100_000
+        postings = issuer.ledger.postings(PAN)
+        assert sum(p.kind == "reversal" for p in postings) == 50 == sum(p.kind == "debit" for p in postings)
+    finally:
+        await link.close()
