@@ -17,6 +17,7 @@ commit (group commit), so durability costs little under load; the event loop nev
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import hmac
@@ -148,6 +149,8 @@ class JournalStore(Protocol):
     async def mark_settled(self, terminal_id: str, merchant_id: str, batch: int, at: float) -> int: ...
     async def rows_between(self, start: float, end: float, merchant_id: str | None) -> list[TxnRecord]: ...
     def max_rrn_with_prefix(self, prefix: str) -> str | None: ...
+    def rrn_high_water(self, prefix: str) -> int | None: ...
+    def reserve_rrn(self, prefix: str, high_water: int) -> concurrent.futures.Future[Any]: ...
 
 
 def _check_fields(fields: Mapping[str, Any]) -> None:
@@ -173,28 +176,57 @@ def _check_fields(fields: Mapping[str, Any]) -> None:
 class RrnGenerator:
     """12-digit retrieval reference numbers: ``Y DDD`` (last year digit, day of year) + 8-digit sequence.
 
-    The sequence restarts every day; after a restart it resumes above the highest RRN of the day found in
-    the journal plus a safety gap (RRNs handed out but not yet journaled when the process died).
+    Uniqueness survives restarts without a write per RRN: numbers are handed out only below a durable
+    high-water mark (table ``rrn_block``).  Half-way through a block the next block is reserved in the
+    background (group-committed like any journal write); only if that reservation has not committed
+    when the block runs out (or on the first RRN of a day) does :meth:`next` wait for a reservation.
+    After a restart the sequence resumes above the reserved mark and above every RRN in the journal.
     """
 
-    GAP = 1000
+    BLOCK = 1000
 
     def __init__(self, store: JournalStore, clock: Any = time.localtime) -> None:
         self._store = store
         self._clock = clock
         self._prefix = ""
         self._seq = 0
+        self._hwm = 0  # durable: every number handed out is <= this
+        self._reserving: tuple[int, Any] | None = None  # (target, concurrent future)
+
+    def _start_day(self, prefix: str) -> None:
+        top = self._store.max_rrn_with_prefix(prefix)
+        mark = self._store.rrn_high_water(prefix) or 0
+        self._seq = max(int(top[4:]) if top else 0, mark)
+        self._hwm = self._seq
+        self._reserving = None
+        self._prefix = prefix
 
     def next(self) -> str:
         t = self._clock()
         prefix = f"{t.tm_year % 10}{t.tm_yday:03d}"
         if prefix != self._prefix:
-            top = self._store.max_rrn_with_prefix(prefix)
-            self._seq = int(top[4:]) + self.GAP if top else 0
-            self._prefix = prefix
+            self._start_day(prefix)
+        if self._reserving is not None and self._reserving[1].done():
+            target, fut = self._reserving
+            self._reserving = None
+            fut.result()  # surface a failed reservation
+            self._hwm = max(self._hwm, target)
         self._seq += 1
         if self._seq > 99_999_999:
             raise JournalError("journal: RRN sequence exhausted for today")
+        if self._seq > self._hwm:
+            if self._reserving is not None:
+                target, fut = self._reserving
+                self._reserving = None
+                fut.result()
+                self._hwm = max(self._hwm, target)
+            if self._seq > self._hwm:
+                target = self._seq + self.BLOCK
+                self._store.reserve_rrn(prefix, target).result()
+                self._hwm = target
+        if self._reserving is None and self._seq > self._hwm - self.BLOCK // 2:
+            target = self._hwm + self.BLOCK
+            self._reserving = (target, self._store.reserve_rrn(prefix, target))
         return f"{prefix}{self._seq:08d}"
 
 

@@ -120,6 +120,13 @@ JOURNAL_MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX IF NOT EXISTS reversal_pending ON reversal_queue(link, id) WHERE acked_at IS NULL",
         ],
     ),
+    (
+        5,
+        [
+            # durable RRN high-water mark per day prefix (switch.journal.RrnGenerator)
+            "CREATE TABLE IF NOT EXISTS rrn_block (prefix TEXT PRIMARY KEY, high_water INTEGER NOT NULL)",
+        ],
+    ),
 ]
 
 
@@ -484,3 +491,14 @@ class SqliteJournalStore:
         # called once per day by the RRN generator; runs on the reader thread
         sql = "SELECT MAX(rrn) FROM txn WHERE rrn LIKE ? AND length(rrn) = 12"
         return self.reader.call(lambda c: c.execute(sql, (prefix + "%",)).fetchone()[0])
+
+    def rrn_high_water(self, prefix: str) -> int | None:
+        sql = "SELECT high_water FROM rrn_block WHERE prefix=?"
+        row = self.reader.call(lambda c: c.execute(sql, (prefix,)).fetchone())
+        return int(row[0]) if row else None
+
+    def reserve_rrn(self, prefix: str, high_water: int) -> concurrent.futures.Future[Any]:
+        """Durably raise the RRN high-water mark of ``prefix`` (never lowers it); resolves after COMMIT."""
+        sql = ("INSERT INTO rrn_block(prefix, high_water) VALUES (?, ?) ON CONFLICT(prefix) DO UPDATE "
+               "SET high_water=MAX(high_water, excluded.high_water)")
+        return self.writer.submit(lambda c: c.execute(sql, (prefix, high_water)))

@@ -53,7 +53,7 @@ async def test_group_commit_groups_concurrent_approvals(tmp_path: Path) -> None:
     # 300 writes each way, but only a handful of COMMITs
     assert 1 <= inserts_commits <= 10
     assert 1 <= approval_commits <= 10
-    assert sum(sizes) == 600 and max(sizes) > 30
+    assert sum(sizes) == 601 and max(sizes) > 30  # 600 writes + 1 RRN block reservation
 
 
 async def test_approval_is_durable_before_the_call_returns(journal: Journal, tmp_path: Path) -> None:
@@ -181,16 +181,39 @@ async def test_one_bad_write_does_not_sink_its_group(journal: Journal) -> None:
 async def test_rrn_is_unique_and_survives_restart(tmp_path: Path) -> None:
     path = str(tmp_path / "r.db")
     j = await Journal.open(path, KEY)
-    rrns = [j.next_rrn() for _ in range(500)]
-    await j.record(sale(rrn=rrns[-1]))
+    rrns = [j.next_rrn() for _ in range(2500)]  # several reservation blocks, none of them journaled
     await j.close()
-    assert len(set(rrns)) == 500 and all(len(r) == 12 and r.isdigit() for r in rrns)
+    assert len(set(rrns)) == 2500 and all(len(r) == 12 and r.isdigit() for r in rrns)
+    assert rrns == sorted(rrns)
     j2 = await Journal.open(path, KEY)
     try:
-        again = j2.next_rrn()
+        again = [j2.next_rrn() for _ in range(10)]
     finally:
         await j2.close()
-    assert again[:4] == rrns[-1][:4] and int(again[4:]) > int(rrns[-1][4:])
+    assert again[0][:4] == rrns[-1][:4] and int(again[0][4:]) > int(rrns[-1][4:])
+    conn = sqlite3.connect(path)
+    try:  # a handful of reservation commits, not one per RRN
+        (mark,) = conn.execute("SELECT high_water FROM rrn_block").fetchone()
+    finally:
+        conn.close()
+    assert int(again[-1][4:]) <= mark
+
+
+async def test_rrn_sequence_restarts_each_day(journal: Journal) -> None:
+    import time as _time
+
+    from switch.journal import RrnGenerator
+
+    day = [_time.struct_time((2026, 11, 22, 0, 0, 0, 6, 326, 0))]
+    gen = RrnGenerator(journal.store, clock=lambda: day[0])
+    assert [gen.next() for _ in range(3)] == ["632600000001", "632600000002", "632600000003"]
+    day[0] = _time.struct_time((2026, 11, 23, 0, 0, 0, 0, 327, 0))
+    assert gen.next() == "632700000001"
+    day[0] = _time.struct_time((2026, 11, 22, 0, 0, 0, 6, 326, 0))  # clock stepped back: no reuse
+    assert int(gen.next()[4:]) > 3
+    await journal.record(sale(rrn="632800000500"))  # RRNs already in the journal are skipped too
+    day[0] = _time.struct_time((2026, 11, 24, 0, 0, 0, 1, 328, 0))
+    assert gen.next() == "632800000501"
 
 
 async def test_migrations_are_idempotent(tmp_path: Path) -> None:
@@ -201,7 +224,7 @@ async def test_migrations_are_idempotent(tmp_path: Path) -> None:
         await j.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT version FROM schema_version WHERE component='journal'").fetchone() == (4,)
+        assert conn.execute("SELECT version FROM schema_version WHERE component='journal'").fetchone() == (5,)
         assert conn.execute("SELECT COUNT(*) FROM txn").fetchone() == (3,)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
