@@ -5,8 +5,9 @@ message encoded with pyiso8583's ``default_ascii`` spec (ASCII MTI, hex bitmaps,
 Binary data travels as uppercase hex text: field 52 (PIN block under the issuer's ZPK, 16 hex)
 and field 55 (ICC data, BER-TLV as hex, LLLVAR).
 
-Messages are plain ``dict[str, str]`` keyed like pyiso8583 (``"t"`` = MTI, ``"2"`` .. ``"128"``), so
-the compiled codec in ``_fastcore.iso8583`` can replace ``iso8583`` with a one-line change.
+Messages are plain ``dict[str, str]`` keyed like pyiso8583 (``"t"`` = MTI, ``"2"`` .. ``"128"``),
+encoded by ``_fastcore.iso8583``, the compiled drop-in for pyiso8583 (its pure twin when not built);
+``tests/test_issuer_h2h.py`` decodes our frames with pyiso8583 itself.
 
 This module only builds, checks and (de)frames messages: no I/O. See ``docs/issuer.md``.
 """
@@ -17,8 +18,9 @@ import datetime as _dt
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 
-import iso8583
 from iso8583.specs import default_ascii
+
+from _fastcore import iso8583  # compiled drop-in for pyiso8583 (pure twin when not built)
 
 __all__ = [
     "SPEC", "MAX_FRAME", "H2HError", "FrameReader", "TxnKind",
