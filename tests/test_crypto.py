@@ -449,3 +449,32 @@ def test_selector_exports_the_twin_api(crypto_impl: ModuleType) -> None:
             assert inspect.signature(obj) == inspect.signature(getattr(py, name)), name
         else:
             assert obj == getattr(py, name), name
+
+
+def test_threads_share_the_cache_safely(crypto_impl: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evictions while other threads hold a cipher never corrupt results (small cache, many keys)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(crypto_impl, "KEY_CACHE_SIZE", 4)
+    keys = [bytes([i]) * 8 + bytes([i + 1]) * 8 for i in range(2, 40, 2)]
+    data = bytes(range(200))
+    expected = {k: crypto_impl.mac_x919(k, data) for k in keys}
+
+    def work(seed: int) -> bool:
+        ok = True
+        for j in range(200):
+            k = keys[(seed * 7 + j) % len(keys)]
+            ok &= crypto_impl.mac_x919(k, data) == expected[k]
+            ok &= (
+                crypto_impl.decrypt_pin_block(k, crypto_impl.encrypt_pin_block(k, "1234", PAN6, 0), PAN6, 0)
+                == "1234"
+            )
+        return ok
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, range(8)))
+    assert crypto_impl.cached_key_count() <= 4 + 4  # bound holds up to one racing insert per thread
+    crypto_impl.clear_key_cache()
+
+
+PAN6 = "6212142000000000012"
