@@ -134,3 +134,14 @@ def test_file_errors(tmp_path: Path) -> None:
         load_config(None)
     with pytest.raises(ConfigError, match="expected dotted.key=value"):
         load_config(EXAMPLE, ["listener.port"])
+
+
+def test_example_keys_are_the_documented_test_keys_under_the_simulator_lmk() -> None:
+    lmk = pytest.importorskip("hsm_sim.lmk")
+    cfg = load_config(EXAMPLE)
+    assert cfg.terminals[0].tmk_under_lmk == lmk.encrypt_under_lmk(
+        bytes.fromhex("CA5D92598DCA48CE8A4C76361A9269E9"), "TMK")  # K62-1
+    assert cfg.terminals[1].tmk_under_lmk == lmk.encrypt_under_lmk(
+        bytes.fromhex("70F2A84CCBC2AE8625CBB0F2C22AB923"), "TMK")  # MAC-2
+    assert cfg.issuers["cup"].zpk_under_lmk == lmk.encrypt_under_lmk(
+        bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"), "ZPK")
