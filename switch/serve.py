@@ -64,7 +64,8 @@ async def run(cfg: Any, stop: asyncio.Event, drain: float = 10.0) -> None:
     for name, icfg in cfg.issuers.items():
         if icfg.kind != "card":
             continue  # QR wallets: not routed by this switch build yet
-        link = IssuerLink(icfg.host, icfg.port, name=name, timeout=icfg.timeout)
+        link = IssuerLink(icfg.host, icfg.port, name=name, timeout=icfg.timeout, echo_interval=icfg.echo_interval,
+                          reversal_store=journal.reversal_store())
         await link.start()
         links.append(link)
         router.add_route(Route(name, link, icfg.zpk_under_lmk or None))

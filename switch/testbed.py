@@ -134,7 +134,7 @@ class Stack:
             self.issuers[name] = handle
             self.issuer_ports[name] = handle.port
             link = IssuerLink("127.0.0.1", handle.port, name=name, timeout=issuer_timeout,
-                              reversal_retry=0.2)
+                              reversal_retry=0.2, reversal_store=self.journal.reversal_store())
             await link.start(wait=5.0)
             self.links[name] = link
             self.router.add_route(Route(name, link, zpk.under_lmk, card_org=org))

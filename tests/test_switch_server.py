@@ -123,7 +123,10 @@ async def test_graceful_shutdown_drains_in_flight(stack):
     stack.issuers["cup"].faults.add(action="delay", delay=0.4, amount=5555)
     card = stack.card("cup", 1)
     sale = asyncio.create_task(term.sale(card, 5555, entry="contactless"))
-    await asyncio.sleep(0.15)
+    for _ in range(250):  # wait until the switch holds the request (the issuer answers 0.4 s later)
+        if stack.server.tasks:
+            break
+        await asyncio.sleep(0.01)
     assert stack.server.tasks
     await stack.server.stop(drain_timeout=5.0)
     reply = await sale

@@ -108,14 +108,19 @@ HEADER_LEN = 6
 PREFIX_LEN = TPDU_LEN + HEADER_LEN
 
 
-def decode(body: bytes | bytearray) -> dict[str, str]:
-    doc, _ = _codec.decode(body, POS_SPEC)
-    return doc
+if hasattr(_codec, "Codec"):  # the compiled codec bound once to the spec: no per-message spec work
+    _POS = _codec.Codec(POS_SPEC)
+    decode = _POS.decode
+    encode = _POS.encode
+else:  # pragma: no cover - plain pyiso8583
 
+    def decode(body: bytes | bytearray) -> dict[str, str]:
+        doc, _ = _codec.decode(body, POS_SPEC)
+        return doc
 
-def encode(doc: dict[str, str]) -> bytes:
-    raw, _ = _codec.encode(doc, POS_SPEC)
-    return bytes(raw)
+    def encode(doc: dict[str, str]) -> bytes:
+        raw, _ = _codec.encode(doc, POS_SPEC)
+        return bytes(raw)
 
 
 @dataclass(slots=True)
