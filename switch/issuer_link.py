@@ -144,6 +144,10 @@ class _LinkProtocol(asyncio.Protocol):
     def send(self, wire: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
             raise _Lost()
+        if not self.link.coalesce:  # one write per message (benchmark baseline)
+            self.transport.write(wire)
+            self.link._last_tx = self.link._loop.time()
+            return
         self._out.append(wire)
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
@@ -202,8 +206,10 @@ class IssuerLink:
         reversal_retry: float = 1.0,
         reversal_store: ReversalStore | None = None,
         metrics: Any = None,
+        coalesce: bool = True,
     ) -> None:
         self.host, self.port, self.name = host, port, name
+        self.coalesce = coalesce
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.echo_interval = echo_interval
