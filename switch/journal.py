@@ -133,6 +133,8 @@ class JournalStore(Protocol):
 
     commit_count: int
 
+    def set_commit_hook(self, hook: Any) -> None: ...
+    def is_healthy(self) -> bool: ...
     async def start(self) -> None: ...
     async def close(self) -> None: ...
     async def insert(self, rec: TxnRecord) -> int: ...
@@ -277,6 +279,14 @@ class Journal:
 
     async def close(self) -> None:
         await self.store.close()
+
+    def set_commit_hook(self, hook: Any) -> None:
+        """``hook(writes, seconds)`` after every COMMIT (called on the writer thread; keep it cheap)."""
+        self.store.set_commit_hook(hook)
+
+    def is_healthy(self) -> bool:
+        """True while the store accepts writes (for ``/health``)."""
+        return self.store.is_healthy()
 
     @property
     def commit_count(self) -> int:

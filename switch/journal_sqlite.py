@@ -218,6 +218,9 @@ class SqliteWriter:
         connection that was waiting for it has gone."""
         return await asyncio.shield(asyncio.wrap_future(self.submit(fn)))
 
+    def is_alive(self) -> bool:
+        return self._started and self._thread.is_alive()
+
     def stop(self) -> None:
         """Finish every queued operation, then close the connection."""
         if not self._started:
@@ -371,6 +374,12 @@ class SqliteJournalStore:
     @property
     def commit_count(self) -> int:
         return self.writer.commit_count
+
+    def set_commit_hook(self, hook: Callable[[int, float], None] | None) -> None:
+        self.writer.on_commit = hook
+
+    def is_healthy(self) -> bool:
+        return self._started and self.writer.is_alive()
 
     async def start(self) -> None:
         if self._started:

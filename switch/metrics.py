@@ -85,6 +85,11 @@ class SwitchMetrics:
 
         return hook
 
+    def watch_journal(self, journal: Any) -> None:
+        """Feed the journal commit histograms and add a ``journal`` health check (writer alive)."""
+        journal.set_commit_hook(self.journal_commit_hook())
+        self.set_health_check("journal", journal.is_healthy)
+
     def set_health_check(self, name: str, check: HealthCheck) -> None:
         """Register a check (sync or async, returns True when healthy) shown by ``/health``."""
         self._checks[name] = check

@@ -45,7 +45,8 @@ async def test_scrape_parses_and_reflects_updates(tmp_path: Path) -> None:
         m.connected_terminals.inc()
         m.issuer_link_up.labels("cup").set(1)
         m.pending_reversals.set(2)
-        j = await Journal.open(str(tmp_path / "j.db"), b"k" * 32, on_commit=m.journal_commit_hook())
+        j = await Journal.open(str(tmp_path / "j.db"), b"k" * 32)
+        m.watch_journal(j)
         await asyncio.gather(*(j.record(dict(terminal_id="00000001", merchant_id="898310048140001",
                                              txn_type="sale", amount=1)) for _ in range(10)))
         await j.close()
@@ -105,5 +106,20 @@ async def test_health_reflects_checks_and_unknown_paths() -> None:
         assert (await reader.read()).startswith(b"HTTP/1.1 400")
         writer.close()
         assert (await http_get(port, "/metrics"))[0] == 200
+    finally:
+        await m.stop()
+
+
+async def test_journal_health_follows_the_writer(tmp_path: Path) -> None:
+    m = SwitchMetrics()
+    j = await Journal.open(str(tmp_path / "h.db"), b"k" * 32)
+    m.watch_journal(j)
+    port = await m.start("127.0.0.1", 0)
+    try:
+        status, _, body = await http_get(port, "/health")
+        assert status == 200 and json.loads(body)["checks"] == {"journal": True}
+        await j.close()
+        status, _, body = await http_get(port, "/health")
+        assert status == 503 and json.loads(body)["checks"] == {"journal": False}
     finally:
         await m.stop()
