@@ -28,7 +28,7 @@ __all__ = [
     "financial_request", "reversal_for", "echo_request", "response_to", "is_reversible",
     "transmission_time", "field90", "parse_field90", "field54_balance", "parse_field54",
     "tlv_decode", "tlv_encode", "field55_tags", "tags_to_field55", "APPROVED", "REVERSAL_DONE",
-    "SENSITIVE_FIELDS", "qr_pay_request", "qr_query_request",
+    "SENSITIVE_FIELDS", "qr_pay_request", "qr_query_request", "KIND_CODES",
 ]
 
 SPEC = default_ascii
@@ -377,6 +377,9 @@ def financial_request(
         raise H2HError("either PAN (2) or track 2 (35) is required", field="2")
     return msg
 
+
+#: public view of the request table: kind -> (MTI, processing code, condition code 25)
+KIND_CODES: Mapping[TxnKind, tuple[str, str, str]] = _KIND_CODES
 
 _REVERSAL_DROP = ("35", "36", "45", "52", "53", "55", "38", "39", "54")
 _REVERSAL_ICC = ("95", "9F1E", "9F10", "9F36", "DF31")
