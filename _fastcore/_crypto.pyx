@@ -68,6 +68,8 @@ __all__ = [
     "tdes_cbc_decrypt",
     "aes_ecb_encrypt",
     "aes_ecb_decrypt",
+    "sm4_ecb_encrypt",
+    "sm4_ecb_decrypt",
     "pin_block_encode",
     "pin_block_decode",
     "iso4_pan_field",
@@ -397,6 +399,40 @@ def aes_ecb_encrypt(key: bytes, data: bytes) -> bytes:
 def aes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
     """AES-ECB decrypt (key 16/24/32 bytes, data a multiple of 16 bytes)."""
     return _aes(key)._run(data, False)
+
+
+def _sm4_cipher(key: Any) -> Any:
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key = _bytes(key, "key")
+    if len(key) != 16:
+        raise CryptoError(f"key: SM4 key must be 16 bytes, got {len(key)}")
+    return Cipher(algorithms.SM4(key), modes.ECB())
+
+
+def _sm4_data(data: Any) -> bytes:
+    data = _bytes(data, "data")
+    if len(data) % 16:
+        raise CryptoError(f"data: length {len(data)} is not a multiple of the 16-byte block")
+    return data
+
+
+def sm4_ecb_encrypt(key: bytes, data: bytes) -> bytes:
+    """SM4-ECB encrypt (GB/T 32907-2016; 16-byte key, data a multiple of 16 bytes).
+
+    SM4 comes from ``cryptography`` (pycryptodome has none); its contexts are not
+    cached (SM4 serves key exchange and check values, not per-message work).
+    """
+    data = _sm4_data(data)
+    ctx = _sm4_cipher(key).encryptor()
+    return ctx.update(data) + ctx.finalize()
+
+
+def sm4_ecb_decrypt(key: bytes, data: bytes) -> bytes:
+    """SM4-ECB decrypt (16-byte key, data a multiple of 16 bytes)."""
+    data = _sm4_data(data)
+    ctx = _sm4_cipher(key).decryptor()
+    return ctx.update(data) + ctx.finalize()
 
 
 # --------------------------------------------------------------------------- PIN blocks (C)
@@ -1034,7 +1070,8 @@ def _self_test() -> None:
 
 def kcv(key: bytes, *, length: int = 3, method: str = "des") -> bytes:
     """Key check value: ``"des"`` TDES/DES of 8 zero bytes; ``"aes-cmac"`` AES-CMAC of 16 zero
-    bytes; ``"aes-ecb"`` AES-ECB of 16 zero bytes (legacy).  Left ``length`` bytes."""
+    bytes; ``"aes-ecb"`` AES-ECB of 16 zero bytes (legacy); ``"sm4"`` SM4-ECB of 16 zero bytes
+    (UnionPay uses ``length=8``).  Left ``length`` bytes."""
     if method == "des":
         _check_length(length, 8)
         return _tdes(key).encrypt(bytes(8))[:length]
@@ -1044,7 +1081,10 @@ def kcv(key: bytes, *, length: int = 3, method: str = "des") -> bytes:
     if method == "aes-ecb":
         _check_length(length, 16)
         return _aes(key).encrypt(bytes(16))[:length]
-    raise CryptoError(f"KCV method must be 'des', 'aes-cmac' or 'aes-ecb', got {method!r}")
+    if method == "sm4":
+        _check_length(length, 16)
+        return sm4_ecb_encrypt(key, bytes(16))[:length]
+    raise CryptoError(f"KCV method must be 'des', 'aes-cmac', 'aes-ecb' or 'sm4', got {method!r}")
 
 
 def has_odd_parity(key: bytes) -> bool:

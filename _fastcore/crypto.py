@@ -32,6 +32,8 @@ tdes_cbc_encrypt = _impl.tdes_cbc_encrypt
 tdes_cbc_decrypt = _impl.tdes_cbc_decrypt
 aes_ecb_encrypt = _impl.aes_ecb_encrypt
 aes_ecb_decrypt = _impl.aes_ecb_decrypt
+sm4_ecb_encrypt = _impl.sm4_ecb_encrypt
+sm4_ecb_decrypt = _impl.sm4_ecb_decrypt
 pin_block_encode = _impl.pin_block_encode
 pin_block_decode = _impl.pin_block_decode
 iso4_pan_field = _impl.iso4_pan_field
@@ -88,6 +90,8 @@ __all__ = [
     "tdes_cbc_decrypt",
     "aes_ecb_encrypt",
     "aes_ecb_decrypt",
+    "sm4_ecb_encrypt",
+    "sm4_ecb_decrypt",
     "pin_block_encode",
     "pin_block_decode",
     "iso4_pan_field",

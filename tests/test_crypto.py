@@ -249,6 +249,17 @@ def test_key_variant_and_parity(crypto_impl: ModuleType) -> None:
     assert m.set_odd_parity(bytes(8)) == b"\x01" * 8
 
 
+def test_sm4_1_and_sm4_2(crypto_impl: ModuleType) -> None:
+    k = H("0123456789ABCDEFFEDCBA9876543210")
+    assert crypto_impl.sm4_ecb_encrypt(k, k) == H("681EDF34D206965E86B3E94F536E4246")
+    assert crypto_impl.sm4_ecb_decrypt(k, H("681EDF34D206965E86B3E94F536E4246")) == k
+    work = crypto_impl.sm4_ecb_decrypt(
+        H("1234567890ABCDEFABCDEF0987654321"), H("3D66234C49E4296FF9C78D8BACBD6A76")
+    )
+    assert work == H("F351D490994603795C6EBEE8FAEBB481")
+    assert crypto_impl.kcv(work, method="sm4", length=8) == H("861E83E31FAEBF10")
+
+
 # --------------------------------------------------------------------------- PIN verification, CVV
 
 
