@@ -308,10 +308,13 @@ class Journal:
             pan = pan.decode("ascii") if isinstance(pan, bytes | bytearray) else str(pan)
             fields["pan_masked"] = mask_pan(pan)
             fields["pan_hash"] = self.pan_hash(pan)
-        if "stan" in fields and fields["stan"] not in (None, ""):
-            fields["stan"] = f"{int(fields['stan']):06d}"
-        if "batch" in fields and fields["batch"] not in (None, ""):
-            fields["batch"] = int(fields["batch"])
+        for name, width in (("stan", 6), ("batch", 6)):
+            value = fields.get(name)
+            if value in (None, ""):
+                continue
+            if isinstance(value, bool) or not str(value).isdigit() or len(str(int(value))) > width:
+                raise JournalError(f"journal: field {name!r}: expected up to {width} digits, got {value!r}")
+            fields[name] = f"{int(value):06d}" if name == "stan" else int(value)
         _check_fields(fields)
         return fields
 
@@ -363,6 +366,8 @@ class Journal:
         self, terminal_id: str, merchant_id: str, batch: int | None, stan: str | int, mti_class: str | None = None
     ) -> TxnRecord | None:
         """Newest row of this terminal with that STAN (and batch when given; ``mti_class`` e.g. ``"02"``)."""
+        if isinstance(stan, bool) or not str(stan).isdigit():
+            raise JournalError(f"journal: field 'stan': expected digits, got {stan!r}")
         return await self.store.find_by_trace(terminal_id, merchant_id, batch, f"{int(stan):06d}", mti_class)
 
     async def find_original(

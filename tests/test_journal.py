@@ -263,6 +263,10 @@ async def test_record_rejects_unknown_fields_and_types(journal: Journal) -> None
         await journal.record(sale(txn_type="gift"))
     with pytest.raises(JournalError, match="'merchant_id' is required"):
         await journal.record({"terminal_id": TID, "txn_type": "sale"})
+    with pytest.raises(JournalError, match="field 'stan': expected up to 6 digits, got '12a'"):
+        await journal.record(sale(stan="12a"))
+    with pytest.raises(JournalError, match="field 'batch'"):
+        await journal.update_state(1, "sent", batch=1234567)
     rec = TxnRecord(terminal_id=TID, merchant_id=MID, txn_type="balance")
     assert await journal.record(rec) == rec.id
 
