@@ -15,6 +15,7 @@ import asyncio
 import logging
 from typing import Any
 
+from _fastcore.fields import FieldFormatError, check_numeric_fields
 from switch.flows import wire
 from switch.flows.context import RC
 from switch.flows.dispatch import Processor
@@ -122,6 +123,12 @@ class SwitchServer:
         except wire.DECODE_ERRORS as exc:
             self._malformed(conn, frame, offset, exc)
             return
+        try:  # BCD fields holding A-F nibbles decode fine: reject them here (30, field + offset)
+            check_numeric_fields(req, encrypted_tracks=req.get("53", "")[2:3] == "1")
+        except FieldFormatError as exc:
+            exc.doc_dec = req  # type: ignore[attr-defined]  # echo 11/41/42 in the 30 reply
+            self._malformed(conn, frame, offset, exc)
+            return
         try:
             body, pr = await self.processor.process(req, frame.body)
         except Exception:
@@ -136,12 +143,15 @@ class SwitchServer:
     def _malformed(self, conn: TerminalProtocol, frame: wire.Frame, offset: int, exc: BaseException) -> None:
         field = getattr(exc, "field", "?")
         pos = getattr(exc, "pos", None)
+        if isinstance(exc, FieldFormatError):
+            pos = None  # its offset counts digits inside the field
         body_off = offset + 2 + wire.PREFIX_LEN
         mti = frame.body[:2].hex()
         self.count_protocol_error("format")
         if mti in REQUEST_MTIS:
             log.warning("format error, answering 30", extra=kv(
                 peer=conn.peer, mti=mti, field=field, offset=None if pos is None else body_off + pos,
+                field_offset=getattr(exc, "offset", None) if pos is None else None,
                 reason=getattr(exc, "msg", str(exc))))
             partial = getattr(exc, "doc_dec", {}) or {}
             reply = _error_reply({"t": mti, **{k: v for k, v in partial.items() if k in ("3", "11", "41", "42")}},

@@ -145,3 +145,12 @@ async def test_idle_connection_is_closed(tmp_path):
         writer.close()
     finally:
         await s.stop()
+
+
+async def test_hex_nibbles_in_amount_get_30_with_echoed_keys(stack):
+    term = await stack.connected_terminal(0)
+    doc = term._base("0200", "000000", "22")
+    doc.update({"4": "0000000001AB", "25": "00", "49": "156", "2": stack.card().pan, "22": "072"})
+    reply = await term.send(doc, mac=True)
+    assert reply.rc == "30"
+    assert reply.doc["11"] == doc["11"] and reply.doc["41"] == doc["41"]

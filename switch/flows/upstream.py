@@ -129,8 +129,9 @@ async def authorize(ctx: Context, txn_type: str, *, mti_up: str | None = None, a
     rc = resp.get("39", RC.SYSTEM_ERROR)
     auth = resp.get("38", "")
     if rc == RC.APPROVED:
+        extra = {"card_org": resp["63"][:3]} if len(resp.get("63", "")) >= 3 else {}
         await journal.commit_approval(txn_id, rrn=rrn, auth_code=auth, response_code=rc,
-                                      upstream_ref=f"{resp.get('11', '')}|{resp.get('7', '')}")
+                                      upstream_ref=f"{resp.get('11', '')}|{resp.get('7', '')}", **extra)
     else:
         await journal.update_state(txn_id, "declined", response_code=rc)
     return Outcome(rc, txn_id, rrn, auth, resp, route)
@@ -150,7 +151,7 @@ def fill_reply(ctx: Context, out: Outcome) -> dict[str, str]:
     if "54" in up:
         reply["54"] = up["54"]
     if out.route is not None:
-        reply["63"] = out.route.card_org
+        reply["63"] = up["63"][:3] if len(up.get("63", "")) >= 3 else out.route.card_org  # 63.1 card org
         reply["44"] = f"{out.route.name[:11]:<11}{ctx.services.acquirer_id[:11]:<11}"
     return reply
 
