@@ -1,9 +1,11 @@
 """TCP front end of the HSM simulator: 2-byte big-endian length + header + command.
 
-The protocol object only feeds a buffer, cuts complete frames and hands each to
+The protocol object only feeds ``_fastcore.framing.FrameSplitter`` and hands each frame to
 :meth:`hsm_sim.commands.Hsm.handle`; replies to everything that arrived in one read are
 written back in order with a single ``transport.write``.  A frame that cannot be parsed
-gets an error reply; the connection and the other clients keep being served.
+gets an error reply; the connection and the other clients keep being served.  A zero
+length prefix loses the frame boundary: the frames before it are answered, then that
+connection is closed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import logging
 import os
 from typing import Any
 
+from _fastcore.errors import FramingError
+from _fastcore.framing import FrameSplitter
 from switch.logsafe import kv
 
 from .commands import Hsm
@@ -21,17 +25,13 @@ from .lmk import DEFAULT_LMK, Lmk
 
 log = logging.getLogger("posswitch.hsm_sim")
 
-#: largest buffered request data per connection before the peer is cut off (a frame is <= 65537 bytes)
-MAX_BUFFER = 1 << 20
-
-
 class HsmProtocol(asyncio.Protocol):
     """One client connection: length-prefixed frames in, replies out in the same order."""
 
     def __init__(self, hsm: Hsm, server: HsmServer | None = None) -> None:
         self.hsm = hsm
         self.server = server
-        self.buf = bytearray()
+        self.splitter = FrameSplitter(max_frame=0xFFFF)
         self.transport: asyncio.Transport | None = None
         self.peer: Any = None
 
@@ -48,26 +48,26 @@ class HsmProtocol(asyncio.Protocol):
         log.info("hsm client disconnected", extra=kv(peer=str(self.peer), reason=str(exc) if exc else "eof"))
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        n = len(buf)
-        pos = 0
-        out: list[bytes] = []
+        try:
+            frames = self.splitter.feed(data)
+        except FramingError as exc:  # a zero length: the stream cannot be resynchronised
+            frames = getattr(exc, "frames", [])
+            log.warning("hsm bad frame, closing", extra=kv(peer=str(self.peer), reason=str(exc)))
+            self._answer(frames)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if frames:
+            self._answer(frames)
+
+    def _answer(self, frames: list[bytes]) -> None:
         handle = self.hsm.handle
-        while n - pos >= 2:
-            end = pos + 2 + ((buf[pos] << 8) | buf[pos + 1])
-            if end > n:
-                break
-            reply = handle(bytes(buf[pos + 2 : end]))
+        out = []
+        for frame in frames:
+            reply = handle(frame)
             out.append(len(reply).to_bytes(2, "big") + reply)
-            pos = end
-        if pos:
-            del buf[:pos]
         if out and self.transport is not None:
             self.transport.write(b"".join(out))
-        if len(buf) > MAX_BUFFER and self.transport is not None:
-            log.warning("hsm client buffer overflow, closing", extra=kv(peer=str(self.peer)))
-            self.transport.close()
 
 
 class HsmServer:

@@ -26,6 +26,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from _fastcore.errors import FramingError
+from _fastcore.framing import FrameSplitter
 from switch.logsafe import kv
 
 log = logging.getLogger("posswitch.hsm_client")
@@ -148,7 +150,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, client: HsmClient) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
+        self.splitter = FrameSplitter(max_frame=0xFFFF)
         # in flight, in send order: [header, command, future, deadline]
         self.inflight: collections.deque[list[Any]] = collections.deque()
         self.outbox: list[bytes] = []
@@ -163,21 +165,19 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        pos, n = 0, len(buf)
+        try:
+            frames = self.splitter.feed(data)
+        except FramingError as exc:
+            log.error("hsm reply framing error", extra=kv(reason=str(exc)))
+            self._fail_all(HsmUnavailable("??", f"framing error: {exc}"), close=True)
+            return
         hl = self.client.header_len
-        while n - pos >= 2:
-            size = (buf[pos] << 8) | buf[pos + 1]
-            end = pos + 2 + size
-            if end > n:
-                break
-            frame = bytes(buf[pos + 2 : end])
-            pos = end
-            if not self.inflight:
+        inflight = self.inflight
+        for frame in frames:
+            if not inflight:
                 self._fail_all(HsmUnavailable("??", "unsolicited reply"), close=True)
                 return
-            header, command, fut, _ = self.inflight.popleft()
+            header, command, fut, _ = inflight.popleft()
             if frame[:hl] != header or len(frame) < hl + 4:
                 log.error("hsm reply out of sequence", extra=kv(command=command))
                 self._fail_all(HsmUnavailable(command, "reply out of sequence"), close=True)
@@ -186,8 +186,6 @@ class _Connection(asyncio.Protocol):
                 return
             if not fut.done():
                 fut.set_result(frame[hl:])
-        if pos:
-            del buf[:pos]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

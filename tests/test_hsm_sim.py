@@ -450,3 +450,14 @@ def test_openssl_and_pycryptodome_paths_agree() -> None:
         fast, ref = lmk.ecb_cipher(key), lmk._pycryptodome_cipher(key)
         assert fast.encrypt(data) == ref.encrypt(data)
         assert fast.decrypt(data) == ref.decrypt(data)
+
+
+async def test_zero_length_frame_closes_only_that_connection(server_port: int, hsm: HsmClient) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server_port)
+    writer.write(b"\x00\x060001NC" + b"\x00\x00" + b"\x00\x060002NC")
+    await writer.drain()
+    n = int.from_bytes(await reader.readexactly(2), "big")
+    assert (await reader.readexactly(n)).startswith(b"0001ND00")  # answered before the bad prefix
+    assert await reader.read() == b""  # then closed: the frame boundary is lost
+    writer.close()
+    assert len(await hsm.diagnostics()) == 16  # others keep being served
