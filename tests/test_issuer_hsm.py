@@ -185,3 +185,37 @@ async def test_pin_without_hsm_is_96():
     finally:
         await link.close()
         await issuer.close(close_ledger=True)
+
+
+@pytest.mark.parametrize(("amount", "rc"), [(2_599, "00"), (20_000, "51")])
+async def test_software_card_end_to_end(amount, rc):
+    """terminal_bridge's software card + EMV kernel -> field 55 -> IssuerLink -> issuer (HSM KQ) -> tag 91 ->
+    the card's 2nd GENERATE AC authenticates the issuer: TC on approval, AAC on the decline."""
+    softcard = pytest.importorskip("terminal_bridge.drivers.softcard")
+    from terminal_bridge import emv_tlv
+    from terminal_bridge.apdu import DirectTransport
+    from terminal_bridge.emv import EmvKernel
+
+    pan, psn = "6212345678901232", "01"
+    cfg = config()
+    cfg["accounts"].append({"pan": pan, "expiry": "3012", "balance": 10_000, "psn": psn})
+    hsm, port = await hsm_server.start_hsm("127.0.0.1", 0)
+    client = await HsmClient.connect("127.0.0.1", port)
+    issuer = await start_issuer(accounts_mod.parse(cfg), hsm=client)
+    link = await IssuerLink("127.0.0.1", issuer.port, timeout=5).start(wait=2)
+    try:
+        kernel = EmvKernel(DirectTransport(softcard.SoftCard(pan=pan, psn=psn, expiry="301231")))
+        txn = kernel.start(amount_fen=amount)
+        field55 = kernel.first_generate_ac(txn, pin_entered=False)
+        resp = await link.request(sale(pan, amount, psn=txn.card.psn or psn, entry_mode="052",
+                                       icc=emv_tlv.decode(field55)))
+        assert resp["39"] == rc
+        done = kernel.second_generate_ac(txn, resp["39"], bytes.fromhex(resp["55"]))
+        assert done.issuer_authenticated
+        assert done.approved is (rc == "00")
+        assert issuer.ledger.balance(pan) == 10_000 - (amount if rc == "00" else 0)
+    finally:
+        await link.close()
+        await issuer.close(close_ledger=True)
+        await client.close()
+        await hsm.close()
