@@ -98,6 +98,7 @@ cdef class FrameSplitter:
             while end - pos >= 2:
                 n = (p[pos] << 8) | p[pos + 1]
                 if n < self.min_frame or n > self.max_frame:
+                    self._buf += chunk[pos:]
                     self._consumed += pos
                     raise self._fail(n, self._consumed, frames)
                 if end - pos - 2 < n:

@@ -152,3 +152,25 @@ def test_twins_agree_on_the_same_stream(framing_impl: ModuleType) -> None:
 
     stream = (MAC1 * 3)[:-10]
     assert framing_impl.FrameSplitter().feed(stream) == pure.FrameSplitter().feed(stream)
+
+
+@given(stream=st.binary(max_size=400), cuts=st.lists(st.integers(0, 400), max_size=6),
+       max_frame=st.integers(1, 300), min_frame=st.integers(1, 30))
+def test_twins_agree_on_frames_and_errors(framing_impl: ModuleType, stream: bytes, cuts: list[int],
+                                          max_frame: int, min_frame: int) -> None:
+    from _fastcore import _framing_py as pure
+
+    min_frame = min(min_frame, max_frame)
+
+    def run(mod: ModuleType) -> tuple[list[bytes], tuple[str, int | None, list[bytes]] | None, int, int]:
+        sp = mod.FrameSplitter(max_frame=max_frame, min_frame=min_frame)
+        got: list[bytes] = []
+        points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+        try:
+            for a, b in zip(points, points[1:], strict=False):
+                got.extend(sp.feed(stream[a:b]))
+        except FramingError as exc:
+            return got, (str(exc), exc.offset, exc.frames), sp.offset, sp.buffered
+        return got, None, sp.offset, sp.buffered
+
+    assert run(framing_impl) == run(pure)
