@@ -265,7 +265,8 @@ class IssuerHost:
 
     async def _check_pin(self, msg: dict[str, str], acct: Account) -> None:
         aid = acct.account_id
-        if self.ledger.pin_fails(aid) >= self.config.pin_tries:
+        tries = self.config.pin_tries  # 0 = no limit
+        if tries and self.ledger.pin_fails(aid) >= tries:
             raise _Decline("75", "PIN tries exceeded")
         if acct.pin is None:
             raise _Decline("55", "no PIN verification data on file")
@@ -293,7 +294,7 @@ class IssuerHost:
                 raise _Decline("96", "HSM error") from None
         fails = self.ledger.record_pin_result(aid, ok)
         if not ok:
-            raise _Decline("75" if fails >= self.config.pin_tries else "55", "wrong PIN")
+            raise _Decline("75" if tries and fails >= tries else "55", "wrong PIN")
 
 
 def _jitter(j: float) -> float:

@@ -107,6 +107,24 @@ async def test_wrong_pin_55_then_tries_exceeded_75(stack, pan):
     assert issuer.ledger.balance(pan) == 10_000 and issuer.ledger.postings(pan) == []
 
 
+async def test_pin_tries_zero_means_no_lockout():
+    cfg = config()
+    cfg["issuer"]["pin_tries"] = 0
+    hsm, port = await hsm_server.start_hsm("127.0.0.1", 0)
+    client = await HsmClient.connect("127.0.0.1", port)
+    issuer = await start_issuer(accounts_mod.parse(cfg), hsm=client)
+    link = await IssuerLink("127.0.0.1", issuer.port, timeout=5).start(wait=2)
+    try:
+        codes = [(await link.request(sale(PAN_PVV, pin_block=pin_block(PAN_PVV, "9999"))))["39"] for _ in range(5)]
+        assert codes == ["55"] * 5
+        assert (await link.request(sale(PAN_PVV, pin_block=pin_block(PAN_PVV, PIN))))["39"] == "00"
+    finally:
+        await link.close()
+        await issuer.close(close_ledger=True)
+        await client.close()
+        await hsm.close()
+
+
 async def test_right_pin_resets_the_failure_count(stack):
     issuer, link = stack
     assert (await link.request(sale(PAN_PVV, pin_block=pin_block(PAN_PVV, "0000"))))["39"] == "55"
