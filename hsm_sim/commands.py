@@ -359,11 +359,21 @@ def _key_type3(f: Fields, name: str) -> str:
         raise CommandError("15", f"{name}: unknown key type {kt!r} at offset {at}") from None
 
 
-def _decrypt_pin(key: bytes, block: bytes, pan: str, fmt: int) -> str:
+#: the only thing said about a PIN block that does not decode: the details (which nibble is
+#: wrong, and its value) are derived from the clear PIN field and must not reach a log
+_BAD_PIN_BLOCK = "PIN block does not decode under this key, format and account"
+
+
+def _decode_pin(cipher: Any, block: bytes, pan: str, fmt: int) -> str:
+    """Decrypt with a cached cipher, decode with _fastcore; failures say nothing about the content."""
     try:
-        return fc.decrypt_pin_block(key, block, pan, fmt)
-    except CryptoError as exc:
-        raise CommandError("20", f"source PIN block: {exc}") from None
+        return fc.pin_block_decode(cipher.decrypt(block), pan, fmt)
+    except CryptoError:
+        raise CommandError("20", _BAD_PIN_BLOCK) from None
+
+
+def _decrypt_pin(key: bytes, block: bytes, pan: str, fmt: int) -> str:
+    return _decode_pin(ecb_cipher(key), block, pan, fmt)
 
 
 def _check_max_len(pin: str, max_len: int) -> None:
@@ -527,10 +537,7 @@ def _translate(hsm: Hsm, f: Fields, src_type: str) -> tuple[str, str]:
         dfmt = f.pin_format("destination PIN block format")
         pan = f.account()
     # the block cipher runs here on cached contexts; the PIN-block format logic is _fastcore's
-    try:
-        pin = fc.pin_block_decode(src.decrypt(block), pan, sfmt)
-    except CryptoError as exc:
-        raise CommandError("20", f"source PIN block: {exc}") from None
+    pin = _decode_pin(src, block, pan, sfmt)
     _check_max_len(pin, max_len)
     out = dst.encrypt(fc.pin_block_encode(pin, pan, dfmt))
     return "00", f"{len(pin):02d}{out.hex().upper()}{dfmt_code}"
@@ -563,7 +570,7 @@ def _dukpt(hsm: Hsm, f: Fields) -> tuple[str, str]:
     if len(bdk) != 16:
         raise CommandError("27", "DUKPT needs a double-length BDK")
     pin_key = fc.dukpt_tdes_pin_key(bdk, ksn)
-    pin = _decrypt_pin(pin_key, block, pan, fc.PIN_ISO0)
+    pin = _decode_pin(ecb_cipher.__wrapped__(pin_key), block, pan, fc.PIN_ISO0)  # one-off key: not cached
     out = fc.encrypt_pin_block(zpk, pin, pan, dfmt)
     return "00", f"{len(pin):02d}{out.hex().upper()}{dfmt_code}"
 

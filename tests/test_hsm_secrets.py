@@ -137,6 +137,8 @@ async def test_no_clear_secret_in_replies_or_logs(captured_logs: io.StringIO) ->
     logs = captured_logs.getvalue().encode()
     assert b"hsm command" in logs and b"hsm command rejected" in logs  # logging really ran at DEBUG
     assert len(c.replies) > 50
+    # a PIN block that fails to decode must not be described nibble by nibble (PIN-derived data)
+    assert b"nibble" not in logs and b"PIN digit" not in logs
     replies = b"\n".join(c.replies)
     for needle in needles():
         assert needle not in replies, f"clear value {needle!r} in a reply"
