@@ -370,3 +370,27 @@ async def test_many_pending_reversals_drain_after_outage(issuer):
         assert sum(p.kind == "reversal" for p in postings) == 50 == sum(p.kind == "debit" for p in postings)
     finally:
         await link.close()
+
+
+async def test_configured_latency_and_amount_rules():
+    """Faults from the accounts file: amount ending in 13 declines 05 (first match only once), a global
+    latency longer than the link timeout makes every request time out."""
+    doc = dict(CONFIG, faults=[{"amount_suffix": "13", "action": "decline", "code": "05", "times": 1}])
+    srv = await start_issuer(accounts_mod.parse(doc))
+    link = await IssuerLink("127.0.0.1", srv.port, timeout=2, reversal_retry=0.05).start(wait=2)
+    try:
+        assert (await link.request(sale(1_013)))["39"] == "05"
+        assert (await link.request(sale(2_013)))["39"] == "00"   # times = 1: the rule is spent
+        assert (await link.request(sale(1_000)))["39"] == "00"
+        srv.host.config.latency = 0.5
+        with pytest.raises(IssuerTimeout):
+            await link.request(sale(7), timeout=0.1)
+        srv.host.config.latency = 0.0
+
+        async def done():
+            return await link.pending_reversals() == 0
+        await eventually(done)
+        assert srv.ledger.balance(PAN) == 100_000 - 2_013 - 1_000
+    finally:
+        await link.close()
+        await srv.close(close_ledger=True)
