@@ -188,8 +188,38 @@ SIGNON_0810 = {
     "37": "112214301501", "39": "00", "41": "10000001", "42": "898310048120001", "60": "00000002003",
     "62": "6701EAD6A9AD51E51AA406E2C27FCFA98D0A74B8B651F9E9BACE9AE10000000000000000AB7153CA", "63": "01 ",
 }
+SALE_0200 = {
+    "t": "0200", "p": "702406C020C09A11", "2": "6212345678901234567", "3": "000000", "4": "000000001234",
+    "11": "000124", "14": "3012", "22": "051", "23": "001", "25": "00", "26": "12",
+    "35": "6212345678901234567D30122011234567890", "41": "10000001", "42": "898310048120001", "49": "156",
+    "52": "0123456789ABCDEF", "53": "2600000000000000",
+    "55": "9F2608A1B2C3D4E5F607189F2701809F100807010A03A00000019F3704DEADBEEF9F3602001295050000008000"
+          "9A032511229C01009F02060000000012345F2A02015682027C009F1A0201569F03060000000000009F3303E0F9C8",
+    "60": "2200000100050", "64": "3333334645424239",
+}
 GOLDEN = [("mac1_frame.hex", MAC1_FIELDS), ("signon_0800_frame.hex", SIGNON_0800),
-          ("signon_0810_frame.hex", SIGNON_0810)]
+          ("signon_0810_frame.hex", SIGNON_0810), ("sale_0200_chip_frame.hex", SALE_0200)]
+
+
+def unionpay_ecb_mac(key: bytes, data: bytes) -> bytes:
+    """Independent UnionPay ECB MAC (payment-crypto §3.3) with pycryptodome, for the golden frames."""
+    from Crypto.Cipher import DES
+
+    data += bytes(-len(data) % 8)
+    acc = bytes(8)
+    for i in range(0, len(data), 8):
+        acc = bytes(a ^ b for a, b in zip(acc, data[i : i + 8], strict=True))
+    r = acc.hex().upper().encode()
+    des = DES.new(key, DES.MODE_ECB)
+    e1 = des.encrypt(r[:8])
+    e2 = des.encrypt(bytes(a ^ b for a, b in zip(e1, r[8:], strict=True)))
+    return e2.hex().upper()[:8].encode()
+
+
+@pytest.mark.parametrize("name", ["mac1_frame.hex", "sale_0200_chip_frame.hex"])
+def test_golden_frame_macs(name: str) -> None:
+    raw = body(frame(name))
+    assert unionpay_ecb_mac(bytes.fromhex("0723C80DB5F4CD3D"), raw[:-8]) == raw[-8:]
 
 
 @pytest.mark.parametrize("name, expected", GOLDEN)
