@@ -285,7 +285,10 @@ class IssuerLink:
 
     def _set_state(self, state: str) -> None:
         if state != self.state:
-            log.info("issuer_link_state", extra=kv(link=self.name, state=state, host=self.host, port=self.port))
+            # up/down/closed transitions at info; the connecting <-> down churn of a dead peer at debug
+            level = logging.INFO if LinkState.UP in (state, self.state) or state == LinkState.CLOSED else logging.DEBUG
+            log.log(level, "issuer_link_state", extra=kv(link=self.name, state=state, host=self.host,
+                                                         port=self.port))
         self.state = state
         self._m_state(self.name, state == LinkState.UP)
 
