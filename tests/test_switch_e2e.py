@@ -55,3 +55,24 @@ async def test_metrics_endpoint_counts_transactions(tmp_path):
         assert 'posswitch_transactions_total{response_code="00",type="sign_on"} 1.0' in text
     finally:
         await s.stop()
+
+
+def test_sale_void_settle_under_uvloop(tmp_path):
+    """The same stack on uvloop (the loop `posswitch serve` and `posswitch demo` use)."""
+    import uvloop
+
+    from switch.sim_terminal import settlement_balanced
+
+    async def scenario() -> None:
+        s = await Stack.start(tmp_path, terminals=1)
+        try:
+            term = await s.connected_terminal(0)
+            card = s.card()
+            sale = await term.sale(card, 900, entry="chip", pin=card.pin)
+            assert sale.rc == "00" and sale.mac_ok
+            assert (await term.void(card, sale)).rc == "00"
+            assert settlement_balanced(await term.settle()) is True
+        finally:
+            await s.stop()
+
+    uvloop.run(scenario())
