@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from switch.config import ConfigError, add_config_arguments, config_from_args, load_config
 
@@ -145,3 +147,35 @@ def test_example_keys_are_the_documented_test_keys_under_the_simulator_lmk() -> 
         bytes.fromhex("70F2A84CCBC2AE8625CBB0F2C22AB923"), "TMK")  # MAC-2
     assert cfg.issuers["cup"].zpk_under_lmk == lmk.encrypt_under_lmk(
         bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"), "ZPK")
+
+
+_KEYS = ["acquirer_id", "listener.host", "listener.port", "listener.max_frame", "listener.max_in_flight",
+         "listener.idle_timeout", "hsm.port", "hsm.header_len", "hsm.timeout", "issuers.cup.port",
+         "issuers.cup.timeout", "issuers.cup.zpk_under_lmk", "issuers.cup.echo_interval", "issuers.cup.kind",
+         "routes.default", "journal.path", "journal.group_commit_ms", "journal.synchronous", "journal.pan_hash_key",
+         "metrics.enabled", "metrics.port", "logging.level", "logging.json", "fees.default.debit.rate",
+         "fees.default.debit.cap", "settlement.utc_offset_hours", "mac_profiles.x919.algorithm"]
+
+
+def _toml_literal(v) -> str:
+    import json as _json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return _json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_literal(x) for x in v) + "]"
+    return repr(v)
+
+
+@given(key=st.sampled_from(_KEYS),
+       value=st.one_of(st.integers(-10**6, 10**6), st.booleans(), st.text(max_size=40),
+                       st.floats(allow_nan=False, allow_infinity=False, width=32),
+                       st.lists(st.integers(0, 9), max_size=3)))
+def test_any_override_is_accepted_or_named(key: str, value) -> None:
+    try:
+        load_config(EXAMPLE, [f"{key}={_toml_literal(value)}"])
+    except ConfigError as exc:
+        leaf = key.rsplit(".", 1)[-1]
+        assert str(exc).startswith("config error: ") and leaf in str(exc)
