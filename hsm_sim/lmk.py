@@ -313,13 +313,13 @@ DEFAULT_LMK = Lmk()
 def encrypt_under_lmk(clear_key: bytes, key_type: str, scheme: str = "U", lmk: Lmk | None = None) -> str:
     """Provisioning ("form key"): clear key -> key field under the (default test) LMK.
 
-    ``scheme`` is ``U``/``T``/``X``/``Y`` for double/triple keys; single-length keys always use
-    the 16-hex ``Z`` form whatever ``scheme`` says.
+    ``scheme`` is ``U``/``T`` (variant) or ``X``/``Y`` for double/triple keys (``U``/``X`` given
+    with a triple-length key mean ``T``/``Y``); single-length keys always use the 16-hex form.
     """
     if len(clear_key) == 8:
         scheme = "Z"
-    elif len(clear_key) == 24 and scheme.upper() == "U":
-        scheme = "T"
+    elif len(clear_key) == 24:
+        scheme = {"U": "T", "X": "Y"}.get(scheme.upper(), scheme)
     return (lmk or DEFAULT_LMK).encrypt_key(set_odd_parity(clear_key), key_type, scheme)
 
 
