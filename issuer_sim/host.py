@@ -115,9 +115,13 @@ class IssuerHost:
         kind = kind or h2h.classify(msg)
         if kind is TxnKind.ECHO:
             return h2h.response_to(msg, "00")
-        stored = self.ledger.stored_response(msg)
+        # advices are repeated (0221) with fresh STANs: deduplicate them on 41 + 37 alone
+        key = dict(msg, t="0220", **{"11": ""}) if h2h.is_advice(msg) else msg
+        stored = self.ledger.stored_response(key)
         if stored is not None:
             log.info("retransmission", extra=kv(mti=msg.get("t"), stan=msg.get("11"), rc=stored.get("39")))
+            stored.update({k: msg[k] for k in ("t", "11", "7") if k in msg})
+            stored["t"] = h2h.response_mti(msg["t"])
             return stored
         if kind is TxnKind.REVERSAL:
             resp = self._reverse(msg)
@@ -128,7 +132,7 @@ class IssuerHost:
                 resp = h2h.response_to(msg, d.code, **d.fields)
                 log.info("declined", extra=kv(kind=kind.value, rc=d.code, reason=d.reason, stan=msg.get("11"),
                                               pan=_pan_of(msg), amount=msg.get("4")))
-        self.ledger.store_response(msg, resp)
+        self.ledger.store_response(key, resp)
         return resp
 
     # ---------------------------------------------------------------- reversal

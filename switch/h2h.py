@@ -28,7 +28,7 @@ __all__ = [
     "financial_request", "reversal_for", "echo_request", "response_to", "is_reversible",
     "transmission_time", "field90", "parse_field90", "field54_balance", "parse_field54",
     "tlv_decode", "tlv_encode", "field55_tags", "tags_to_field55", "APPROVED", "REVERSAL_DONE",
-    "SENSITIVE_FIELDS", "qr_pay_request", "qr_query_request", "KIND_CODES",
+    "SENSITIVE_FIELDS", "qr_pay_request", "qr_query_request", "KIND_CODES", "is_advice",
 ]
 
 SPEC = default_ascii
@@ -147,7 +147,8 @@ class FrameReader:
 def classify(msg: Mapping[str, str]) -> TxnKind:
     """The transaction kind of a request (or of the request a response answers)."""
     mti = msg.get("t", "")
-    req = mti[:2] + str(int(mti[2]) & ~1) + mti[3] if len(mti) == 4 and mti[2].isdigit() else mti
+    # request class of a response (x1x -> x0x) or a repeat (0221 -> 0220, 0421 -> 0420)
+    req = mti[:2] + str(int(mti[2]) & ~1) + "0" if len(mti) == 4 and mti.isdigit() else mti
     proc = msg.get("3", "")[:2]
     cond = msg.get("25", "00")
     if req in ("0400", "0420"):
@@ -179,9 +180,15 @@ def is_response(msg: Mapping[str, str]) -> bool:
 
 
 def response_mti(mti: str) -> str:
+    """Request MTI -> response MTI (0200 -> 0210; a repeat 0221 / 0421 is answered 0230 / 0430)."""
     if len(mti) != 4 or not mti.isdigit() or int(mti[2]) % 2:
         raise H2HError(f"not a request MTI: {mti!r}", field="t")
-    return mti[:2] + str(int(mti[2]) + 1) + mti[3]
+    return mti[:2] + str(int(mti[2]) + 1) + "0"
+
+
+def is_advice(msg: Mapping[str, str]) -> bool:
+    """0220/0221 advices (refund, completion advice): never reversed, store-and-forwarded instead."""
+    return msg.get("t", "")[:3] == "022"
 
 
 def match_key(msg: Mapping[str, str]) -> tuple[str, str, str]:

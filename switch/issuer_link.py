@@ -8,8 +8,9 @@
 * coalesce writes: every message queued during one event-loop turn leaves in one ``transport.write``;
 * send a 0800 echo when the link has been idle for ``echo_interval``; no answer closes and reconnects;
 * reversals: a reversible request that times out (or whose connection drops before the answer)
-  raises :class:`IssuerTimeout` and queues a 0420 that a background task re-sends until a 0430 arrives
-  (any response code acknowledges; ``00``/``12``/``25`` mean "done").
+  raises :class:`IssuerTimeout` and queues a 0420 that a background task re-sends (as 0421) until a
+  0430 arrives (any response code acknowledges; ``00``/``12``/``25`` mean "done"); :meth:`IssuerLink.advise`
+  store-and-forwards 0220 advices the same way (repeats as 0221).
 
 The reversal queue sits behind :class:`ReversalStore` (in memory now: :class:`MemoryReversalStore`;
 a persistent store in the journal database can replace it). Metrics go to an optional object with
@@ -240,6 +241,7 @@ class IssuerLink:
         except RuntimeError:  # constructed outside a loop: start() binds it
             self._loop = None  # type: ignore[assignment]
         self._last_rx = self._last_tx = 0.0
+        self._attempted: set[int] = set()
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self, wait: float | None = None) -> IssuerLink:
@@ -415,6 +417,18 @@ class IssuerLink:
         self._reversal_wake.set()
         return item
 
+    async def advise(self, msg: dict[str, str]) -> int:
+        """Store-and-forward an advice (0220: refund, completion advice): queued with the reversals,
+        sent as 0220 then repeated as 0221 until a 0230 arrives. The issuer deduplicates repeats on
+        41 + 37. Returns the queue id. Use it when the switch has already answered the terminal."""
+        if not h2h.is_advice(msg):
+            raise ValueError(f"advise() takes a 0220 advice, not {msg.get('t')}")
+        item = await self.reversals.add(self.name, dict(msg))
+        self._m_pending(self.name, await self.reversals.count(self.name))
+        log.info("advice_queued", extra=kv(link=self.name, id=item, rrn=msg.get("37")))
+        self._reversal_wake.set()
+        return item
+
     async def _reverser(self) -> None:
         while not self._closing:
             await self._reversal_wake.wait()
@@ -432,6 +446,9 @@ class IssuerLink:
                     await asyncio.sleep(self.reversal_retry)
 
     async def _send_reversal(self, item: int, rev: dict[str, str]) -> bool:
+        if item in self._attempted and rev.get("t") in ("0420", "0220"):
+            rev["t"] = rev["t"][:3] + "1"    # a repeat: 0421 / 0221
+        self._attempted.add(item)
         try:
             resp = await self._exchange(rev, self.reversal_timeout)
         except (TimeoutError, _Lost):
@@ -439,6 +456,7 @@ class IssuerLink:
             return False
         code = resp.get("39", "")
         await self.reversals.ack(item, code)
+        self._attempted.discard(item)
         log.info("reversal_acked", extra=kv(link=self.name, id=item, rc=code, rrn=rev.get("37"),
                                             done=code in h2h.REVERSAL_DONE))
         return True

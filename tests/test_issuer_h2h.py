@@ -107,3 +107,15 @@ def test_tlv_roundtrip(tags):
 def test_tlv_errors_name_offset():
     with pytest.raises(h2h.H2HError, match="overruns.*offset 2"):
         h2h.tlv_decode(bytes.fromhex("9505000000"))
+
+
+def test_repeats_classify_like_their_originals():
+    refund = h2h.financial_request("refund", terminal_id="T1", merchant_id="M1", rrn="000000000003",
+                                   amount=5, pan=PAN)
+    repeat = dict(refund, t="0221")
+    assert h2h.classify(repeat) is h2h.TxnKind.REFUND and h2h.is_advice(repeat)
+    assert h2h.response_mti("0221") == "0230" and h2h.response_mti("0421") == "0430"
+    assert h2h.classify(dict(refund, t="0421")) is h2h.TxnKind.REVERSAL
+    assert h2h.classify(dict(refund, t="0230")) is h2h.TxnKind.REFUND
+    with pytest.raises(h2h.H2HError, match="not a request MTI"):
+        h2h.response_mti("0210")

@@ -394,3 +394,55 @@ async def test_configured_latency_and_amount_rules():
     finally:
         await link.close()
         await srv.close(close_ledger=True)
+
+
+async def test_refund_advice_store_and_forward_posts_once(issuer):
+    """The first 0220 is posted but its 0230 lost; the 0221 repeat is deduplicated (41 + 37): one credit."""
+    issuer.faults.add(action="drop_response", kind="refund", times=1)
+    seen: list[str] = []
+    orig = issuer.host.process
+
+    async def spy(msg, kind=None):
+        seen.append(msg["t"])
+        return await orig(msg, kind)
+    issuer.host.process = spy
+    link = await IssuerLink("127.0.0.1", issuer.port, timeout=0.1, reversal_retry=0.05).start(wait=2)
+    try:
+        with pytest.raises(ValueError):
+            await link.advise(sale(1))
+        await link.advise(sale(800, kind="refund"))
+
+        async def done():
+            return await link.pending_reversals() == 0
+        await eventually(done)
+        assert seen[0] == "0220" and "0221" in seen[1:]
+        assert issuer.ledger.balance(PAN) == 100_800
+        assert [p.kind for p in issuer.ledger.postings(PAN)] == ["credit"]
+        (_, code, _), = link.reversals.acked
+        assert code == "00"
+    finally:
+        await link.close()
+
+
+async def test_reversal_repeats_are_0421(issuer):
+    issuer.faults.add(action="drop_response", kind="sale", times=1)
+    issuer.faults.add(action="drop", kind="reversal", times=1)
+    seen: list[str] = []
+    orig = issuer.host.process
+
+    async def spy(msg, kind=None):
+        seen.append(msg["t"])
+        return await orig(msg, kind)
+    issuer.host.process = spy
+    link = await IssuerLink("127.0.0.1", issuer.port, timeout=0.1, reversal_retry=0.05).start(wait=2)
+    try:
+        with pytest.raises(IssuerTimeout):
+            await link.request(sale(300))
+
+        async def done():
+            return await link.pending_reversals() == 0
+        await eventually(done)
+        assert seen == ["0200", "0421"]                        # the dropped 0420 never reached process()
+        assert issuer.ledger.balance(PAN) == 100_000
+    finally:
+        await link.close()
