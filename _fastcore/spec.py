@@ -53,6 +53,9 @@ __all__ = [
     "lookup_transaction",
     "response_mti",
     "derive_spec",
+    "FieldPresence",
+    "REQUEST_FIELDS",
+    "missing_request_fields",
 ]
 
 FieldSpec = dict[str, Any]
@@ -433,3 +436,61 @@ RESPONSE_CODES: dict[str, str] = {
 }
 #: Codes terminals treat as an approval.
 APPROVED_CODES: frozenset[str] = frozenset({"00", "10", "11", "A2", "A4", "A5", "A6"})
+
+
+# --------------------------------------------------------------------------------------
+# §6 / §7: field presence per request
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FieldPresence:
+    """Fields of a request: mandatory and conditional (reference §6; replies there are [low])."""
+
+    mandatory: frozenset[str]
+    conditional: frozenset[str] = frozenset()
+
+
+def _fp(mandatory: str, conditional: str = "") -> FieldPresence:
+    return FieldPresence(frozenset(mandatory.split()), frozenset(conditional.split()))
+
+
+_SALE_M = "3 4 11 22 25 41 42 49 60 64"
+_SALE_C = "2 14 23 26 35 36 52 53 55 62"  # 62: private QR dialect (MAC-1)
+_SIGNON = _fp("11 41 42 60", "62 63")
+_BATCH = _fp("11 41 42 60", "2 3 4 14 22 23 25 37 38 48 55 61 63")
+
+#: Request field presence by transaction name (``TRANSACTIONS_BY_NAME`` keys, plus ``"reversal"``).
+#: Either 2 or 35 carries the card for a card sale; QR sales of private dialects carry neither,
+#: so neither is mandatory here.  63 (operator) is conditional: many terminals omit it.
+REQUEST_FIELDS: dict[str, FieldPresence] = {
+    "sale": _fp(_SALE_M, _SALE_C),
+    "preauth": _fp(_SALE_M, _SALE_C),
+    "preauth_completion": _fp(_SALE_M, _SALE_C + " 37 38 61"),
+    "preauth_void": _fp(_SALE_M, _SALE_C + " 37 38 61"),
+    "preauth_completion_void": _fp(_SALE_M + " 37 61", _SALE_C + " 38"),
+    "void": _fp(_SALE_M + " 37 61", _SALE_C + " 38"),
+    "refund": _fp(_SALE_M + " 37 61", _SALE_C + " 38 63"),
+    "balance": _fp("3 11 22 25 41 42 49 60 64", _SALE_C),
+    "reversal": _fp("3 11 39 41 42 60 64", "2 4 14 22 23 25 38 49 55 61"),
+    "sign_on_single": _SIGNON,
+    "sign_on_double": _SIGNON,
+    "sign_on_double_tdk": _SIGNON,
+    "sign_off": _fp("11 41 42 60"),
+    "echo": _fp("11 41 42 60"),
+    "settlement": _fp("11 41 42 48 49 60", "63"),
+    "batch_upload_magstripe": _BATCH,
+    "batch_upload_ic": _BATCH,
+    "batch_upload_ic_failed": _BATCH,
+    "batch_upload_end": _BATCH,
+    "batch_upload_end_ic": _BATCH,
+    "script_advice": _fp("3 11 41 42 55 60 61 64", "2 4 22 23 32 37 38 49"),
+}
+
+
+def missing_request_fields(name: str, doc: dict[str, Any]) -> list[str]:
+    """Mandatory fields of request ``name`` absent from ``doc``, in field order ([] if ``name`` is unknown)."""
+    presence = REQUEST_FIELDS.get(name)
+    if presence is None:
+        return []
+    return sorted((f for f in presence.mandatory if f not in doc), key=int)

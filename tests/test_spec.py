@@ -325,3 +325,23 @@ def test_mutated_mac1_only_raises_decode_error(pos: int, byte: int, cut: int) ->
         else:
             # whatever decodes re-encodes to the same bytes (no silent normalisation)
             assert bytes(iso8583.encode(doc, POS_SPEC)[0]) == data
+
+
+def test_request_field_presence() -> None:
+    from _fastcore.spec import REQUEST_FIELDS, missing_request_fields
+
+    assert missing_request_fields("sale", MAC1_FIELDS) == []  # the real capture has every mandatory field
+    assert missing_request_fields("sale", SALE_0200) == []
+    assert missing_request_fields("sign_on_double", SIGNON_0800) == []
+    assert missing_request_fields("void", SALE_0200) == ["37", "61"]
+    no_amount = {k: v for k, v in SALE_0200.items() if k not in ("4", "64")}
+    assert missing_request_fields("sale", no_amount) == ["4", "64"]
+    assert missing_request_fields("balance", no_amount) == ["64"]
+    assert missing_request_fields("unknown", {}) == []
+    for name, presence in REQUEST_FIELDS.items():
+        assert name == "reversal" or name in TRANSACTIONS_BY_NAME
+        assert not presence.mandatory & presence.conditional, name
+        assert all(f in POS_SPEC for f in presence.mandatory | presence.conditional)
+        t = TRANSACTIONS_BY_NAME.get(name)
+        if t is not None:
+            assert ("64" in presence.mandatory) == t.mac, name
