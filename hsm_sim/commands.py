@@ -699,8 +699,10 @@ def _mac_request(hsm: Hsm, f: Fields) -> tuple[str, bytes, bytes]:
         if len(data) % 8 or not data:
             raise CommandError("80", f"padding 0 needs a non-empty multiple of 8 bytes, got {len(data)}")
         pad = "1"
-    if alg == "03" and len(key) != 16:
-        raise CommandError("27", "MAC algorithm 03 needs a double-length key")
+    if alg == "03" and len(key) == 8:
+        key += key  # a single-length MAK is loaded as K||K (dialect §9.1): X9.19 = X9.9 then
+    elif alg == "03" and len(key) != 16:
+        raise CommandError("27", "MAC algorithm 03 needs a single or double-length key")
     return alg, key, fc.mac_iso9797_1(key, data, algorithm=int(alg), padding=int(pad), length=8)
 
 

@@ -461,3 +461,12 @@ async def test_zero_length_frame_closes_only_that_connection(server_port: int, h
     assert await reader.read() == b""  # then closed: the frame boundary is lost
     writer.close()
     assert len(await hsm.diagnostics()) == 16  # others keep being served
+
+
+async def test_x919_with_single_length_mak_is_k_k(hsm: HsmClient) -> None:
+    frame = bytes.fromhex((VECTORS / "mac1_frame.hex").read_text().strip())
+    data = frame[2 + 5 + 6 : -8]
+    tak = encrypt_under_lmk(bytes.fromhex("0723C80DB5F4CD3D"), "TAK")
+    mac = await hsm.generate_mac(tak, data, algorithm="x9.19")
+    assert mac[:4].hex().upper() == "D3CED761"  # pos-8583-dialect §12: X9.19 with K||K
+    assert await hsm.verify_mac(tak, data, mac, algorithm="x9.19")
