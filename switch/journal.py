@@ -17,6 +17,7 @@ commit (group commit), so durability costs little under load; the event loop nev
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -203,6 +204,15 @@ class RrnGenerator:
         self._reserving = None
         self._prefix = prefix
 
+    def prime(self) -> None:
+        """Load today's state and reserve the first block (blocking: run it off the event loop)."""
+        t = self._clock()
+        prefix = f"{t.tm_year % 10}{t.tm_yday:03d}"
+        self._start_day(prefix)
+        target = self._seq + self.BLOCK
+        self._store.reserve_rrn(prefix, target).result()
+        self._hwm = target
+
     def next(self) -> str:
         t = self._clock()
         prefix = f"{t.tm_year % 10}{t.tm_yday:03d}"
@@ -270,6 +280,8 @@ class Journal:
 
     async def start(self) -> None:
         await self.store.start()
+        # the first RRN of the day needs a durable reservation: make it now, off the event loop
+        await asyncio.get_running_loop().run_in_executor(None, self._rrn.prime)
 
     def reversal_store(self) -> Any:
         """A durable ``ReversalStore`` for :class:`switch.issuer_link.IssuerLink` in this database."""

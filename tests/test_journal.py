@@ -204,16 +204,21 @@ async def test_rrn_sequence_restarts_each_day(journal: Journal) -> None:
 
     from switch.journal import RrnGenerator
 
-    day = [_time.struct_time((2026, 11, 22, 0, 0, 0, 6, 326, 0))]
-    gen = RrnGenerator(journal.store, clock=lambda: day[0])
-    assert [gen.next() for _ in range(3)] == ["632600000001", "632600000002", "632600000003"]
-    day[0] = _time.struct_time((2026, 11, 23, 0, 0, 0, 0, 327, 0))
-    assert gen.next() == "632700000001"
-    day[0] = _time.struct_time((2026, 11, 22, 0, 0, 0, 6, 326, 0))  # clock stepped back: no reuse
+    def day(n: int) -> _time.struct_time:
+        return _time.struct_time((2025, 1, n, 0, 0, 0, 0, n, 0))
+
+    clock = [day(5)]
+    gen = RrnGenerator(journal.store, clock=lambda: clock[0])
+    assert [gen.next() for _ in range(3)] == ["500500000001", "500500000002", "500500000003"]
+    clock[0] = day(6)
+    assert gen.next() == "500600000001"
+    clock[0] = day(5)  # clock stepped back: no reuse
     assert int(gen.next()[4:]) > 3
-    await journal.record(sale(rrn="632800000500"))  # RRNs already in the journal are skipped too
-    day[0] = _time.struct_time((2026, 11, 24, 0, 0, 0, 1, 328, 0))
-    assert gen.next() == "632800000501"
+    await journal.record(sale(rrn="500700000500"))  # RRNs already in the journal are skipped too
+    clock[0] = day(7)
+    assert gen.next() == "500700000501"
+    other = RrnGenerator(journal.store, clock=lambda: day(6))  # a second generator (a restart) on day 6
+    assert int(other.next()[4:]) > 1000  # above the reserved block, not 000002
 
 
 async def test_migrations_are_idempotent(tmp_path: Path) -> None:
