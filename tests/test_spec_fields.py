@@ -229,3 +229,34 @@ def test_check_numeric_fields() -> None:
         F.check_numeric_fields({"t": "02A0"})
     with pytest.raises(F.FieldFormatError, match="field 22"):
         F.check_numeric_fields({"t": "0200", "22": "0B1"})
+
+
+@given(st.sampled_from(["001", "003", "004"]), st.binary(min_size=60, max_size=60))
+def test_working_keys_round_trip(mode: str, blob: bytes) -> None:
+    pik_len = 8 if mode == "001" else 16
+    keys = F.WorkingKeys(blob[:pik_len], blob[16:20], blob[20:28], blob[28:32],
+                         blob[32:48] if mode == "004" else None, blob[48:52] if mode == "004" else None)
+    raw = F.build_working_keys(keys)
+    assert len(raw) == F.KEY_LAYOUT_LENGTHS[mode]
+    assert F.parse_working_keys(raw) == keys and F.parse_working_keys(raw.hex(), mode).mode == mode
+
+
+@given(st.integers(-(10**12) + 1, 10**12 - 1), st.sampled_from(["156", "840"]))
+def test_balance_round_trip(amount: int, currency: str) -> None:
+    value = F.build_balance(amount, currency)
+    assert len(value) == 20 and F.parse_balance(value) == F.Balance(amount, currency)
+
+
+gbk_text = st.text(alphabet=st.sampled_from("ABC xyz0129中国银联工商农业建设"), max_size=14)
+
+
+@given(st.sampled_from(["CUP", "VIS", "MCC", "JCB"]), gbk_text, gbk_text, gbk_text)
+def test_field63_round_trip(org: str, a: str, b: str, c: str) -> None:
+    value = F.build_field63(org, a, b, c)
+    f = F.parse_field63(value)
+    raw = value.encode("gbk")
+    assert len(raw) in (3, 23, 43, 63)
+    assert f.card_org == org
+    for got, want in zip((f.issuer_text, f.cups_text, f.acquirer_text), (a, b, c), strict=True):
+        assert want.rstrip(" ").startswith(got)  # cut at a character boundary at most
+        assert len(want.encode("gbk")) > 20 or got == want.rstrip(" ")
