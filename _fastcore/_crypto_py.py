@@ -16,6 +16,7 @@ reference it is tested against.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 from collections.abc import Callable
@@ -943,12 +944,26 @@ def _check_mk(key: Any, name: str) -> bytes:
     return key
 
 
-def emv_icc_master_key(imk: bytes, pan: str, psn: str | None = "00") -> bytes:
-    """EMV ICC master key, option A: Y = rightmost 16 digits of PAN||PSN; MK = TDES(Y)||TDES(~Y)."""
+def emv_icc_master_key(imk: bytes, pan: str, psn: str | None = "00", *, option: str = "A") -> bytes:
+    """EMV ICC master key (EMV 4.x Book 2 A1.4): MK = TDES(IMK, Y) || TDES(IMK, Y XOR FF..), odd parity.
+
+    Option A: Y = rightmost 16 digits of PAN||PSN (left zero-padded).  Option B
+    (``option="B"``, for PANs over 16 digits; shorter PANs use A): Y = the first 16
+    decimal digits of SHA-1(PAN||PSN as BCD), hex letters A-F decimalised as 0-5
+    when there are too few digits.
+    """
     imk = _check_mk(imk, "IMK")
     pan = _check_pan(pan, min_len=1)
     psn = "00" if psn is None else _check_decimal(psn, "PSN", range(1, 3)).rjust(2, "0")
-    y = bytes.fromhex((pan + psn)[-16:].rjust(16, "0"))
+    if option not in ("A", "B"):
+        raise CryptoError(f"ICC MK derivation option must be 'A' or 'B', got {option!r}")
+    if option == "B" and len(pan) > 16:
+        digest = hashlib.sha1(
+            bytes.fromhex((pan + psn).rjust(len(pan + psn) + len(pan + psn) % 2, "0"))
+        ).hexdigest()
+        y = bytes.fromhex(_decimalise(digest.upper(), 16))
+    else:
+        y = bytes.fromhex((pan + psn)[-16:].rjust(16, "0"))
     mk = tdes_ecb_encrypt(imk, y + _xor(y, b"\xff" * 8))
     return set_odd_parity(mk)
 

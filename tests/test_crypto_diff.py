@@ -250,3 +250,12 @@ def test_twins_agree(key: bytes, data: bytes, pin: str, pan: str, fmt: int) -> N
     assert c.translate_pin_block(key, key[::-1], block, pan, fmt, 0) == py.translate_pin_block(
         key, key[::-1], block, pan, fmt, 0
     )
+
+
+@given(
+    imk=tdes_keys,
+    pan=st.text("0123456789", min_size=12, max_size=19),
+    psn=st.text("0123456789", min_size=2, max_size=2),
+)
+def test_icc_mk_option_b_matches_pyemv(crypto_impl: ModuleType, imk: bytes, pan: str, psn: str) -> None:
+    assert crypto_impl.emv_icc_master_key(imk, pan, psn, option="B") == emv_kd.derive_icc_mk_b(imk, pan, psn)

@@ -73,6 +73,7 @@ PAN = "4012345678909"
         (lambda m: m.dukpt_aes_initial_key(K2, bytes(8), "AES256"), "BDK must be 32 bytes for AES256"),
         (lambda m: m.dukpt_aes_initial_key(K2, bytes(8), "DES"), "unknown DUKPT key type 'DES'"),
         (lambda m: m.emv_session_key(K2, bytes(3)), "ATC must be 2 bytes"),
+        (lambda m: m.emv_icc_master_key(K2, PAN, "01", option="C"), "option must be 'A' or 'B'"),
         (lambda m: m.emv_arpc_method1(K2, bytes(8), bytes(3)), "ARC 2 bytes"),
         (
             lambda m: m.ibm3624_offset(K2, "1234", "12345", "0123456789012345"),
