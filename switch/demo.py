@@ -3,7 +3,8 @@
 Starts the HSM simulator, two issuer simulators (domestic CUP cards and foreign cards), the switch
 (journal and registry in a temporary directory, Prometheus metrics on a free port) and K simulated
 terminals.  Each terminal signs on and drives a realistic mix (swipe, chip and tap sales with and
-without PIN, balance inquiries, voids, partial refunds, wrong-PIN and unknown-card declines) until
+without PIN, QR sales (some confirmed by password after a poll), balance inquiries, voids, partial
+refunds, pre-auth + completion, wrong-PIN, no-funds and unknown-card declines) until
 the time is up, then settles its batch (0500) and closes it (0320).  A live summary line is printed
 every second.  Stops by itself after ``--seconds`` (default 20) or on Ctrl-C.
 """
@@ -53,6 +54,7 @@ class Stats:
 async def _drive(stack: Any, i: int, deadline: float, stats: Stats, rng: random.Random,
                  stop: asyncio.Event) -> Any:
     from switch.sim_terminal import SimCard
+    from switch.testbed import qr_code
 
     term = await stack.connected_terminal(i)
     cards = [stack.card("cup", n) for n in range(4)] + [stack.card("intl", n) for n in range(2)]
@@ -74,9 +76,13 @@ async def _drive(stack: Any, i: int, deadline: float, stats: Stats, rng: random.
             elif r < 0.58:
                 reply = await term.sale(card, min(amount, 100_000), entry="contactless")
                 kind = "sale tap"
-            elif r < 0.66:
+            elif r < 0.63:
                 reply = await term.balance(card, entry="swipe", pin=card.pin)
                 kind = "balance"
+            elif r < 0.68:
+                reply = await term.qr_sale(qr_code(rng.choice(("134500000001", "134500000002", "280000000003"))),
+                                           amount)
+                kind = "sale QR"
             elif r < 0.74 and sales:
                 c, orig = sales.pop(rng.randrange(len(sales)))
                 reply = await term.void(c, orig)
@@ -106,7 +112,7 @@ async def _drive(stack: Any, i: int, deadline: float, stats: Stats, rng: random.
             await asyncio.sleep(0.05)
             continue
         stats.add(kind, reply)
-        if kind.startswith("sale") and reply.approved:
+        if kind.startswith("sale") and kind != "sale QR" and reply.approved:
             sales.append((card, reply))
     return term
 

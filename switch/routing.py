@@ -1,8 +1,8 @@
 """BIN routing: which issuer link serves a card (longest matching PAN prefix wins).
 
 A :class:`Router` holds named :class:`Route` objects (an issuer link plus the zone PIN key the
-switch shares with that issuer, under the LMK) and a BIN table mapping PAN prefixes to route
-names.  ``lookup`` walks the prefix lengths present in the table from the longest down, so the
+switch shares with that issuer, under the LMK), a BIN table mapping PAN prefixes to route names
+and a QR table mapping payment-code prefixes to wallet routes.  ``lookup`` walks the prefix lengths present in the table from the longest down, so the
 cost is a handful of dict probes whatever the table size.
 """
 
@@ -30,6 +30,8 @@ class Router:
         self._bins: dict[str, str] = {}
         self._lengths: list[int] = []
         self.default: str | None = None  # route for PANs no prefix matches (None: decline 15)
+        self._qr: dict[str, str] = {}
+        self._qr_lengths: list[int] = []
 
     def add_route(self, route: Route) -> None:
         self.routes[route.name] = route
@@ -52,6 +54,25 @@ class Router:
             if name is not None:
                 return self.routes[name]
         return self.routes.get(self.default) if self.default else None
+
+    def add_qr_prefix(self, prefix: str, route_name: str) -> None:
+        """QR payment-code prefix (merchant scans the customer's code) -> wallet route."""
+        if not prefix.isdigit() or not 1 <= len(prefix) <= 32:
+            raise ValueError(f"QR prefix {prefix!r} must be 1-32 digits")
+        if route_name not in self.routes:
+            raise ValueError(f"QR prefix {prefix}: unknown route {route_name!r}")
+        self._qr[prefix] = route_name
+        self._qr_lengths = sorted({len(p) for p in self._qr}, reverse=True)
+
+    def lookup_qr(self, code: str | None) -> Route | None:
+        """The wallet route of the longest QR prefix matching ``code``; None if none matches."""
+        if not code:
+            return None
+        for n in self._qr_lengths:
+            name = self._qr.get(code[:n])
+            if name is not None:
+                return self.routes[name]
+        return None
 
     def __len__(self) -> int:
         return len(self._bins)

@@ -308,6 +308,23 @@ class SimTerminal:
         self._remember(reply, "sale", amount)
         return reply
 
+    async def qr_sale(self, payment_code: str, amount: int) -> Reply:
+        """Merchant scans the customer's payment code: 0200 sale, 22 = 032, code in field 48."""
+        doc = self._base("0200", "000000", "22")
+        doc.update({"4": f"{amount:012d}", "25": "00", "49": "156", "22": "032", "48": payment_code})
+        reply = await self.send(doc, mac=True)
+        self._remember(reply, "sale", amount)
+        return reply
+
+    async def qr_void(self, original: Reply) -> Reply:
+        doc = self._base("0200", "200000", "23")
+        doc.update({"4": original.request["4"], "25": "00", "49": "156", "22": "032",
+                    "48": original.request["48"]})
+        self._original_ref(doc, original)
+        reply = await self.send(doc, mac=True)
+        self._remember(reply, "void", int(original.request["4"]))
+        return reply
+
     async def balance(self, card: SimCard, *, entry: str = "swipe", pin: str | None = None) -> Reply:
         doc = self._base("0200", "310000", "01")
         doc.update({"25": "00", "49": "156"})

@@ -29,6 +29,17 @@ log = logging.getLogger("switch.testbed")
 MERCHANT_ID = "898310048990001"
 #: BIN of the default test issuer ("cup") and of a second one ("intl") with foreign cards
 ISSUER_BINS = {"cup": ("621234",), "intl": ("4761",)}
+#: QR wallet users of the test wallet simulator: payment-code prefix -> how the customer confirms
+QR_USERS = {"134500000001": "auto", "134500000002": "password", "280000000003": "auto",
+            "134500000004": "decline", "134500000005": "never"}
+_qr_serial = iter(range(100000, 999999))
+
+
+def qr_code(prefix: str) -> str:
+    """A fresh (single-use) payment code of the test wallet user with ``prefix`` (WeChat 18 / Alipay 18 digits)."""
+    return f"{prefix}{next(_qr_serial):06d}"
+
+
 #: card index (per issuer) opened with a low balance, for "insufficient funds" (51) declines
 LOW_BALANCE_CARD = 4
 LOW_BALANCE = 5_000
@@ -70,18 +81,18 @@ class Stack:
     @classmethod
     async def start(cls, workdir: str | Path, *, terminals: int = 2, issuer_timeout: float = 3.0,
                     limits: Limits | None = None, metrics: bool = False, issuers: bool = True,
-                    key_mode: str = "003") -> Stack:
+                    key_mode: str = "003", qr_wait: float = 2.0) -> Stack:
         self = cls(Path(workdir))
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            await self._start(terminals, issuer_timeout, limits, metrics, issuers, key_mode)
+            await self._start(terminals, issuer_timeout, limits, metrics, issuers, key_mode, qr_wait)
         except BaseException:
             await self.stop()
             raise
         return self
 
     async def _start(self, n_terminals: int, issuer_timeout: float, limits: Limits | None, metrics: bool,
-                     issuers: bool, key_mode: str) -> None:
+                     issuers: bool, key_mode: str, qr_wait: float) -> None:
         from hsm_sim import lmk
         from hsm_sim.server import start_hsm
         from switch.hsm_client import HsmClient
@@ -105,7 +116,7 @@ class Stack:
         if issuers:
             await self._start_issuers(issuer_timeout)
         services = Services(self.registry, self.journal, Security(self.hsm, self.metrics), self.router,
-                            metrics=self.metrics, issuer_timeout=issuer_timeout)
+                            metrics=self.metrics, issuer_timeout=issuer_timeout, qr_wait=qr_wait, qr_poll=0.1)
         self.server = SwitchServer(Processor(services), limits, self.metrics)
         self.port = await self.server.start("127.0.0.1", 0)
 
@@ -141,6 +152,25 @@ class Stack:
             for b in bins:
                 self.router.add_bin(b, name)
             self.cards.extend(cards)
+        await self._start_wallets(issuer_timeout)
+
+    async def _start_wallets(self, issuer_timeout: float) -> None:
+        from issuer_sim.wallets import parse_wallets, start_wallets
+        from switch.issuer_link import IssuerLink
+
+        users = [{"code_prefix": prefix, "balance": 100_000_000, "confirm": confirm, "confirm_after": 0.2}
+                 for prefix, confirm in QR_USERS.items()]
+        handle = await start_wallets(parse_wallets({"wallet": {"expire_after": 5.0}, "wallet_users": users}),
+                                     host="127.0.0.1", port=0, ledger=str(self.workdir / "ledger-wallets.db"))
+        self.issuers["wallets"] = handle
+        self.issuer_ports["wallets"] = handle.port
+        link = IssuerLink("127.0.0.1", handle.port, name="wallets", timeout=issuer_timeout, reversal_retry=0.2,
+                          reversal_store=self.journal.reversal_store())
+        await link.start(wait=5.0)
+        self.links["wallets"] = link
+        self.router.add_route(Route("wallets", link, None, card_org="CUP"))
+        for prefix in ("10", "11", "12", "13", "14", "15", "25", "26", "27", "28", "29", "30"):
+            self.router.add_qr_prefix(prefix, "wallets")
 
     def card(self, issuer: str = "cup", n: int = 0) -> SimCard:
         prefix = ISSUER_BINS[issuer][0]

@@ -422,3 +422,45 @@ async def test_retransmitted_stan_is_duplicate_94(stack):
     again = await term.send(dict(first.request), mac=True)
     assert again.rc == "94"
     assert _ledger(stack).balance(card.pan) == before - 700
+
+
+# ---------------------------------------------------------------- QR payments
+
+async def test_qr_sale_paid_at_once_and_after_confirmation(stack):
+    from switch.testbed import qr_code
+
+    term = await stack.connected_terminal(0)
+    reply = await term.qr_sale(qr_code("134500000001"), 1200)
+    assert reply.rc == "00" and reply.mac_ok
+    row = await _row(stack, reply.rrn)
+    assert row.payment_method == "qr" and row.qr_order_no and row.state == "approved"
+    # the customer confirms with a password: the switch polls until paid
+    reply = await term.qr_sale(qr_code("134500000002"), 800)
+    assert reply.rc == "00"
+    # Alipay-style code
+    assert (await term.qr_sale(qr_code("280000000003"), 500)).rc == "00"
+
+
+async def test_qr_declined_never_confirmed_and_unknown(stack):
+    from switch.testbed import qr_code
+
+    term = await stack.connected_terminal(0)
+    assert (await term.qr_sale(qr_code("134500000004"), 100)).rc == "05"
+    never = await term.qr_sale(qr_code("134500000005"), 100)
+    assert never.rc == "98"  # gave up after qr_wait, order cancelled upstream
+    assert (await _row(stack, never.rrn)).state == "reversed"
+    assert (await term.qr_sale("990000000000000001", 100)).rc == "15"  # no wallet for this prefix
+
+
+async def test_qr_void_cancels_the_paid_order(stack):
+    from switch.testbed import qr_code
+
+    term = await stack.connected_terminal(0)
+    code = qr_code("134500000001")
+    sale = await term.qr_sale(code, 1500)
+    assert sale.rc == "00"
+    void = await term.qr_void(sale)
+    assert void.rc == "00" and void.mac_ok
+    assert (await _row(stack, sale.rrn)).state == "voided"
+    settle = await term.settle()
+    assert settlement_balanced(settle) is True

@@ -33,6 +33,8 @@ class Services:
     metrics: Any = None  # switch.metrics.SwitchMetrics | None
     acquirer_id: str = "48020000"
     issuer_timeout: float = 10.0
+    qr_wait: float = 30.0  # longest a QR sale waits for the customer's confirmation (inside the terminal timeout)
+    qr_poll: float = 3.0  # order status query interval while the customer confirms
     batch_seed: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from switch.flows import wire
+from switch.flows import qr, wire
 from switch.flows.context import RC, Context
 from switch.flows.upstream import Outcome, authorize, batch_of, fill_reply
 
@@ -38,6 +38,9 @@ async def balance(ctx: Context) -> None:
 
 
 async def sale(ctx: Context) -> None:
+    if qr.is_qr(ctx.req):
+        await qr.qr_sale(ctx)
+        return
     await _online(ctx, "sale")
 
 
@@ -74,6 +77,9 @@ async def _void(ctx: Context, txn_type: str, original_types: tuple[str, ...]) ->
         return
     if _amount(req) != int(orig.amount):
         ctx.fail(RC.AMOUNT_MISMATCH)
+        return
+    if orig.payment_method == "qr":
+        await qr.qr_void(ctx, orig)
         return
     out: Outcome = await authorize(ctx, txn_type, original=orig)
     if out.rc == RC.APPROVED:

@@ -33,6 +33,9 @@ async def refund(ctx: Context) -> None:
     if orig is None or orig.txn_type not in ("sale", "completion", "completion_advice"):
         ctx.fail(RC.ORIGINAL_NOT_FOUND)
         return
+    if orig.payment_method == "qr":  # QR orders are cancelled by a void (same batch), not refunded here
+        ctx.fail(RC.INVALID_TXN)
+        return
     if orig.state not in _REFUNDABLE_STATES:
         ctx.fail(RC.INVALID_TXN)
         return
