@@ -58,6 +58,17 @@ def test_pin_without_pan_is_iso0_with_zero_pan_field(crypto_impl: ModuleType) ->
     assert crypto_impl.pin_block_decode(H("06123456FFFFFFFF"), None, 0) == "123456"
 
 
+def test_short_pan_is_left_padded(crypto_impl: ModuleType) -> None:
+    # 8-digit PAN: the 7 digits before the check digit, right-aligned in the 12-digit PAN field
+    assert crypto_impl.pin_block_encode("1234", "12345678", 0) == bytes(
+        a ^ b for a, b in zip(H("041234FFFFFFFFFF"), H("0000000001234567"), strict=True)
+    )
+    assert (
+        crypto_impl.pin_block_decode(crypto_impl.pin_block_encode("1234", "12345678", 3), "12345678", 3)
+        == "1234"
+    )
+
+
 def test_iso1_and_ibm3624_layouts(crypto_impl: ModuleType) -> None:
     m = crypto_impl
     assert m.pin_block_encode("1234", None, m.PIN_ISO1, fill=H("0123456789ABCDEF")) == H("1412340123456789")
