@@ -61,9 +61,7 @@ async def run(cfg: Any, stop: asyncio.Event, drain: float = 10.0) -> None:
     links = []
     from switch.issuer_link import IssuerLink
 
-    for name, icfg in cfg.issuers.items():
-        if icfg.kind != "card":
-            continue  # QR wallets: not routed by this switch build yet
+    for name, icfg in cfg.issuers.items():  # card issuers and QR wallets alike
         link = IssuerLink(icfg.host, icfg.port, name=name, timeout=icfg.timeout, echo_interval=icfg.echo_interval,
                           reversal_store=journal.reversal_store())
         await link.start()
@@ -72,6 +70,9 @@ async def run(cfg: Any, stop: asyncio.Event, drain: float = 10.0) -> None:
     for prefix, name in cfg.routes.bins:
         if name in router.routes:
             router.add_bin(prefix, name)
+    for prefix, name in cfg.routes.qr:
+        if name in router.routes:
+            router.add_qr_prefix(prefix, name)
     if cfg.routes.default in router.routes:
         router.default = cfg.routes.default
     services = Services(registry, journal, Security(hsm, metrics), router, metrics=metrics,
@@ -79,9 +80,20 @@ async def run(cfg: Any, stop: asyncio.Event, drain: float = 10.0) -> None:
     limits = Limits(cfg.listener.max_frame, cfg.listener.max_in_flight, cfg.listener.idle_timeout)
     server = SwitchServer(Processor(services), limits, metrics)
     await server.start(cfg.listener.host, cfg.listener.port)
+
+    async def refresh_registry() -> None:  # pick up `posswitch terminals ...` changes (disable, rotate keys)
+        while True:
+            await asyncio.sleep(5.0)
+            try:
+                registry.refresh_if_changed()
+            except Exception as exc:
+                log.warning("registry refresh failed", extra=kv(error=str(exc)))
+
+    refresher = asyncio.get_running_loop().create_task(refresh_registry())
     try:
         await stop.wait()
     finally:
+        refresher.cancel()
         log.info("shutting down", extra=kv(in_flight=len(server.tasks)))
         await server.stop(drain_timeout=drain)
         for link in links:

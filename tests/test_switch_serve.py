@@ -44,6 +44,9 @@ async def test_serve_runs_from_config(tmp_path):
         "accounts": [{"pan": card.pan, "expiry": card.expiry, "balance": 100000, "psn": card.psn,
                       "pin": {"method": "pvv", "pvki": "1", "pvv": _pvv(card.pan, card.pin)}}],
     }), hsm=hsm)
+    from issuer_sim.wallets import parse_wallets, start_wallets
+
+    wallets = await start_wallets(parse_wallets({"wallet_users": [{"code_prefix": "134500000001", "balance": 10000}]}))
     tmk = crypto.set_odd_parity(bytes(range(16, 32)))
     port = _free_port()
     cfg_path = tmp_path / "switch.toml"
@@ -56,10 +59,15 @@ port = {hsm_port}
 [issuers.cup]
 port = {issuer.port}
 zpk_under_lmk = "{zpk}"
+[issuers.wallets]
+port = {wallets.port}
+kind = "wallet"
 [routes]
 default = "cup"
 [routes.bins]
 "62" = "cup"
+[routes.qr]
+"13" = "wallets"
 [journal]
 path = "{tmp_path / 'switch.db'}"
 pan_hash_key = "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F"
@@ -88,11 +96,13 @@ tmk_under_lmk = "{lmk.encrypt_under_lmk(tmk, 'TMK')}"
         assert reply.rc == "00" and reply.mac_ok
         # no BIN matches: the default route takes it and the issuer does not know the card
         assert (await term.sale(SimCard(pan="5100000000000008"), 10, entry="keyed")).rc == "14"
+        assert (await term.qr_sale("134500000001123456", 700)).rc == "00"
     finally:
         await term.close()
         stop.set()
         await asyncio.wait_for(task, 10)
         await issuer.close(close_ledger=True)
+        await wallets.close(close_ledger=True)
         await hsm.close()
         await hsm_server.close()
 
