@@ -767,3 +767,67 @@ def cmd_kq(hsm: Hsm, f: Fields) -> tuple[str, str]:
     plen = f.hexlen(2, "proprietary data length")
     prop = f.hex(2 * plen, "proprietary data")
     return "00", fc.emv_arpc_method2(sk, arqc, csu, prop).hex().upper()
+
+
+# ------------------------------------------------------------------------------ CVV, legacy MAC
+
+
+def _pan_until_delimiter(f: Fields) -> str:
+    at = f.off()
+    end = f.text.find(";", f.pos)
+    if end < 0:
+        raise CommandError("15", f"PAN: delimiter ';' missing after offset {at}")
+    pan = f.take(end - f.pos, "PAN")
+    f.pos += 1
+    if not (pan.isascii() and pan.isdigit() and 1 <= len(pan) <= 19):
+        raise CommandError("15", f"PAN at offset {at}: 1-19 digits")
+    return pan
+
+
+def _cvv_inputs(hsm: Hsm, f: Fields, with_cvv: bool) -> tuple[bytes, str, str, str, str]:
+    cvk = hsm.clear_key(f.key("CVK pair"), "402")
+    if len(cvk) != 16:
+        raise CommandError("27", "CVK pair must be double length")
+    given = f.digits(3, "CVV") if with_cvv else ""
+    pan = _pan_until_delimiter(f)
+    return cvk, given, pan, f.digits(4, "expiry date"), f.digits(3, "service code")
+
+
+@command("CW")
+def cmd_cw(hsm: Hsm, f: Fields) -> tuple[str, str]:
+    """Generate a CVV: CVK pair · PAN (up to 19N) · ';' · expiry 4N · service code 3N -> CVV 3N."""
+    cvk, _, pan, expiry, sc = _cvv_inputs(hsm, f, False)
+    return "00", fc.cvv(cvk, pan, expiry, sc)
+
+
+@command("CY")
+def cmd_cy(hsm: Hsm, f: Fields) -> tuple[str, str]:
+    """Verify a CVV: CVK pair · CVV 3N · PAN · ';' · expiry 4N · service code 3N."""
+    cvk, given, pan, expiry, sc = _cvv_inputs(hsm, f, True)
+    return ("00" if fc.mac_equal(fc.cvv(cvk, pan, expiry, sc).encode(), given.encode()) else "01"), ""
+
+
+def _x99(hsm: Hsm, f: Fields) -> bytes:
+    key = hsm.clear_key(f.key("TAK"), "003")
+    if len(key) != 8:
+        raise CommandError("27", "MA/MC need a single-length TAK")
+    return key
+
+
+@command("MA")
+def cmd_ma(hsm: Hsm, f: Fields) -> tuple[str, str]:
+    """Legacy X9.9 MAC: TAK (single) · data (binary, the rest of the message) -> MAC 8H."""
+    key = _x99(hsm, f)
+    data = f.text[f.pos :].encode("latin-1")
+    f.pos = len(f.text)
+    return "00", fc.mac_x99(key, data, length=4).hex().upper()
+
+
+@command("MC")
+def cmd_mc(hsm: Hsm, f: Fields) -> tuple[str, str]:
+    """Legacy X9.9 MAC verify: TAK (single) · MAC 8H · data (binary, the rest of the message)."""
+    key = _x99(hsm, f)
+    mac = f.hex(8, "MAC")
+    data = f.text[f.pos :].encode("latin-1")
+    f.pos = len(f.text)
+    return ("00" if fc.mac_equal(fc.mac_x99(key, data, length=4), mac) else "01"), ""

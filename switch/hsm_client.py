@@ -503,6 +503,17 @@ class HsmClient:
         err, _ = await self._call(command, body, ok=("00", "01"))
         return err == "00"
 
+    # -- CVV -------------------------------------------------------------------------------------
+    async def generate_cvv(self, cvk: str, pan: str, expiry: str, service_code: str) -> str:
+        """``CW``: CVV/CVC (CVV2 with service code ``000``); ``expiry`` as on the card (YYMM)."""
+        _, f = await self._call("CW", f"{cvk}{pan};{expiry}{service_code}".encode())
+        return f.decode()
+
+    async def verify_cvv(self, cvk: str, pan: str, expiry: str, service_code: str, cvv: str) -> bool:
+        """``CY``: True if ``cvv`` matches."""
+        err, _ = await self._call("CY", f"{cvk}{cvv}{pan};{expiry}{service_code}".encode(), ok=("00", "01"))
+        return err == "00"
+
     # -- MAC -------------------------------------------------------------------------------------
     def _mac_body(self, mode: str, tak: str, data: bytes, algorithm: str, padding: str | None, key_type: str) -> bytes:
         try:

@@ -30,6 +30,7 @@ CLEAR = {
     "ZAK": set_odd_parity(bytes.fromhex("A1B2C3D4E5F60718293A4B5C6D7E8F90")),
     "BDK": set_odd_parity(bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")),
     "MK-AC": set_odd_parity(bytes.fromhex("9E15204313F7318ACB79B90BD986AD29")),
+    "CVK": set_odd_parity(bytes.fromhex("7A3C5E1F0B2D4E6F8091A2B3C4D5E6F7")),
 }
 PINS = ["739164", "58203917", "864205"]
 PAN = "6225880123456789"
@@ -116,6 +117,12 @@ async def test_no_clear_secret_in_replies_or_logs(captured_logs: io.StringIO) ->
         for arqc in (bytes(8), bytes.fromhex("4B46013359B7A58B")):
             await c.verify_arqc(k["MK-AC"], PAN, "01", b"\0\1", arqc, b"data" * 8, un=b"\1\2\3\4")
             await c.verify_arqc(k["MK-AC"], PAN, "01", b"\0\1", arqc, b"data", arpc_method=2)
+        cvv = await c.generate_cvv(k["CVK"], PAN, "2912", "101")
+        await c.verify_cvv(k["CVK"], PAN, "2912", "101", cvv)
+        await c.verify_cvv(k["CVK"], PAN, "2912", "101", "999" if cvv != "999" else "000")
+        err, mac4 = await c.request("MA", k["TAK"].encode() + b"legacy data")
+        await c.request("MC", k["TAK"].encode() + mac4 + b"legacy data")
+        await c.request("MC", k["TAK"].encode() + b"00000000" + b"legacy data")
         # error paths: wrong PAN (bad PIN block), wrong key type, bad parity, max length
         failures = [
             c.translate_pin_tpk_to_zpk(k["TPK"], k["ZPK"], pin_blocks[1], "4111111111111111"),

@@ -470,3 +470,24 @@ async def test_x919_with_single_length_mak_is_k_k(hsm: HsmClient) -> None:
     mac = await hsm.generate_mac(tak, data, algorithm="x9.19")
     assert mac[:4].hex().upper() == "D3CED761"  # pos-8583-dialect §12: X9.19 with K||K
     assert await hsm.verify_mac(tak, data, mac, algorithm="x9.19")
+
+
+@pytest.mark.parametrize(
+    "pan,expiry,sc,want", [("4123456789012345", "8701", "101", "561"), ("4999988887777", "9105", "111", "649")]
+)
+async def test_cw_cy_cvv_1(hsm: HsmClient, pan: str, expiry: str, sc: str, want: str) -> None:
+    cvk = encrypt_under_lmk(K2, "CVK")
+    assert await hsm.generate_cvv(cvk, pan, expiry, sc) == want
+    assert await hsm.verify_cvv(cvk, pan, expiry, sc, want) is True
+    assert await hsm.verify_cvv(cvk, pan, expiry, sc, "000" if want != "000" else "111") is False
+    err, _ = await hsm.request("CW", f"{cvk}{pan}{expiry}{sc}".encode())  # no ';'
+    assert err == "15"
+
+
+async def test_ma_mc_legacy_x99(hsm: HsmClient) -> None:
+    tak = encrypt_under_lmk(bytes.fromhex("E9CB01B93B20914F"), "TAK")
+    data = bytes.fromhex("676976656D65534F4D454D4143696E67")
+    assert await hsm.request("MA", tak.encode() + data) == ("00", b"170C2BDB")  # MAC-MA
+    assert await hsm.request("MC", tak.encode() + b"170C2BDB" + data) == ("00", b"")
+    assert (await hsm.request("MC", tak.encode() + b"170C2BDC" + data))[0] == "01"
+    assert (await hsm.request("MA", encrypt_under_lmk(K2, "TAK").encode() + data))[0] == "27"
