@@ -66,6 +66,7 @@ class Receipt:
     tc: str = ""  # transaction certificate (hex) for chip sales
     result: str = "approved"  # approved / declined
     reference: str = ""  # QR order number, if any
+    qr_payload: str = ""  # e-receipt / query link printed as a native QR code (GS ( k) at the bottom
 
     def __repr__(self) -> str:
         return f"Receipt(pan={mask_pan(self.pan)}, amount_fen={self.amount_fen}, rrn={self.rrn})"
@@ -147,6 +148,10 @@ def render(printer: Escpos, r: Receipt, copy: str = "merchant", *, chinese_mode:
             printer.set(align="left", bold=False, normal_textsize=True)
         printer.text(text + "\n")
     printer.set(align="left", bold=False, normal_textsize=True)
+    if r.qr_payload:
+        printer.set(align="center")
+        printer.qr(r.qr_payload, size=5, native=True)
+        printer.set(align="left")
     if cut:
         printer.cut()
 

@@ -4,11 +4,15 @@ a network printer over a real local TCP listener, file printer and printer self-
 from __future__ import annotations
 
 import datetime
+import shutil
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
+import serial
 from escpos.printer import Dummy
 
 from terminal_bridge.devices import DeviceError, EntryMode
@@ -167,3 +171,44 @@ def test_file_printer_and_bad_urls(tmp_path) -> None:
     free.close()
     with pytest.raises(DeviceError, match=f"printer tcp://127.0.0.1:{port}"):
         open_printer(f"tcp://127.0.0.1:{port}", timeout=2)
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat not installed (scripts/apt-packages.txt)")
+def test_serial_printer_through_pty_pair(tmp_path) -> None:
+    """python-escpos Serial into one end of a socat pty pair, the 'printer' reads the other end."""
+    pos, prn = tmp_path / "ttyPOS", tmp_path / "ttyPRN"
+    proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={pos}", f"pty,raw,echo=0,link={prn}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if pos.exists() and prn.exists():
+                break
+            time.sleep(0.02)
+        reader = serial.Serial(str(prn), 9600, timeout=0.2)
+        printer = open_printer(f"serial:{pos}?baudrate=9600")
+        EscPosReceiptPrinter(printer).print_receipt(R, copies=("customer",))
+        expected = Dummy()
+        render(expected, R, "customer")
+        got = bytearray()
+        for _ in range(100):
+            got += reader.read(4096)
+            if len(got) >= len(expected.output):
+                break
+        printer.close()
+        reader.close()
+        assert bytes(got) == expected.output
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_native_qr_on_receipt() -> None:
+    import dataclasses
+
+    url = "https://pos.example.cn/r/261122000042?商户=898310048990001"
+    p = Dummy()
+    render(p, dataclasses.replace(R, qr_payload=url), "customer")
+    cmds, _ = decode_escpos(p.output)
+    stored = [d for c, d in cmds if c == b"\x1d(k" and d[:2] == b"\x31\x50"]  # cn=49 fn=80: store data
+    assert len(stored) == 1 and stored[0][3:].decode("utf-8") == url
+    assert any(c == b"\x1d(k" and d[:2] == b"\x31\x51" for c, d in cmds)  # fn=81: print
