@@ -48,8 +48,6 @@ async def run(cfg: Any, stop: asyncio.Event, drain: float = 10.0) -> None:
     registry = TerminalRegistry.open(cfg.journal.path)
     registry.store.load_from_config(cfg.merchants, cfg.terminals)
     registry.reload()
-    journal = await Journal.open(cfg.journal.path, cfg.journal.pan_hash_key,
-                                 group_commit_ms=cfg.journal.group_commit_ms, synchronous=cfg.journal.synchronous)
     metrics = None
     if cfg.metrics.enabled:
         from switch.metrics import SwitchMetrics
@@ -57,13 +55,16 @@ async def run(cfg: Any, stop: asyncio.Event, drain: float = 10.0) -> None:
         metrics = SwitchMetrics()
         mport = await metrics.start(cfg.metrics.host, cfg.metrics.port)
         log.info("metrics", extra=kv(url=f"http://{cfg.metrics.host}:{mport}/metrics"))
+    journal = await Journal.open(cfg.journal.path, cfg.journal.pan_hash_key,
+                                 group_commit_ms=cfg.journal.group_commit_ms, synchronous=cfg.journal.synchronous,
+                                 on_commit=metrics.journal_commit_hook() if metrics is not None else None)
     router = Router()
     links = []
     from switch.issuer_link import IssuerLink
 
     for name, icfg in cfg.issuers.items():  # card issuers and QR wallets alike
         link = IssuerLink(icfg.host, icfg.port, name=name, timeout=icfg.timeout, echo_interval=icfg.echo_interval,
-                          reversal_store=journal.reversal_store())
+                          reversal_store=journal.reversal_store(), metrics=metrics)
         await link.start()
         links.append(link)
         router.add_route(Route(name, link, icfg.zpk_under_lmk or None))

@@ -102,13 +102,14 @@ class Stack:
         self.hsm_server, self.hsm_port = await start_hsm("127.0.0.1", 0)
         self.hsm = await HsmClient.connect("127.0.0.1", self.hsm_port, timeout=5.0)
         self.registry = TerminalRegistry.open(str(self.workdir / "registry.db"))
-        self.journal = await Journal.open(str(self.workdir / "journal.db"), b"posswitch test pan hash key!",
-                                          synchronous="NORMAL")
         if metrics:
             from switch.metrics import SwitchMetrics
 
             self.metrics = SwitchMetrics()
             self.metrics_port = await self.metrics.start("127.0.0.1", 0)
+        self.journal = await Journal.open(str(self.workdir / "journal.db"), b"posswitch test pan hash key!",
+                                          synchronous="NORMAL",
+                                          on_commit=self.metrics.journal_commit_hook() if metrics else None)
         self.n_terminals = n_terminals
         for i in range(n_terminals):
             self.registry.add(terminal_id(i), MERCHANT_ID, lmk.encrypt_under_lmk(test_tmk(i), "TMK"),
@@ -145,7 +146,8 @@ class Stack:
             self.issuers[name] = handle
             self.issuer_ports[name] = handle.port
             link = IssuerLink("127.0.0.1", handle.port, name=name, timeout=issuer_timeout,
-                              reversal_retry=0.2, reversal_store=self.journal.reversal_store())
+                              reversal_retry=0.2, reversal_store=self.journal.reversal_store(),
+                              metrics=self.metrics)
             await link.start(wait=5.0)
             self.links[name] = link
             self.router.add_route(Route(name, link, zpk.under_lmk, card_org=org))
@@ -165,7 +167,7 @@ class Stack:
         self.issuers["wallets"] = handle
         self.issuer_ports["wallets"] = handle.port
         link = IssuerLink("127.0.0.1", handle.port, name="wallets", timeout=issuer_timeout, reversal_retry=0.2,
-                          reversal_store=self.journal.reversal_store())
+                          reversal_store=self.journal.reversal_store(), metrics=self.metrics)
         await link.start(wait=5.0)
         self.links["wallets"] = link
         self.router.add_route(Route("wallets", link, None, card_org="CUP"))

@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - until the issuer link lands
 log = logging.getLogger("switch.flows")
 
 #: journal txn type -> (H2H MTI, processing code) of the original request
-_H2H_CODES = {kind.value: codes[:2] for kind, codes in h2h._KIND_CODES.items()}
+_H2H_CODES = {kind.value: codes[:2] for kind, codes in h2h.KIND_CODES.items()}
 
 #: 60.1 / entry mode -> payment method label for the journal
 _METHOD = {"01": "keyed", "02": "swipe", "05": "chip", "07": "contactless", "03": "qr", "98": "contactless"}
