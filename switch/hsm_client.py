@@ -10,7 +10,8 @@ Writes are coalesced: requests issued during one event-loop turn leave in a sing
 but keeps its slot in the in-order queue (its late reply is read and dropped); a
 connection whose oldest request is overdue by ``4 x timeout`` is considered hung and is
 closed.  A lost connection fails what was in flight with :class:`HsmUnavailable`; the
-next request reconnects.
+next request reconnects (after a failed connect, requests fail fast for
+``reconnect_delay`` seconds instead of each trying again).
 
 Keys are passed as their LMK-encrypted key fields (``"U" + 32 hex``, 16 hex single,
 ``"T" + 48 hex``); clear keys and clear PINs never exist on this side.  Error replies raise
@@ -253,26 +254,52 @@ class _Connection(asyncio.Protocol):
 class HsmClient:
     """Typed payShield host-command client; see the module docstring for the pipelining model."""
 
-    def __init__(self, host: str, port: int, *, header_len: int = 4, timeout: float = 2.0, pool_size: int = 1) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        header_len: int = 4,
+        timeout: float = 2.0,
+        pool_size: int = 1,
+        reconnect_delay: float = 0.25,
+    ) -> None:
         self.host = host
         self.port = port
         self.header_len = header_len
         self.timeout = timeout
         self.pool_size = max(1, pool_size)
+        #: after a failed connect, requests on that slot fail fast for this long (no connect storm)
+        self.reconnect_delay = reconnect_delay
         self._conns: list[_Connection | None] = [None] * self.pool_size
         self._connecting: list[asyncio.Future[_Connection] | None] = [None] * self.pool_size
+        self._down_until: list[float] = [0.0] * self.pool_size
         self._rr = 0
         self._closed = False
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, *, header_len: int = 4, timeout: float = 2.0, pool_size: int = 1
+        cls,
+        host: str,
+        port: int,
+        *,
+        header_len: int = 4,
+        timeout: float = 2.0,
+        pool_size: int = 1,
+        reconnect_delay: float = 0.25,
     ) -> HsmClient:
         """Open the connection(s) now (so a wrong address fails here, not at the first request)."""
-        self = cls(host, port, header_len=header_len, timeout=timeout, pool_size=pool_size)
+        self = cls(
+            host, port, header_len=header_len, timeout=timeout, pool_size=pool_size, reconnect_delay=reconnect_delay
+        )
         for i in range(self.pool_size):
             await self._open(i, "connect")
         return self
+
+    @property
+    def is_up(self) -> bool:
+        """True while at least one connection is open (for health checks)."""
+        return any(c is not None and not c.closed for c in self._conns)
 
     async def close(self) -> None:
         self._closed = True
@@ -299,6 +326,8 @@ class HsmClient:
         if pending is not None:
             return await asyncio.shield(pending)
         loop = asyncio.get_running_loop()
+        if loop.time() < self._down_until[i]:
+            raise HsmUnavailable(command, f"{self.host}:{self.port} unreachable, retrying shortly")
         fut: asyncio.Future[_Connection] = loop.create_future()
         self._connecting[i] = fut
         try:
@@ -310,6 +339,8 @@ class HsmClient:
             log.info("hsm connected", extra=kv(host=self.host, port=self.port, slot=i))
             return conn
         except (TimeoutError, OSError) as exc:
+            self._down_until[i] = loop.time() + self.reconnect_delay
+            log.warning("hsm connect failed", extra=kv(host=self.host, port=self.port, reason=str(exc)))
             err = HsmUnavailable(command, f"cannot connect to {self.host}:{self.port}: {exc}")
             fut.set_exception(err)
             fut.exception()  # retrieved: nobody else may be waiting

@@ -177,15 +177,20 @@ async def test_out_of_sequence_reply_fails_fast() -> None:
 
 async def test_connect_refused_and_reconnect_after_server_restart() -> None:
     server, port = await start_hsm("127.0.0.1", 0)
-    c = await HsmClient.connect("127.0.0.1", port, timeout=1)
-    assert await c.echo(b"1") == b"1"
+    c = await HsmClient.connect("127.0.0.1", port, timeout=1, reconnect_delay=0.3)
+    assert await c.echo(b"1") == b"1" and c.is_up
     await server.close()
     await asyncio.sleep(0.05)
-    with pytest.raises(HsmUnavailable):
+    assert not c.is_up
+    with pytest.raises(HsmUnavailable, match="cannot connect"):
         await c.echo(b"2")
     server, _ = await start_hsm("127.0.0.1", port)
     try:
-        assert await c.echo(b"3") == b"3"
+        with pytest.raises(HsmUnavailable, match="retrying shortly"):  # within the back-off: no new attempt
+            await c.echo(b"3")
+        assert len(server.connections) == 0
+        await asyncio.sleep(0.35)
+        assert await c.echo(b"4") == b"4" and c.is_up
     finally:
         await c.close()
         await server.close()
