@@ -433,11 +433,10 @@ def cmd_a6(hsm: Hsm, f: Fields) -> tuple[str, str]:
     clear = _import(zmk, pk)
     if not has_odd_parity(clear):
         raise CommandError("11", "imported key parity error")
-    if scheme not in ("Z", "U", "T") or SCHEME_PARTS[scheme] != len(pk.parts):
-        scheme = DEFAULT_SCHEME[len(pk.parts)] if scheme in ("Z", "U", "T") else scheme
-        if scheme not in ("Z", "U", "T"):
-            raise CommandError("26", f"key scheme (LMK) {scheme!r}")
-    return "00", hsm.key_under_lmk(clear, kt, scheme) + _kcv6(clear)
+    if scheme not in ("Z", "U", "T"):
+        raise CommandError("26", f"key scheme (LMK) {scheme!r}")
+    # Z/U/T each fit exactly one key length: the imported key's length decides
+    return "00", hsm.key_under_lmk(clear, kt, DEFAULT_SCHEME[len(pk.parts)]) + _kcv6(clear)
 
 
 @command("A8")
@@ -588,7 +587,7 @@ def cmd_g0(hsm: Hsm, f: Fields) -> tuple[str, str]:
 
 
 def _lmk_pin_key(hsm: Hsm) -> bytes:
-    return hsm.lmk._pairs[1]  # LMK pair 02-03 encrypts PINs for host storage
+    return hsm.lmk.pair("02")  # LMK pair 02-03 encrypts PINs for host storage
 
 
 @command("JE")

@@ -247,6 +247,13 @@ class Lmk:
         self._check_value = ecb_cipher(self._pairs[0]).encrypt(bytes(8)).hex().upper()
 
     # -- pairs and their ciphers --------------------------------------------------------------
+    def pair(self, first: str) -> bytes:
+        """The clear LMK pair named by its first number (``"02"`` -> pair 02-03); HSM-internal use."""
+        index, rem = divmod(int(first), 2)
+        if rem or not 0 <= index < 20:
+            raise LmkError("13", f"no LMK pair {first!r}")
+        return self._pairs[index]
+
     def pair_index(self, key_type: str) -> int:
         return PAIR_CODE_TO_INDEX[key_type[1:]]
 

@@ -236,3 +236,19 @@ async def test_error_reply_is_typed() -> None:
                 await c.generate_mac("0" * 16, b"x", algorithm="nope")
     finally:
         await server.close()
+
+
+async def test_many_clients_at_once_each_get_their_own_answers() -> None:
+    server, port = await start_hsm("127.0.0.1", 0)
+    try:
+        clients = [await HsmClient.connect("127.0.0.1", port) for _ in range(10)]
+        payloads = [[b"c%02d-%03d" % (i, j) for j in range(100)] for i in range(10)]
+        results = await asyncio.gather(
+            *(asyncio.gather(*(c.echo(p) for p in ps)) for c, ps in zip(clients, payloads, strict=True))
+        )
+        assert [list(r) for r in results] == payloads
+        assert len(server.connections) == 10
+        for c in clients:
+            await c.close()
+    finally:
+        await server.close()
