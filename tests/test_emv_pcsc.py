@@ -125,3 +125,35 @@ def test_contactless_reader_through_pcscd(inserted: tuple[SoftCard, PcscTranspor
     assert txn.card.entry_mode == EntryMode.CONTACTLESS
     assert k.second_generate_ac(txn, "00", _verify_and_answer(f55, txn.card.pan, txn.card.psn)).approved
     assert card.log[0][5:19] == b"2PAY.SYS.DDF01"
+
+
+def test_cli_read_card(inserted: tuple[SoftCard, PcscTransport], capsys: pytest.CaptureFixture[str]) -> None:
+    from switch.cli import main as posswitch
+
+    _, transport = inserted
+    transport.close()  # the CLI opens its own connection
+    assert posswitch(["terminal", "read-card", "--reader", CONTACT, "--amount", "12.34"]) == 0
+    out = capsys.readouterr().out
+    assert "621234******1232" in out and "6212345678901232" not in out
+    assert "A000000333010101 UnionPay Debit" in out and "9F26(8)" in out and "CID 00" in out
+
+
+def test_cli_softcard(pcscd: None, capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    from switch.cli import main as posswitch
+
+    rc: list[int] = []
+    t = threading.Thread(target=lambda: rc.append(posswitch(
+        ["terminal", "softcard", "--port", "35964", "--pan", "6212340000000000006", "--psn", "02",
+         "--contactless", "--seconds", "3"])))
+    t.start()
+    try:
+        transport = _connect(CONTACTLESS)
+        txn = EmvKernel(transport, contactless=True).start(1)
+        assert txn.card.pan == "6212340000000000006" and txn.card.psn == "02"
+        transport.close()
+    finally:
+        t.join(timeout=10)
+    assert rc == [0]
+    assert "6212340000000000006" not in capsys.readouterr().out
