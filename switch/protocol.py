@@ -37,7 +37,7 @@ class Limits:
 
 class TerminalProtocol(asyncio.Protocol):
     __slots__ = ("server", "limits", "transport", "peer", "in_flight", "closed",
-                 "_splitter", "_paused", "_idle", "_last_rx", "_loop")
+                 "_splitter", "_paused", "_eof", "_idle", "_last_rx", "_loop")
 
     def __init__(self, server: SwitchServer, limits: Limits) -> None:
         self.server = server
@@ -48,6 +48,7 @@ class TerminalProtocol(asyncio.Protocol):
         self.closed = False
         self._splitter = FrameSplitter(limits.max_frame, MIN_FRAME)
         self._paused = False
+        self._eof = False
         self._idle: asyncio.TimerHandle | None = None
         self._last_rx = 0.0
         self._loop = asyncio.get_running_loop()
@@ -82,6 +83,7 @@ class TerminalProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         # half-close: let in-flight replies go out, then close
+        self._eof = True
         if self.in_flight == 0 and self.transport is not None:
             self.transport.close()
         return True
@@ -104,8 +106,8 @@ class TerminalProtocol(asyncio.Protocol):
         if self._paused and self.in_flight < self.limits.max_in_flight and self.transport and not self.closed:
             self._paused = False
             self.transport.resume_reading()
-        if self.in_flight == 0 and self.transport is not None and self.transport.is_closing() is False \
-                and self.server.draining:
+        if self.in_flight == 0 and self.transport is not None and not self.transport.is_closing() \
+                and (self.server.draining or self._eof):
             self.transport.close()
 
     def write(self, data: bytes) -> None:

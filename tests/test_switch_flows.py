@@ -464,3 +464,28 @@ async def test_qr_void_cancels_the_paid_order(stack):
     assert (await _row(stack, sale.rrn)).state == "voided"
     settle = await term.settle()
     assert settlement_balanced(settle) is True
+
+
+async def test_reversal_while_sale_still_waits_for_the_issuer(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 3)
+    before = _ledger(stack).balance(card.pan)
+    stack.issuers["cup"].faults.add(action="delay", delay=0.3, amount=3131, times=1)
+    sale = asyncio.create_task(term.sale(card, 3131, entry="contactless"))
+    for _ in range(250):
+        if stack.server.tasks:
+            break
+        await asyncio.sleep(0.01)
+    req = next(iter(term._pending))  # (MTI, STAN) of the sale in flight
+    rev = await term.reversal({**_last_request(term, req[1])}, "98")
+    assert rev.rc == "00"
+    late = await sale  # the approval came after the reversal: the switch reverses it upstream
+    assert late.rc == "98"
+    assert await _wait_for(lambda: _ledger(stack).balance(card.pan) == before)
+    rows = await stack.journal.rows_between(0, 1e12)
+    assert [r.state for r in rows if r.amount == 3131] == ["reversed"]
+
+
+def _last_request(term, stan):
+    return {"t": "0200", "3": "000000", "4": "000000003131", "11": stan, "22": "072", "25": "00", "49": "156",
+            "41": term.tid, "42": term.mid, "60": f"22{term.batch:06d}0006"}

@@ -44,7 +44,9 @@ async def reversal(ctx: Context) -> None:
         if orig.txn_type in ("void", "preauth_void", "completion_void") and orig.original_id:
             await journal.update_state(orig.original_id, "approved")
         log.info("reversed", extra=kv(tid=term.tid, stan=stan, rrn=orig.rrn, reason=req.get("39")))
-    else:  # declined, or never answered upstream (the issuer link reverses those itself)
+    else:  # declined, timed out (the link reversed it upstream) or still waiting for the issuer
+        if orig.state in ("sent", "received"):
+            svc.reversed_in_flight.add(orig.id)  # authorize() reverses it upstream if it gets approved
         await journal.update_state(orig.id, "reversed")
     reply = ctx.start_reply(reply_rc)
     reply["15"] = reply["13"]

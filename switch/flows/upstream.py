@@ -128,6 +128,13 @@ async def authorize(ctx: Context, txn_type: str, *, mti_up: str | None = None, a
                 pass
     rc = resp.get("39", RC.SYSTEM_ERROR)
     auth = resp.get("38", "")
+    if txn_id in svc.reversed_in_flight:  # the terminal reversed it while we waited for the issuer
+        svc.reversed_in_flight.discard(txn_id)
+        if rc in h2h.APPROVED:
+            await route.link.reverse({**up, "11": resp.get("11", up.get("11", "")), "7": resp.get("7", up.get("7", ""))},
+                                     "98")
+        await journal.update_state(txn_id, "reversed", response_code=rc)
+        return Outcome(RC.ISSUER_TIMEOUT if rc in h2h.APPROVED else rc, txn_id, rrn, route=route)
     if rc == RC.APPROVED:
         extra = {"card_org": resp["63"][:3]} if len(resp.get("63", "")) >= 3 else {}
         await journal.commit_approval(txn_id, rrn=rrn, auth_code=auth, response_code=rc,
