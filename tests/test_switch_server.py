@@ -154,3 +154,40 @@ async def test_hex_nibbles_in_amount_get_30_with_echoed_keys(stack):
     reply = await term.send(doc, mac=True)
     assert reply.rc == "30"
     assert reply.doc["11"] == doc["11"] and reply.doc["41"] == doc["41"]
+
+
+async def test_mutated_frames_never_break_the_switch(stack):
+    """300 frames mutated from a valid MACed sale (bit flips, truncation, garbage tails), each on its
+    own connection: every one gets a reply or a closed connection, and a good terminal keeps working."""
+    import random
+
+    rng = random.Random(1234)
+    good = await stack.connected_terminal(1)
+    term = await stack.connected_terminal(0)
+    card = stack.card()
+    doc = term._base("0200", "000000", "22")
+    doc.update({"4": "000000000100", "25": "00", "49": "156", "35": card.track2, "22": "022"})
+    body = bytearray(term.encode(doc, mac=True))
+    answered = closed = 0
+    for _ in range(300):
+        b = bytearray(body)
+        kind = rng.random()
+        if kind < 0.5:
+            for _ in range(rng.randint(1, 4)):
+                b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+        elif kind < 0.8:
+            b = b[: rng.randrange(2, len(b))]
+        else:
+            b += bytes(rng.randrange(256) for _ in range(rng.randint(1, 20)))
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+        writer.write(wire.frame_bytes(DEFAULT_TPDU, DEFAULT_HEADER, bytes(b)))
+        try:
+            head = await asyncio.wait_for(reader.readexactly(2), 5.0)
+            payload = await reader.readexactly(int.from_bytes(head, "big"))
+            wire.decode(wire.Frame.parse(payload).body)  # every reply is itself well-formed
+            answered += 1
+        except (asyncio.IncompleteReadError, ConnectionError):
+            closed += 1
+        writer.close()
+    assert answered + closed == 300 and answered > 100
+    assert (await good.sale(card, 100, entry="contactless")).rc == "00"
