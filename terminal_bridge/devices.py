@@ -41,7 +41,7 @@ class EntryMode(enum.Enum):
     QR = "03"
     CHIP = "05"
     CONTACTLESS = "07"
-    FALLBACK = "02"  # magstripe after a chip failure; 60.5 = 2 tells them apart
+    # a fallback swipe after a chip failure is MAGSTRIPE ("02") with 60.5 = "2"
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,8 @@ class EmvKernel:
         }
         aid, fci = self._select_application()
         tags["84"] = aid
-        tags.update(_safe_flatten(fci, "SELECT AID"))
+        for tag, value in _safe_flatten(fci, "SELECT AID").items():
+            tags.setdefault(tag, value)  # card data never overrides terminal data (9F02, 9F37, ...)
         pdol = emv_tlv.parse_dol(tags["9F38"]) if "9F38" in tags else []
         pdol_data = emv_tlv.build_dol_data(pdol, tags)
         gpo = self._cmd("GET PROCESSING OPTIONS",
@@ -158,6 +159,8 @@ class EmvKernel:
                 for tag, value in _safe_flatten(data, f"READ RECORD {sfi}/{rec}").items():
                     tags.setdefault(tag, value)
         card = self._card_data(tags)
+        if self.contactless:
+            card.entry_mode = EntryMode.CONTACTLESS
         self._risk(tags, now)
         log.info("card read", extra=kv(pan=card.pan, aid=aid.hex().upper(), contactless=self.contactless))
         return EmvTransaction(card=card, contactless=self.contactless, tags=tags)
@@ -227,8 +230,6 @@ class EmvKernel:
 
     def first_generate_ac(self, txn: EmvTransaction, *, pin_entered: bool = False) -> bytes:
         """Ask the card for an ARQC; returns (and stores in ``txn.field55``) the request field 55."""
-        if txn.contactless:
-            txn.card.entry_mode = EntryMode.CONTACTLESS
         tags = txn.tags
         tags["9F34"] = bytes.fromhex("420300" if pin_entered else "1F0002")  # online PIN / no CVM
         if pin_entered:

@@ -268,3 +268,22 @@ def test_property_any_card_any_amount(pan: str, psn: int, amount: int, other: in
     done = k.second_generate_ac(txn, rc, reply)
     assert done.approved is approve and done.cid == (0x40 if approve else 0x00)
     assert done.issuer_authenticated and done.reversal_reason is None
+
+
+class _GreedyCard(SoftCard):
+    """A card whose FCI and records try to overwrite terminal data (amount, UN, country)."""
+
+    def process(self, apdu: bytes) -> bytes:
+        resp = super().process(apdu)
+        if apdu[1] in (0xA4, 0xB2) and resp[-2:] == b"\x90\x00" and resp[:1] in (b"\x6f", b"\x70"):
+            extra = emv_tlv.tl("9F02", bytes.fromhex("999999999999")) + emv_tlv.tl("9F37", b"\xff" * 4)
+            inner = next(emv_tlv.iter_tlv(resp[:-2]))[1] + extra
+            return emv_tlv.tl(resp[:1].hex(), inner) + b"\x90\x00"
+        return resp
+
+
+def test_card_cannot_override_terminal_data() -> None:
+    k = EmvKernel(DirectTransport(_GreedyCard()), clock=lambda: NOW, unpredictable=lambda n: UN[:n])
+    txn = k.start(1234)
+    assert txn.tags["9F02"] == bytes.fromhex("000000001234") and txn.tags["9F37"] == UN
+    assert txn.card.entry_mode == EntryMode.CHIP
