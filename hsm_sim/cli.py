@@ -28,7 +28,11 @@ def _listen(value: str) -> tuple[str, int]:
 
 
 def _serve_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="posswitch hsm", description="payShield-style HSM simulator (test keys only)")
+    p = argparse.ArgumentParser(
+        prog="posswitch hsm",
+        description="payShield-style HSM simulator (test keys only)",
+        epilog="provisioning: posswitch hsm form-key --type TMK --clear HEX (see form-key --help); docs/hsm.md",
+    )
     p.add_argument("--listen", type=_listen, default=("127.0.0.1", 1500), help="HOST:PORT (default 127.0.0.1:1500)")
     p.add_argument("--keys", help="key database file (JSON, written atomically)")
     p.add_argument("--header-len", type=int, default=4, help="message header length echoed back (default 4)")
