@@ -205,18 +205,27 @@ class SqliteWriter:
         self._thread.start()
 
     def submit(self, fn: Callable[[sqlite3.Connection], Any]) -> concurrent.futures.Future[Any]:
-        """Queue ``fn(conn)``; the future resolves with its result after the COMMIT that includes it."""
+        """Queue ``fn(conn)`` from any thread; the future resolves after the COMMIT that includes it."""
         if not self._started:
             raise JournalError("journal: store is not started")
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._queue.put((fn, fut))
+        self._queue.put((fn, fut, None))
         return fut
 
     async def run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Submit and await the commit.  Cancelling the caller does not cancel the write: once handed to
-        the journal, a record of what happened (e.g. an issuer approval) is kept even if the terminal
-        connection that was waiting for it has gone."""
-        return await asyncio.shield(asyncio.wrap_future(self.submit(fn)))
+        """Queue ``fn(conn)`` from the event loop and await the commit.
+
+        Results are handed back with one ``call_soon_threadsafe`` per commit (not one per write).
+        Cancelling the caller does not cancel the write: once handed to the journal, a record of what
+        happened (e.g. an issuer approval) is kept even if the terminal connection waiting for it went.
+        """
+        if not self._started:
+            raise JournalError("journal: store is not started")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        fut.add_done_callback(_consume)
+        self._queue.put((fn, fut, loop))
+        return await asyncio.shield(fut)
 
     def is_alive(self) -> bool:
         return self._started and self._thread.is_alive()
@@ -265,22 +274,22 @@ class SqliteWriter:
 
     def _execute(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
         t0 = time.perf_counter()
-        outcomes: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
+        outcomes: list[tuple[Any, Any, Any, BaseException | None]] = []  # (future, loop, result, error)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for fn, fut in batch:
-                if not fut.set_running_or_notify_cancel():
-                    continue  # the caller gave up (task cancelled) before the write started: skip it
+            for fn, fut, loop in batch:
+                if loop is None and not fut.set_running_or_notify_cancel():
+                    continue  # a thread caller cancelled before the write started: skip it
                 conn.execute("SAVEPOINT op")
                 try:
                     result = fn(conn)
                 except Exception as exc:  # one bad operation must not sink the group
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                    outcomes.append((fut, None, exc))
+                    outcomes.append((fut, loop, None, exc))
                 else:
                     conn.execute("RELEASE op")
-                    outcomes.append((fut, result, None))
+                    outcomes.append((fut, loop, result, None))
             conn.execute("COMMIT")
         except Exception as exc:
             log.error("journal commit failed", extra=kv(ops=len(batch), error=str(exc)))
@@ -288,11 +297,14 @@ class SqliteWriter:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            for _fn, fut in batch:
-                if fut.running():
-                    fut.set_exception(JournalError(f"journal: commit failed: {exc}"))
+            error = JournalError(f"journal: commit failed: {exc}")
+            failed = []
+            for _fn, fut, loop in batch:
+                if loop is not None or fut.running():
+                    failed.append((fut, loop, None, error))
                 elif not fut.done():
                     fut.cancel()
+            _deliver(failed)
             return
         elapsed = time.perf_counter() - t0
         self.commit_count += 1
@@ -302,11 +314,41 @@ class SqliteWriter:
                 self.on_commit(len(batch), elapsed)
             except Exception:  # metrics must never break the journal
                 log.exception("journal on_commit hook failed")
-        for fut, result, exc in outcomes:
+        _deliver(outcomes)
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome so a write whose caller was cancelled does not warn "never retrieved"."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _resolve(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, result, exc in items:
+        if fut.done():
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+
+def _deliver(outcomes: list[tuple[Any, Any, Any, BaseException | None]]) -> None:
+    """Resolve thread futures directly and event-loop futures with one wake-up per loop."""
+    per_loop: dict[Any, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+    for fut, loop, result, exc in outcomes:
+        if loop is None:
             if exc is not None:
                 fut.set_exception(exc)
             else:
                 fut.set_result(result)
+        else:
+            per_loop.setdefault(loop, []).append((fut, result, exc))
+    for loop, items in per_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, items)
+        except RuntimeError:  # that event loop is closed: nobody is waiting any more
+            pass
 
 
 class SqliteReader:
