@@ -830,3 +830,43 @@ def cmd_mc(hsm: Hsm, f: Fields) -> tuple[str, str]:
     data = f.text[f.pos :].encode("latin-1")
     f.pos = len(f.text)
     return ("00" if fc.mac_equal(fc.mac_x99(key, data, length=4), mac) else "01"), ""
+
+
+# ------------------------------------------------------------------------------ key exchange shortcuts
+
+
+@command("FA")
+def cmd_fa(hsm: Hsm, f: Fields) -> tuple[str, str]:
+    """ZPK from ZMK to LMK: ZMK · ZPK (ZMK) -> ZPK (LMK) · KCV 6H (A6 with key type 001)."""
+    zmk = hsm.clear_key(f.key("ZMK"), "000")
+    pk = f.key("ZPK (ZMK)")
+    clear = _import(zmk, pk)
+    if not has_odd_parity(clear):
+        raise CommandError("11", "imported ZPK parity error")
+    return "00", hsm.key_under_lmk(clear, "001", DEFAULT_SCHEME[len(pk.parts)]) + _kcv6(clear)
+
+
+@command("GC")
+def cmd_gc(hsm: Hsm, f: Fields) -> tuple[str, str]:
+    """ZPK from LMK to ZMK: ZMK · ZPK (LMK) -> ZPK (ZMK, scheme X/Y) · KCV 6H."""
+    zmk = hsm.clear_key(f.key("ZMK"), "000")
+    clear = hsm.clear_key(f.key("ZPK (LMK)"), "001")
+    return "00", _export(zmk, clear, "X") + _kcv6(clear)
+
+
+def _to_tmk(hsm: Hsm, f: Fields, key_type: str, name: str) -> tuple[str, str]:
+    tmk = hsm.clear_key(f.key("TMK"), "002")
+    clear = hsm.clear_key(f.key(f"{name} (LMK)"), key_type)
+    return "00", _export(tmk, clear, "X")
+
+
+@command("AE")
+def cmd_ae(hsm: Hsm, f: Fields) -> tuple[str, str]:
+    """TMK/TPK/PVK from LMK to TMK: TMK · key (LMK, type 002) -> key under TMK (ECB, X/Y)."""
+    return _to_tmk(hsm, f, "002", "TPK")
+
+
+@command("AG")
+def cmd_ag(hsm: Hsm, f: Fields) -> tuple[str, str]:
+    """TAK from LMK to TMK: TMK · TAK (LMK, type 003) -> TAK under TMK (ECB, X/Y)."""
+    return _to_tmk(hsm, f, "003", "TAK")

@@ -96,6 +96,10 @@ async def test_no_clear_secret_in_replies_or_logs(captured_logs: io.StringIO) ->
         await c.export_key("ZPK", k["ZMK"], g.under_lmk)
         await c.import_key("ZPK", k["ZMK"], g.under_export or "")
         await c.generate_working_keys_for_terminal(k["TMK"], mode="004")
+        err, fa = await c.request("GC", f"{k['ZMK']}{k['ZPK']}".encode())
+        await c.request("FA", k["ZMK"].encode() + fa[:-6])
+        await c.request("AE", f"{k['TMK']}{k['TPK']}".encode())
+        await c.request("AG", f"{k['TMK']}{k['TAK']}".encode())
         for blk in pin_blocks:
             zb = await c.translate_pin_tpk_to_zpk(k["TPK"], k["ZPK"], blk, PAN)
             zb3 = await c.translate_pin_zpk_to_zpk(k["ZPK"], k["ZPK2"], zb, PAN, "01", "47")

@@ -15,7 +15,7 @@ import psec.pinblock
 import pytest
 from Crypto.Cipher import DES, DES3
 
-from hsm_sim.lmk import DEFAULT_LMK, encrypt_under_lmk
+from hsm_sim.lmk import DEFAULT_LMK, encrypt_under_lmk, set_odd_parity
 from hsm_sim.server import start_hsm
 from switch.hsm_client import HsmClient, HsmError, account_number
 
@@ -491,3 +491,26 @@ async def test_ma_mc_legacy_x99(hsm: HsmClient) -> None:
     assert await hsm.request("MC", tak.encode() + b"170C2BDB" + data) == ("00", b"")
     assert (await hsm.request("MC", tak.encode() + b"170C2BDC" + data))[0] == "01"
     assert (await hsm.request("MA", encrypt_under_lmk(K2, "TAK").encode() + data))[0] == "27"
+
+
+async def test_fa_gc_ae_ag_key_exchange(hsm: HsmClient) -> None:
+    zmk_c = bytes.fromhex("4CA2161637D0133E5E151AEA45DA2A16")
+    zmk = encrypt_under_lmk(zmk_c, "ZMK")
+    zpk_c = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
+    under_zmk = "X" + tdes(zmk_c).encrypt(zpk_c).hex().upper()
+    err, f = await hsm.request("FA", f"{zmk}{under_zmk}".encode())
+    assert err == "00" and f[-6:] == b"08D7B4"
+    zpk = f[:-6].decode()
+    assert (await hsm.kcv(zpk, "ZPK")).hex().upper() == "08D7B4FB629D0885"
+    assert await hsm.request("GC", f"{zmk}{zpk}".encode()) == ("00", under_zmk.encode() + b"08D7B4")
+    # AE/AG: working keys under LMK re-exported under a terminal's TMK (plain TDES-ECB)
+    tmk_c = bytes.fromhex("CA5D92598DCA48CE8A4C76361A9269E9")
+    tmk = encrypt_under_lmk(tmk_c, "TMK")
+    tpk = encrypt_under_lmk(zpk_c, "TPK")
+    tak = encrypt_under_lmk(bytes.fromhex("0723C80DB5F4CD3D"), "TAK")
+    err, f = await hsm.request("AE", f"{tmk}{tpk}".encode())
+    assert err == "00" and f.decode() == "X" + tdes(set_odd_parity(tmk_c)).encrypt(zpk_c).hex().upper()
+    err, f = await hsm.request("AG", f"{tmk}{tak}".encode())
+    want = tdes(set_odd_parity(tmk_c)).encrypt(bytes.fromhex("0723C80DB5F4CD3D")).hex().upper()
+    assert err == "00" and f.decode() == want
+    assert (await hsm.request("AG", f"{tmk}{tpk}".encode()))[0] in ("10", "11")  # a TPK is not a TAK
