@@ -12,8 +12,10 @@ One card session::
     done.approved, done.reversal_reason          # "06" when the card declines an online approval
 
 The kernel is synchronous (pyscard is); the asyncio terminal calls it through
-``asyncio.to_thread``.  It keeps no PIN and logs PANs masked only.  Offline data
-authentication (SDA/DDA/CDA), issuer scripts (71/72) and offline approval are not
+``asyncio.to_thread``.  It keeps no PIN and logs PANs masked only.  Issuer scripts
+from the reply (71 before, 72 after the 2nd GENERATE AC) are sent to the card and
+reported in DF31 (``Completion.script_results``, also in the TC-upload and reversal
+field 55).  Offline data authentication (SDA/DDA/CDA) and offline approval are not
 performed: the terminal is online-only and says so in the TVR.
 """
 
@@ -92,6 +94,7 @@ class Completion:
     issuer_authenticated: bool | None  # None when the host sent no tag 91
     tc_field55: bytes  # TC-upload / script-advice tag set
     reversal_field55: bytes
+    script_results: bytes = b""  # DF31: per script, result byte (2x ok, 1n failed at command n) + script ID
 
 
 def _bcd_amount(fen: int) -> bytes:
@@ -179,11 +182,15 @@ class EmvKernel:
             raise ApduError("SELECT PPSE", sw)
         if not candidates and not self.contactless:
             candidates = [(i, a) for i, a in enumerate(self.params.aids)]  # list of AIDs method
+        blocked = False
         for _, aid in sorted(candidates):
             fci, sw = self._select(aid)
             if sw == b"\x90\x00":
                 df_name = emv_tlv.find(fci, "84") or aid
                 return df_name, fci
+            blocked |= sw == b"\x62\x83"
+        if blocked:
+            raise CardReadError("the card's payment application is blocked (SELECT answered 6283)")
         raise CardReadError("no supported application on the card")
 
     @staticmethod
@@ -253,11 +260,18 @@ class EmvKernel:
         field 55 (tag 91, optionally 71/72)."""
         tags = txn.tags
         iad91 = b""
+        scripts: list[tuple[str, bytes]] = []
         if icc_response:
             try:
-                iad91 = emv_tlv.flatten(icc_response).get("91", b"")
+                for tag, value, _, _ in emv_tlv.iter_tlv(icc_response):
+                    if tag == "91":
+                        iad91 = value
+                    elif tag in ("71", "72"):
+                        scripts.append((tag, value))
             except TLVError as exc:
                 raise CardReadError(f"reply field 55 is malformed: {exc}") from exc
+        results = bytearray()
+        results += self._run_scripts(tags, [v for t, v in scripts if t == "71"], final=False)
         if response_code is None:
             arc, want_tc = b"Z3", False  # unable to go online: decline
         else:
@@ -270,6 +284,9 @@ class EmvKernel:
         answer = self._cmd("GENERATE AC (2nd)", bytes([0x80, 0xAE, p1, 0x00, len(data)]) + data + b"\x00")
         cid, fields = _parse_ac(answer)
         tags.update(fields)
+        results += self._run_scripts(tags, [v for t, v in scripts if t == "72"], final=True)
+        if results:
+            tags["DF31"] = bytes(results)
         card_tc = cid & 0xC0 == 0x40
         approved = want_tc and card_tc
         reversal = "06" if want_tc and not card_tc else None
@@ -281,7 +298,33 @@ class EmvKernel:
                                          approved=approved, reversal=reversal))
         return Completion(cid=cid, approved=approved, reversal_reason=reversal, issuer_authenticated=issuer_auth,
                           tc_field55=build_field55(tags, "tc_upload"),
-                          reversal_field55=build_field55(tags, "reversal"))
+                          reversal_field55=build_field55(tags, "reversal"), script_results=bytes(results))
+
+    def _run_scripts(self, tags: dict[str, bytes], templates: list[bytes], *, final: bool) -> bytes:
+        """Send each issuer script's commands (tag 86) in order; stop a script at its first failure.
+        Returns the DF31 entries; sets TVR byte 5 "script processing failed before/after final GAC"."""
+        out = bytearray()
+        for template in templates:
+            try:
+                inner = list(emv_tlv.iter_tlv(template))
+            except TLVError:
+                inner = []
+            script_id = next((v for t, v, _, _ in inner if t == "9F18"), b"")[:4].rjust(4, b"\x00")
+            commands = [v for t, v, _, _ in inner if t == "86"]
+            result = 0x20  # performed, successful
+            if not commands:
+                result = 0x10
+            for seq, command in enumerate(commands, start=1):
+                _, sw = exchange(self.transport, command)
+                if not (sw == b"\x90\x00" or sw[0] in (0x62, 0x63)):
+                    result = 0x10 | min(seq, 15)
+                    break
+            if result != 0x20:
+                tags["95"][4] |= 0x20 if final else 0x10
+            out += bytes([result]) + script_id
+            log.info("issuer script", extra=kv(script_id=script_id.hex().upper(), result=f"{result:02X}",
+                                              commands=len(commands), final=final))
+        return bytes(out)
 
 
 def _safe_flatten(data: bytes, what: str) -> dict[str, bytes]:

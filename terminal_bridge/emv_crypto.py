@@ -83,3 +83,15 @@ def application_cryptogram(sk: bytes, data: bytes) -> bytes:
 def arpc_method1(key: bytes, arqc: bytes, arc: bytes) -> bytes:
     """ARPC = TDES(key, ARQC XOR (ARC || 00*6)); key = ICC MK-AC; ARC is 2 bytes (ASCII of field 39)."""
     return bytes(_arpc1(key, arqc, arc))
+
+
+def session_key_r(icc_mk: bytes, r: bytes) -> bytes:
+    """EMV common session key for an explicit 8-byte diversifier (secure messaging: R = ARQC)."""
+    if len(r) != 8:
+        raise ValueError("R must be 8 bytes")
+    return bytes(_sk(icc_mk, r))
+
+
+def script_mac(sk_smi: bytes, data: bytes) -> bytes:
+    """Issuer-script command MAC: ISO 9797-1 alg 3, padding method 2, leftmost 4 bytes."""
+    return application_cryptogram(sk_smi, data)[:4]

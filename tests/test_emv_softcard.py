@@ -287,3 +287,65 @@ def test_card_cannot_override_terminal_data() -> None:
     txn = k.start(1234)
     assert txn.tags["9F02"] == bytes.fromhex("000000001234") and txn.tags["9F37"] == UN
     assert txn.card.entry_mode == EntryMode.CHIP
+
+
+def _script(sk_smi: bytes, cla_ins: str, p1p2: str, data: bytes, atc: bytes, arqc: bytes) -> bytes:
+    """An issuer script command with a 4-byte MAC computed by pyemv (the oracle)."""
+    from pyemv import sm
+
+    header = bytes.fromhex(cla_ins + p1p2) + bytes([len(data) + 4])
+    return header + data + sm.generate_command_mac(sk_smi, header + atc + arqc + data)[:4]
+
+
+def _smi_key(pan: str, psn: str, arqc: bytes) -> bytes:
+    return kd.derive_common_sk(kd.derive_icc_mk_a(TEST_IMK_AC, pan, psn), arqc)
+
+
+def test_issuer_scripts_block_then_unblock() -> None:
+    card, k = make()
+    txn = k.start(1000)
+    f55 = k.first_generate_ac(txn)
+    reply, arqc = issuer_reply(f55, txn.card.pan, txn.card.psn)
+    d = pyemv_tlv.decode(f55, flatten=True)
+    sk = _smi_key(txn.card.pan, txn.card.psn, arqc)
+    put = _script(sk, "04DA", "9F58", b"\x05", d["9F36"], arqc)
+    block = _script(sk, "841E", "0000", b"", d["9F36"], arqc)
+    t71 = emv_tlv.tl("71", emv_tlv.tl("9F18", bytes.fromhex("00000001")) + emv_tlv.tl("86", put))
+    t72 = emv_tlv.tl("72", emv_tlv.tl("9F18", bytes.fromhex("00000002")) + emv_tlv.tl("86", block))
+    done = k.second_generate_ac(txn, "00", reply + t71 + t72)
+    assert done.approved
+    assert done.script_results == bytes.fromhex("2000000001" "2000000002")
+    assert card.data_objects == {"9F58": b"\x05"} and card.blocked
+    assert pyemv_tlv.decode(done.tc_field55, flatten=True)["DF31"] == done.script_results
+    assert pyemv_tlv.decode(done.reversal_field55, flatten=True)["DF31"] == done.script_results
+
+    card.reset()
+    with pytest.raises(CardReadError, match="application is blocked"):
+        k.start(1)
+    card.blocked = False  # (unblock goes through a script below, on a fresh session)
+    card.reset()
+    txn = k.start(1)
+    f55 = k.first_generate_ac(txn)
+    reply, arqc = issuer_reply(f55, txn.card.pan, txn.card.psn)
+    card.blocked = True  # blocked by an earlier script in a real life: UNBLOCK arrives now
+    d = pyemv_tlv.decode(f55, flatten=True)
+    unblock = _script(_smi_key(txn.card.pan, txn.card.psn, arqc), "8418", "0000", b"", d["9F36"], arqc)
+    done = k.second_generate_ac(txn, "00", reply + emv_tlv.tl("72", emv_tlv.tl("86", unblock)))
+    assert done.script_results == bytes.fromhex("2000000000") and not card.blocked
+
+
+def test_issuer_script_with_bad_mac_fails_and_sets_tvr() -> None:
+    card, k = make()
+    txn = k.start(1000)
+    f55 = k.first_generate_ac(txn)
+    reply, arqc = issuer_reply(f55, txn.card.pan, txn.card.psn)
+    d = pyemv_tlv.decode(f55, flatten=True)
+    good = _script(_smi_key(txn.card.pan, txn.card.psn, arqc), "04DA", "9F58", b"\x07", d["9F36"], arqc)
+    bad = bytearray(_script(_smi_key(txn.card.pan, txn.card.psn, arqc), "841E", "0000", b"", d["9F36"], arqc))
+    bad[-1] ^= 0xFF
+    t72 = emv_tlv.tl("72", emv_tlv.tl("9F18", b"\x00\x00\x00\x09") + emv_tlv.tl("86", good) + emv_tlv.tl("86", bytes(bad)))
+    done = k.second_generate_ac(txn, "00", reply + t72)
+    assert done.approved  # scripts do not change the outcome
+    assert done.script_results == bytes.fromhex("1200000009")  # failed at command 2
+    assert not card.blocked and card.data_objects == {"9F58": b"\x07"}
+    assert pyemv_tlv.decode(done.tc_field55, flatten=True)["95"][4] & 0x20  # failed after final GAC

@@ -53,6 +53,8 @@ SW_INS = b"\x6d\x00"
 SW_CLA = b"\x6e\x00"
 SW_P1P2 = b"\x6a\x86"
 SW_DATA = b"\x6a\x80"
+SW_BLOCKED = b"\x62\x83"  # selected file invalidated (application blocked)
+SW_SM_WRONG = b"\x69\x88"  # incorrect secure-messaging data objects (bad script MAC)
 
 
 def _bcd(digits: str) -> bytes:
@@ -74,6 +76,7 @@ class CardProfile:
     aid: bytes = UNIONPAY_DEBIT
     label: str = "UnionPay Debit"
     imk_ac: bytes = field(default=TEST_IMK_AC, repr=False)
+    imk_smi: bytes = field(default=TEST_IMK_AC, repr=False)  # issuer-script MAC master key
     atc: int = 0
     aip: bytes = bytes.fromhex("1C00")  # CVM, terminal risk management, issuer authentication; no ODA
     dki: int = 0x01
@@ -95,6 +98,10 @@ class SoftCard:
         self.t0 = t0
         self.contactless = contactless
         self._icc_mk = emv_crypto.icc_master_key(self.profile.imk_ac, self.profile.pan, self.profile.psn)
+        self._mk_smi = emv_crypto.icc_master_key(self.profile.imk_smi, self.profile.pan, self.profile.psn)
+        self.blocked = False
+        #: data objects changed by PUT DATA scripts
+        self.data_objects: dict[str, bytes] = {}
         self.atc = self.profile.atc
         self.powered = False
         self.reset()
@@ -145,6 +152,8 @@ class SoftCard:
                 resp, case4 = self._generate_ac(p1, data), True
             elif cla == 0x80 and ins == 0xCA:
                 resp, case4 = self._get_data(p1, p2), False
+            elif (cla, ins) in ((0x84, 0x1E), (0x84, 0x18), (0x04, 0xDA), (0x84, 0xDA)):
+                resp, case4 = self._script_command(apdu), False
             elif cla not in (0x00, 0x80):
                 return SW_CLA
             else:
@@ -198,6 +207,8 @@ class SoftCard:
             entry = tl("61", tl("4F", self.profile.aid) + tl("50", self.profile.label.encode()) + tl("87", b"\x01"))
             return tl("6F", tl("84", name) + tl("A5", tl("BF0C", entry)))
         if name and self.profile.aid.startswith(name):  # partial-name selection allowed
+            if self.blocked:
+                raise _Status(SW_BLOCKED)
             self._selected = True
             prop = tl("50", self.profile.label.encode()) + tl("87", b"\x01") + tl("9F38", PDOL)
             prop += tl("5F2D", b"zhen") + tl("9F11", b"\x01")
@@ -236,6 +247,31 @@ class SoftCard:
         if rec is None:
             raise _Status(SW_RECORD_NOT_FOUND)
         return rec
+
+    def _script_command(self, apdu: bytes) -> bytes:
+        """Issuer script command with a 4-byte MAC (EMV Book 2 §9.2, format 2): MAC over
+        CLA INS P1 P2 Lc || ATC || ARQC || data under the SMI session key (R = ARQC)."""
+        if self._arqc is None:
+            raise _Status(SW_CONDITIONS)  # scripts only after an online request in this session
+        lc = apdu[4] if len(apdu) > 4 else 0
+        body = apdu[5 : 5 + lc]
+        if lc < 4 or len(body) != lc:
+            raise _Status(SW_WRONG_LENGTH)
+        data, mac = body[:-4], body[-4:]
+        sk = emv_crypto.session_key_r(self._mk_smi, self._arqc)
+        want = emv_crypto.script_mac(sk, apdu[:5] + self.atc.to_bytes(2, "big") + self._arqc + data)
+        if not hmac.compare_digest(mac, want):
+            log.warning("script MAC rejected", extra=kv(ins=f"{apdu[1]:02X}"))
+            raise _Status(SW_SM_WRONG)
+        ins = apdu[1]
+        if ins == 0x1E:
+            self.blocked = True
+        elif ins == 0x18:
+            self.blocked = False
+        else:  # PUT DATA: P1 P2 = tag
+            self.data_objects[apdu[2:4].hex().upper()] = bytes(data)
+        log.info("script command applied", extra=kv(ins=f"{ins:02X}"))
+        return b""
 
     def _get_data(self, p1: int, p2: int) -> bytes:
         tag = bytes([p1, p2])
