@@ -8,9 +8,11 @@ The software card connects to vpcd on 127.0.0.1 only.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -37,7 +39,23 @@ def _vpcd_readers() -> bool:
 
 
 @pytest.fixture(scope="module")
-def pcscd() -> Iterator[None]:
+def vpcd_lock() -> Iterator[None]:
+    """vpcd serves one card per port and there is one pcscd per machine: serialise test sessions."""
+    with open(os.path.join(tempfile.gettempdir(), "posswitch-vpcd.lock"), "w") as fh:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.skip("another test session holds the vpcd readers")
+                time.sleep(0.2)
+        yield
+
+
+@pytest.fixture(scope="module")
+def pcscd(vpcd_lock: None) -> Iterator[None]:
     if _vpcd_readers():
         yield  # someone else's pcscd with vpcd: use it, leave it running
         return
