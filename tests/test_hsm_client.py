@@ -11,6 +11,8 @@ import os
 
 import pytest
 from Crypto.Cipher import DES3
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hsm_sim.lmk import encrypt_under_lmk
 from hsm_sim.server import start_hsm
@@ -252,3 +254,53 @@ async def test_many_clients_at_once_each_get_their_own_answers() -> None:
             await c.close()
     finally:
         await server.close()
+
+
+_MIX_TPK = bytes.fromhex("3E8F5B7A9C1D2E4F6A7B8C9D0E1F2A3B")
+_MIX_ZPK = bytes.fromhex("B0C1D2E3F405162738495A6B7C8D9EAF")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.sampled_from(["echo", "ca", "ca-bad-pan", "kcv", "unknown", "mac"]), min_size=1, max_size=60))
+def test_mixed_pipelined_requests_each_get_their_own_answer(kinds: list[str]) -> None:
+    """Interleaved successes and error replies on one pipelined connection never desynchronise."""
+    tpk_c, zpk_c = _clear_parity(_MIX_TPK), _clear_parity(_MIX_ZPK)
+    tpk, zpk = encrypt_under_lmk(tpk_c, "TPK"), encrypt_under_lmk(zpk_c, "ZPK")
+    tak = encrypt_under_lmk(bytes.fromhex("0723C80DB5F4CD3D"), "TAK")
+
+    async def one(c: HsmClient, i: int, kind: str) -> tuple[str, object]:
+        pan = f"62{i:014d}9"
+        pin = f"{(i * 7919) % 10**6:06d}"
+        block = DES3.new(tpk_c, DES3.MODE_ECB).encrypt(_iso0(pin, pan))
+        try:
+            if kind == "echo":
+                return kind, await c.echo(b"%d" % i)
+            if kind == "ca":
+                out = await c.translate_pin_tpk_to_zpk(tpk, zpk, block, pan)
+                return kind, DES3.new(zpk_c, DES3.MODE_ECB).decrypt(out) == _iso0(pin, pan)
+            if kind == "ca-bad-pan":
+                bad = pan[:-2] + str((int(pan[-2]) + 1) % 10) + pan[-1]  # last account digit -> fill != F
+                return kind, await c.translate_pin_tpk_to_zpk(tpk, zpk, block, bad)
+            if kind == "kcv":
+                return kind, await c.kcv(zpk, "ZPK")
+            if kind == "mac":
+                return kind, await c.verify_mac(tak, b"%d" % i, await c.generate_mac(tak, b"%d" % i))
+            return kind, await c.request(f"Q{i % 10}", b"")
+        except HsmError as exc:
+            return kind, exc.code
+
+    async def run() -> None:
+        server, port = await start_hsm("127.0.0.1", 0)
+        try:
+            async with await HsmClient.connect("127.0.0.1", port) as c:
+                results = await asyncio.gather(*(one(c, i, k) for i, k in enumerate(kinds)))
+        finally:
+            await server.close()
+        zkcv = DES3.new(zpk_c, DES3.MODE_ECB).encrypt(bytes(8))
+        for i, (kind, got) in enumerate(results):
+            want = {"echo": b"%d" % i, "ca": True, "ca-bad-pan": "20", "kcv": zkcv, "mac": True}.get(kind)
+            if kind == "unknown":
+                want = ("68", b"")
+            assert got == want, (i, kind, got)
+
+    asyncio.run(run())

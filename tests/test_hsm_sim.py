@@ -514,3 +514,23 @@ async def test_fa_gc_ae_ag_key_exchange(hsm: HsmClient) -> None:
     want = tdes(set_odd_parity(tmk_c)).encrypt(bytes.fromhex("0723C80DB5F4CD3D")).hex().upper()
     assert err == "00" and f.decode() == want
     assert (await hsm.request("AG", f"{tmk}{tpk}".encode()))[0] in ("10", "11")  # a TPK is not a TAK
+
+
+async def test_kq_scheme_0_visa_cvn10_and_method_2_match_pyemv(hsm: HsmClient) -> None:
+    from pyemv import ac, kd
+
+    imk = encrypt_under_lmk(K2, "MK-AC")
+    pan, psn = "4761739001010119", "00"
+    mk = kd.derive_icc_mk_a(K2, pan, psn)
+    data = bytes.fromhex("0000000010000000000000000840000000000008401501010012345678") + bytes(5)
+    arqc = ac.generate_ac(mk, data, ac.PaddingType.VISA)  # CVN 10: MK is the AC key, zero padding
+    arpc = await hsm.verify_arqc(imk, pan, psn, b"\0\1", arqc, data, b"00", scheme="0")
+    assert arpc == ac.generate_arpc_1(mk, arqc, b"00")
+    assert await hsm.verify_arqc(imk, pan, psn, b"\0\1", arqc, data + b"\1", b"00", scheme="0") is None
+    # scheme 1, ARPC method 2 with proprietary data: session key from ATC/UN
+    atc, un = bytes.fromhex("0042"), bytes.fromhex("11223344")
+    sk = kd.derive_common_sk(mk, atc + b"\0\0" + un)
+    arqc = ac.generate_ac(sk, data, ac.PaddingType.EMV)
+    csu, prop = bytes.fromhex("00820000"), bytes.fromhex("0102")
+    arpc2 = await hsm.verify_arqc(imk, pan, psn, atc, arqc, data, un=un, arpc_method=2, csu=csu, proprietary=prop)
+    assert arpc2 == ac.generate_arpc_2(sk, arqc, csu, prop)
