@@ -1,0 +1,1 @@
+"""Test tooling that runs against the real switch (fault-injecting TCP proxy); never imported by the switch."""

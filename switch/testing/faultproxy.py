@@ -1,0 +1,413 @@
+"""A fault-injecting TCP proxy for resilience tests: delay, drop, cut, duplicate, reorder and split traffic.
+
+Put it between terminals and the switch, or between the switch and an issuer, and program a
+:class:`FaultPlan` per direction (``proxy.up``: client → target, ``proxy.down``: target → client).
+The proxy is frame-aware for the 2-byte big-endian length framing both the POS dialect and the H2H
+link use, so a rule acts on whole messages; with ``framed=False`` every received chunk is one unit.
+
+Rules are consumed in order: for each frame the first rule that still has frames left and whose
+``match`` accepts the frame's payload (the bytes after the length prefix) is applied, and only that
+one.  ``count=None`` makes a rule apply to every matching frame.  Every rule method returns the
+:class:`Rule`, whose ``hits`` counter and ``await rule.wait()`` tell a test that the fault happened::
+
+    proxy = FaultProxy("127.0.0.1", switch_port)
+    port = await proxy.start()
+    proxy.up.duplicate(match=pos_mti("0200"))      # the next sale request arrives twice
+    dropped = proxy.down.drop(match=h2h_mti("0210"))
+    ...
+    await dropped.wait(5)
+    await proxy.stop()
+
+Faults: ``delay`` (hold frames back, order kept, like a slow link), ``drop`` (the frame vanishes),
+``cut`` (forward the first ``after_bytes`` bytes of the matching frame, length prefix included, then
+close both connections), ``duplicate`` (send the frame again right after itself), ``reorder`` (hold the
+frame and send it after the next frame of that direction, or after ``max_hold_ms``), ``split`` (send
+the frame in ``chunk``-byte writes ``gap_ms`` apart).  ``cut_all()`` cuts every live connection;
+``refuse = True`` closes new connections at once (a host that is down).  The proxy never logs
+message contents (they carry PANs), only directions, actions and sizes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from switch.logsafe import kv
+
+log = logging.getLogger("switch.testing.faultproxy")
+
+Match = Callable[[bytes], bool]
+
+UP = "up"
+DOWN = "down"
+ACTIONS = ("delay", "drop", "cut", "duplicate", "reorder", "split")
+
+
+def pos_mti(*mtis: str) -> Match:
+    """Match POS-dialect payloads (TPDU 5 + header 6, then a BCD MTI) whose MTI is one of ``mtis``."""
+    wanted = frozenset(bytes.fromhex(m) for m in mtis)
+    return lambda payload: payload[11:13] in wanted
+
+
+def h2h_mti(*mtis: str) -> Match:
+    """Match H2H payloads (ASCII MTI first) whose MTI is one of ``mtis``."""
+    wanted = frozenset(m.encode() for m in mtis)
+    return lambda payload: payload[:4] in wanted
+
+
+@dataclass(eq=False)
+class Rule:
+    """One programmed fault; ``count`` frames left (None: unlimited), ``hits`` applied so far."""
+
+    action: str
+    count: int | None = 1
+    match: Match | None = None
+    delay: float = 0.0  # seconds (delay)
+    after_bytes: int = 0  # cut
+    copies: int = 1  # duplicate
+    chunk: int = 1  # split
+    gap: float = 0.0  # split, seconds between chunks
+    max_hold: float = 1.0  # reorder
+    hits: int = 0
+    fired: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ValueError(f"unknown fault action {self.action!r}; expected one of {', '.join(ACTIONS)}")
+        if self.count is not None and self.count < 1:
+            raise ValueError(f"count must be >= 1 or None, got {self.count}")
+        if self.delay < 0 or self.gap < 0 or self.after_bytes < 0 or self.chunk < 1 or self.copies < 1:
+            raise ValueError(f"bad parameters for {self.action}: negative delay/gap/after_bytes or chunk/copies < 1")
+
+    @property
+    def exhausted(self) -> bool:
+        return self.count == 0
+
+    def applies(self, payload: bytes) -> bool:
+        return self.count != 0 and (self.match is None or bool(self.match(payload)))
+
+    def _consume(self) -> None:
+        self.hits += 1
+        if self.count is not None:
+            self.count -= 1
+        self.fired.set()
+
+    async def wait(self, timeout: float = 5.0) -> None:
+        """Return once the rule has been applied at least once (TimeoutError after ``timeout`` s)."""
+        await asyncio.wait_for(self.fired.wait(), timeout)
+
+
+class FaultPlan:
+    """The programmed faults of one direction, shared by every connection through the proxy."""
+
+    def __init__(self, direction: str) -> None:
+        self.direction = direction
+        self.rules: list[Rule] = []
+        self.frames = 0  # frames (or chunks) seen in this direction, all connections
+        self.bytes = 0
+
+    def add(self, rule: Rule) -> Rule:
+        self.rules.append(rule)
+        return rule
+
+    def delay(self, ms: float, *, count: int | None = None, match: Match | None = None) -> Rule:
+        """Hold matching frames back ``ms`` milliseconds (later frames queue behind them)."""
+        return self.add(Rule("delay", count, match, delay=ms / 1000.0))
+
+    def drop(self, count: int | None = 1, *, match: Match | None = None) -> Rule:
+        return self.add(Rule("drop", count, match))
+
+    def cut(self, after_bytes: int = 0, *, match: Match | None = None) -> Rule:
+        """When a matching frame arrives, forward its first ``after_bytes`` bytes, then close both sides."""
+        return self.add(Rule("cut", 1, match, after_bytes=after_bytes))
+
+    def duplicate(self, count: int | None = 1, *, copies: int = 1, match: Match | None = None) -> Rule:
+        return self.add(Rule("duplicate", count, match, copies=copies))
+
+    def reorder(self, count: int | None = 1, *, max_hold_ms: float = 1000.0, match: Match | None = None) -> Rule:
+        """Hold a matching frame until the next frame of this direction has been sent (or ``max_hold_ms``)."""
+        return self.add(Rule("reorder", count, match, max_hold=max_hold_ms / 1000.0))
+
+    def split(self, chunk: int = 1, *, gap_ms: float = 1.0, count: int | None = 1,
+              match: Match | None = None) -> Rule:
+        """Send matching frames in ``chunk``-byte writes, ``gap_ms`` apart."""
+        return self.add(Rule("split", count, match, chunk=chunk, gap=gap_ms / 1000.0))
+
+    def clear(self) -> None:
+        self.rules.clear()
+
+    def pick(self, payload: bytes) -> Rule | None:
+        for rule in self.rules:
+            if rule.applies(payload):
+                return rule
+        return None
+
+
+class _Pipe:
+    """One direction of one proxied connection: splits frames, applies the plan, writes in order."""
+
+    def __init__(self, conn: _Connection, plan: FaultPlan, framed: bool) -> None:
+        self.conn = conn
+        self.plan = plan
+        self.framed = framed
+        self.dest: Any = None  # transport of the receiving side, once connected
+        self.loop = asyncio.get_running_loop()
+        self.buf = bytearray()
+        self.queue: collections.deque[tuple[float, str, bytes]] = collections.deque()
+        self.last_when = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.held: list[bytes] = []
+        self.held_timer: asyncio.TimerHandle | None = None
+
+    # ---------------------------------------------------------------- input
+    def feed(self, data: bytes) -> None:
+        self.plan.bytes += len(data)
+        if not self.framed:
+            self._unit(bytes(data), bytes(data))
+            return
+        buf = self.buf
+        buf += data
+        while len(buf) >= 2 and not self.conn.cut_done:
+            n = (buf[0] << 8) | buf[1]
+            if len(buf) < 2 + n:
+                break
+            frame = bytes(buf[:2 + n])
+            del buf[:2 + n]
+            self._unit(frame, frame[2:])
+
+    def _unit(self, frame: bytes, payload: bytes) -> None:
+        self.plan.frames += 1
+        rule = self.plan.pick(payload)
+        if rule is None:
+            self._out(frame)
+            self._release_held()
+            return
+        rule._consume()
+        action = rule.action
+        self.conn.proxy._event(self.plan.direction, action, len(frame))
+        if action == "drop":
+            return
+        if action == "reorder":
+            self.held.append(frame)
+            if self.held_timer is None:
+                self.held_timer = self.loop.call_later(rule.max_hold, self._release_held)
+            return
+        if action == "cut":
+            if rule.after_bytes:
+                self._out(frame[:rule.after_bytes])
+            self._release_held()
+            self.queue_action("cut")
+            return
+        if action == "delay":
+            self._out(frame, delay=rule.delay)
+        elif action == "duplicate":
+            for _ in range(1 + rule.copies):
+                self._out(frame)
+        else:  # split
+            for i in range(0, len(frame), rule.chunk):
+                self._out(frame[i:i + rule.chunk], gap=rule.gap if i else 0.0)
+        self._release_held()
+
+    def _release_held(self) -> None:
+        if self.held_timer is not None:
+            self.held_timer.cancel()
+            self.held_timer = None
+        held, self.held = self.held, []
+        for frame in held:
+            self._out(frame)
+
+    # ---------------------------------------------------------------- ordered output
+    def _out(self, data: bytes, delay: float = 0.0, gap: float = 0.0) -> None:
+        if not data:
+            return
+        now = self.loop.time()
+        when = max(now + delay, self.last_when) + gap
+        self.last_when = when
+        self.queue.append((when, "data", data))
+        self.pump()
+
+    def queue_action(self, kind: str) -> None:
+        """``close`` (after pending data) or ``cut`` (both connections) in stream order."""
+        now = self.loop.time()
+        self.last_when = max(now, self.last_when)
+        self.queue.append((self.last_when, kind, b""))
+        self.pump()
+
+    def pump(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.dest is None:
+            return
+        now = self.loop.time()
+        queue = self.queue
+        while queue:
+            when, kind, data = queue[0]
+            if when > now:
+                self.timer = self.loop.call_at(when, self.pump)
+                return
+            queue.popleft()
+            if kind == "data":
+                if not self.dest.is_closing():
+                    self.dest.write(data)
+            elif kind == "close":
+                self.dest.close()
+            else:
+                self.conn.cut()
+                return
+
+    def discard(self) -> None:
+        for handle in (self.timer, self.held_timer):
+            if handle is not None:
+                handle.cancel()
+        self.timer = self.held_timer = None
+        self.queue.clear()
+        self.held.clear()
+
+
+class _Side(asyncio.Protocol):
+    def __init__(self, conn: _Connection, pipe_in: _Pipe) -> None:
+        self.conn = conn
+        self.pipe_in = pipe_in  # the pipe this side's received bytes go into
+
+    def data_received(self, data: bytes) -> None:
+        if not self.conn.cut_done:
+            self.pipe_in.feed(data)
+
+    def eof_received(self) -> bool:
+        return False  # close this side; connection_lost forwards the close in order
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.side_lost(self)
+
+
+class _ClientSide(_Side):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn.client = transport
+        self.conn.down.dest = transport
+        proxy = self.conn.proxy
+        if proxy.refuse or proxy.closing:
+            transport.close()
+            return
+        transport.pause_reading()  # type: ignore[attr-defined]
+        self.conn.task = asyncio.get_running_loop().create_task(self.conn.connect_target())
+
+
+class _TargetSide(_Side):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn.target = transport
+        self.conn.up.dest = transport
+        self.conn.up.pump()
+
+
+class _Connection:
+    """A client connection and its own connection to the target."""
+
+    def __init__(self, proxy: FaultProxy) -> None:
+        self.proxy = proxy
+        self.client: Any = None
+        self.target: Any = None
+        self.up = _Pipe(self, proxy.up, proxy.framed)
+        self.down = _Pipe(self, proxy.down, proxy.framed)
+        self.cut_done = False
+        self.closed_sides = 0
+        self.task: asyncio.Task[None] | None = None
+
+    async def connect_target(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_connection(lambda: _TargetSide(self, self.down), self.proxy.target_host,
+                                         self.proxy.target_port)
+        except OSError as exc:
+            log.info("target unreachable", extra=kv(port=self.proxy.target_port, error=str(exc)))
+            if self.client is not None:
+                self.client.close()
+            return
+        self.proxy.connections.add(self)
+        if self.client is not None and not self.client.is_closing():
+            self.client.resume_reading()
+
+    def side_lost(self, side: _Side) -> None:
+        self.closed_sides += 1
+        if self.cut_done:
+            return
+        side.pipe_in.queue_action("close")  # close the other end once this side's bytes are through
+        if self.closed_sides >= 2:
+            self.proxy.connections.discard(self)
+
+    def cut(self) -> None:
+        if self.cut_done:
+            return
+        self.cut_done = True
+        self.up.discard()
+        self.down.discard()
+        for transport in (self.client, self.target):
+            if transport is not None and not transport.is_closing():
+                transport.close()
+        self.proxy.connections.discard(self)
+        self.proxy.cuts += 1
+
+
+class FaultProxy:
+    """Listen on ``host:port`` and relay each connection to ``target_host:target_port`` through the plans."""
+
+    def __init__(self, target_host: str, target_port: int, *, framed: bool = True, history: int = 1000) -> None:
+        self.target_host, self.target_port = target_host, target_port
+        self.framed = framed
+        self.up = FaultPlan(UP)
+        self.down = FaultPlan(DOWN)
+        self.connections: set[_Connection] = set()
+        self.accepted = 0
+        self.cuts = 0
+        self.refuse = False
+        self.closing = False
+        self.events: collections.deque[tuple[str, str, int]] = collections.deque(maxlen=history)
+        self._server: asyncio.base_events.Server | None = None
+        self.port: int = 0
+
+    def _accept(self) -> _ClientSide:
+        self.accepted += 1
+        conn = _Connection(self)
+        return _ClientSide(conn, conn.up)
+
+    def _event(self, direction: str, action: str, size: int) -> None:
+        self.events.append((direction, action, size))
+        log.info("fault", extra=kv(direction=direction, action=action, bytes=size, target=self.target_port))
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._accept, host, port, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    def cut_all(self) -> int:
+        """Cut every live connection now; returns how many were cut."""
+        conns = list(self.connections)
+        for conn in conns:
+            conn.cut()
+        return len(conns)
+
+    async def stop(self) -> None:
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        self.cut_all()
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            except TimeoutError:
+                pass
+
+    async def __aenter__(self) -> FaultProxy:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+__all__ = ["FaultProxy", "FaultPlan", "Rule", "pos_mti", "h2h_mti", "UP", "DOWN", "ACTIONS"]
