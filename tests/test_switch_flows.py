@@ -489,3 +489,12 @@ async def test_reversal_while_sale_still_waits_for_the_issuer(stack):
 def _last_request(term, stan):
     return {"t": "0200", "3": "000000", "4": "000000003131", "11": stan, "22": "072", "25": "00", "49": "156",
             "41": term.tid, "42": term.mid, "60": f"22{term.batch:06d}0006"}
+
+
+async def test_partial_approval_10_is_journaled_as_approved(stack):
+    term = await stack.connected_terminal(0)
+    stack.issuers["cup"].faults.add(action="decline", code="10", amount=1010, times=1)
+    reply = await term.sale(stack.card("cup", 1), 1010, entry="contactless")
+    assert reply.rc == "10"
+    row = await _row(stack, reply.rrn)
+    assert row.state == "approved" and row.response_code == "10"

@@ -20,6 +20,7 @@ class RC:
 
     APPROVED = "00"
     INVALID_MERCHANT = "03"
+    PARTIAL = "10"
     DO_NOT_HONOUR = "05"
     INVALID_TXN = "12"
     INVALID_AMOUNT = "13"

@@ -135,8 +135,10 @@ async def authorize(ctx: Context, txn_type: str, *, mti_up: str | None = None, a
                                      "98")
         await journal.update_state(txn_id, "reversed", response_code=rc)
         return Outcome(RC.ISSUER_TIMEOUT if rc in h2h.APPROVED else rc, txn_id, rrn, route=route)
-    if rc == RC.APPROVED:
+    if rc in h2h.APPROVED:  # 00, and 10 partial approval (F4 may be lower) / 11 VIP
         extra = {"card_org": resp["63"][:3]} if len(resp.get("63", "")) >= 3 else {}
+        if rc == RC.PARTIAL and resp.get("4", "").isdigit():
+            extra["amount"] = int(resp["4"])
         await journal.commit_approval(txn_id, rrn=rrn, auth_code=auth, response_code=rc,
                                       upstream_ref=f"{resp.get('11', '')}|{resp.get('7', '')}", **extra)
     else:
@@ -151,6 +153,8 @@ def fill_reply(ctx: Context, out: Outcome) -> dict[str, str]:
         reply["37"] = out.rrn
     if out.auth_code:
         reply["38"] = out.auth_code
+    if out.rc == RC.PARTIAL and (out.upstream or {}).get("4", "").isdigit():
+        reply["4"] = out.upstream["4"]  # type: ignore[index]  # the amount actually approved
     reply["15"] = reply["13"]
     up = out.upstream or {}
     if "55" in up:
