@@ -16,7 +16,7 @@ import sys
 
 from switch.logsafe import configure_logging
 
-from .keystore import KeyStore, StoredKey
+from .keystore import KeyStore, KeyStoreError, StoredKey
 from .lmk import DEFAULT_LMK, KEY_TYPES, LmkError, encrypt_under_lmk, kcv, normalise_key_type
 
 
@@ -103,4 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         runner(_serve(args))
     except KeyboardInterrupt:
         pass
+    except (KeyStoreError, OSError) as exc:  # unreadable key database, port in use, ...
+        print(f"posswitch hsm: {exc}", file=sys.stderr)
+        return 2
     return 0

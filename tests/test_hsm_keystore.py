@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -108,3 +109,15 @@ async def test_cli_server_subprocess_serves_stored_keys(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         await proc.wait()
+
+
+def test_cli_server_reports_a_bad_key_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "keys.json"
+    db.write_text("{broken")
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level  # cli.main configures logging globally
+    try:
+        assert cli.main(["--listen", "127.0.0.1:0", "--keys", str(db), "--no-uvloop", "--log-level", "ERROR"]) == 2
+    finally:
+        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+    assert "cannot read key database" in capsys.readouterr().err
