@@ -112,6 +112,8 @@ async def _drive(stack: Any, i: int, deadline: float, stats: Stats, rng: random.
             await asyncio.sleep(0.05)
             continue
         stats.add(kind, reply)
+        if reply.processing_request == "3":  # the host asks for a new sign-on (new keys)
+            await term.sign_on()
         if kind.startswith("sale") and kind != "sale QR" and reply.approved:
             sales.append((card, reply))
     return term

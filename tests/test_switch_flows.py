@@ -123,7 +123,7 @@ async def test_bad_mac_gets_a0_and_nothing_is_forwarded(stack):
     body = bytearray(term.encode(doc, mac=True))
     body[-1] ^= 0x01  # corrupt the MAC
     reply = await term.send(doc, raw_body=bytes(body))
-    assert reply.rc == "A0"
+    assert reply.rc == "A0" and reply.processing_request == "3"
     assert "64" not in reply.doc
     assert len(_ledger(stack).postings()) == before
     # the same request with the right MAC works

@@ -105,6 +105,7 @@ class Processor:
                 if svc.metrics is not None:
                     svc.metrics.mac_failures.inc()
                 ctx.fail(RC.MAC_ERROR)
+                ctx.processing_request = PR_SIGN_ON_AGAIN  # A0 = "MAC error, sign on again"
                 return self._finish(ctx, None)
             ctx.mac_reply = True
         try:
