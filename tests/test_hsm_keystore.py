@@ -119,5 +119,6 @@ def test_cli_server_reports_a_bad_key_database(tmp_path: Path, capsys: pytest.Ca
     try:
         assert cli.main(["--listen", "127.0.0.1:0", "--keys", str(db), "--no-uvloop", "--log-level", "ERROR"]) == 2
     finally:
-        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
     assert "cannot read key database" in capsys.readouterr().err
