@@ -20,6 +20,7 @@ import asyncio
 import io
 import logging
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
@@ -90,9 +91,12 @@ class SerialQrScanner:
         except serial.SerialException as exc:
             raise DeviceError(f"QR scanner {url}: {exc}") from exc
         self._buf = bytearray()
+        self._closed = False
 
-    def _read_line(self) -> str:
-        while True:
+    def _read_line(self, deadline: float | None) -> str:
+        while not self._closed:
+            if deadline is not None and time.monotonic() > deadline:
+                raise QrCodeError("no code scanned in time")
             for sep in (b"\r", b"\n"):
                 i = self._buf.find(sep)
                 if i >= 0:
@@ -102,13 +106,17 @@ class SerialQrScanner:
             chunk = self.port.read(64)  # type: ignore[attr-defined]
             if chunk:
                 self._buf += chunk
+        raise QrCodeError("scanner closed")
 
-    async def read_code(self) -> str:
-        code = _clean(await asyncio.to_thread(self._read_line))
+    async def read_code(self, timeout: float | None = None) -> str:
+        """Next code; ``timeout`` seconds without one raise :class:`QrCodeError` (the read thread stops too)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        code = _clean(await asyncio.to_thread(self._read_line, deadline))
         log.info("code scanned", extra=kv(length=len(code)))
         return code
 
     def close(self) -> None:
+        self._closed = True
         self.port.close()  # type: ignore[attr-defined]
 
 

@@ -74,6 +74,13 @@ async def test_serial_scanner_over_loop() -> None:
     port.write(b"\r\n6212345678901234567\r\n134567890123456789\r")
     assert await scanner.read_code() == "6212345678901234567"
     assert await scanner.read_code() == "134567890123456789"
+    with pytest.raises(QrCodeError, match="no code scanned in time"):
+        await scanner.read_code(timeout=0.3)
+    port.write(b"2844123456789012")  # no terminator yet: still waiting
+    with pytest.raises(QrCodeError, match="no code scanned in time"):
+        await scanner.read_code(timeout=0.3)
+    port.write(b"34\n")
+    assert await scanner.read_code(timeout=5) == "284412345678901234"
     scanner.close()
     with pytest.raises(DeviceError, match="QR scanner /dev/nonexistent-tty"):
         SerialQrScanner("/dev/nonexistent-tty")
