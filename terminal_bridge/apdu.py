@@ -138,3 +138,51 @@ def _without_le(apdu: bytes) -> bytes:
     if len(body) == 1 or (len(body) >= 2 and len(body) == 2 + body[0]):
         return apdu[:-1]
     return bytes(apdu)
+
+
+def _reader_name(reader: str) -> str:
+    names = [r for r in list_readers() if reader in r]
+    if not names:
+        raise CardReadError(f"PC/SC: no reader matching {reader!r}")
+    return names[0]
+
+
+def _wait_state(reader: str, present: bool, timeout: float) -> bool:
+    """Block (SCardGetStatusChange) until the reader has / has no card; False on timeout."""
+    import time
+
+    from smartcard import scard
+
+    name = _reader_name(reader)
+    hresult, ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+    if hresult != scard.SCARD_S_SUCCESS:
+        raise CardReadError(f"PC/SC: no context ({scard.SCardGetErrorMessage(hresult)})")
+    try:
+        state = scard.SCARD_STATE_UNAWARE
+        deadline = time.monotonic() + timeout
+        while True:
+            left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            hresult, states = scard.SCardGetStatusChange(ctx, left_ms, [(name, state)])
+            if hresult == scard.SCARD_E_TIMEOUT:
+                return False
+            if hresult != scard.SCARD_S_SUCCESS:
+                raise CardReadError(f"PC/SC: {name}: {scard.SCardGetErrorMessage(hresult)}")
+            state = states[0][1] & ~scard.SCARD_STATE_CHANGED
+            if bool(state & scard.SCARD_STATE_PRESENT) == present:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+    finally:
+        scard.SCardReleaseContext(ctx)
+
+
+def wait_for_card(reader: str = "", timeout: float = 30.0, *, protocol: str = "any") -> PcscTransport:
+    """Wait for a card in the first reader matching ``reader`` and connect to it."""
+    if not _wait_state(reader, True, timeout):
+        raise CardReadError(f"PC/SC: no card inserted within {timeout:g} s")
+    return PcscTransport(reader, protocol=protocol)
+
+
+def wait_for_removal(reader: str = "", timeout: float = 30.0) -> bool:
+    """Wait until the card is taken out ("请拔卡"); False if it is still there after ``timeout``."""
+    return _wait_state(reader, False, timeout)

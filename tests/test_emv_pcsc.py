@@ -175,3 +175,27 @@ def test_cli_softcard(pcscd: None, capsys: pytest.CaptureFixture[str]) -> None:
         t.join(timeout=10)
     assert rc == [0]
     assert "6212340000000000006" not in capsys.readouterr().out
+
+
+def test_wait_for_card_and_removal(pcscd: None) -> None:
+    import threading
+
+    from terminal_bridge.apdu import wait_for_card, wait_for_removal
+
+    with pytest.raises(CardReadError, match="no card inserted within 0.3 s"):
+        wait_for_card(CONTACT, timeout=0.3)
+    card = SoftCard()
+    vpcd = VpcdCard(card, "127.0.0.1", 35963)
+    timer = threading.Timer(0.5, vpcd.start)
+    timer.start()
+    try:
+        transport = wait_for_card(CONTACT, timeout=10)
+        assert EmvKernel(transport).start(1).card.pan == card.profile.pan
+        transport.close()
+        assert not wait_for_removal(CONTACT, timeout=0.3)  # still inserted
+    finally:
+        timer.join()
+        vpcd.stop()
+    assert wait_for_removal(CONTACT, timeout=10)
+    with pytest.raises(CardReadError, match="no reader matching 'Nope'"):
+        wait_for_card("Nope", timeout=0.1)
