@@ -415,7 +415,7 @@ def cmd_a0(hsm: Hsm, f: Fields) -> tuple[str, str]:
         kek_type = "000"
         if f.optional(";"):
             kek_type = "002" if f.one_of("ZMK/TMK flag", "01") == "1" else "000"
-        kek = hsm.clear_key(f.key("ZMK/TMK"), kek_type)
+        kek = f.key_clear("ZMK/TMK", kek_type)[0]
         exp_scheme = f.take(1, "key scheme (ZMK)").upper()
         if exp_scheme not in SCHEME_PARTS:
             raise CommandError("26", f"key scheme (ZMK) {exp_scheme!r} at offset {f.off() - 1}")
@@ -427,7 +427,7 @@ def cmd_a0(hsm: Hsm, f: Fields) -> tuple[str, str]:
 def cmd_a6(hsm: Hsm, f: Fields) -> tuple[str, str]:
     """Import a key: key type 3 · ZMK · key (ZMK) · key scheme (LMK) 1."""
     kt = _key_type3(f, "key type")
-    zmk = hsm.clear_key(f.key("ZMK"), "000")
+    zmk = f.key_clear("ZMK", "000")[0]
     pk = f.key("key (ZMK)")
     scheme = f.take(1, "key scheme (LMK)").upper()
     clear = _import(zmk, pk)
@@ -443,8 +443,8 @@ def cmd_a6(hsm: Hsm, f: Fields) -> tuple[str, str]:
 def cmd_a8(hsm: Hsm, f: Fields) -> tuple[str, str]:
     """Export a key: key type 3 · ZMK · key (LMK) · key scheme (ZMK) 1."""
     kt = _key_type3(f, "key type")
-    zmk = hsm.clear_key(f.key("ZMK"), "000")
-    clear = hsm.clear_key(f.key("key (LMK)"), kt)
+    zmk = f.key_clear("ZMK", "000")[0]
+    clear = f.key_clear("key (LMK)", kt)[0]
     scheme = f.take(1, "key scheme (ZMK)").upper()
     if scheme not in SCHEME_PARTS:
         raise CommandError("26", f"key scheme (ZMK) {scheme!r}")
@@ -555,8 +555,8 @@ def cmd_cc(hsm: Hsm, f: Fields) -> tuple[str, str]:
 
 
 def _dukpt(hsm: Hsm, f: Fields) -> tuple[str, str]:
-    bdk = hsm.clear_key(f.key("BDK"), "009")
-    zpk = hsm.clear_key(f.key("destination ZPK"), "001", source=False)
+    bdk = f.key_clear("BDK", "009")[0]
+    zpk = f.key_clear("destination ZPK", "001", source=False)[0]
     at = f.off()
     descriptor = f.take(3, "KSN descriptor")
     if any(c not in "0123456789ABCDEFabcdef" for c in descriptor):
@@ -593,7 +593,7 @@ def _lmk_pin_key(hsm: Hsm) -> bytes:
 @command("JE")
 def cmd_je(hsm: Hsm, f: Fields) -> tuple[str, str]:
     """PIN ZPK -> LMK: ZPK · block 16H · fmt 2 · account 12 -> PIN (LMK) 16H."""
-    zpk = hsm.clear_key(f.key("ZPK"), "001")
+    zpk = f.key_clear("ZPK", "001")[0]
     block = f.hex(16, "PIN block")
     fmt = f.pin_format("PIN block format")
     pan = f.account()
@@ -604,7 +604,7 @@ def cmd_je(hsm: Hsm, f: Fields) -> tuple[str, str]:
 @command("JG")
 def cmd_jg(hsm: Hsm, f: Fields) -> tuple[str, str]:
     """PIN LMK -> ZPK: ZPK · fmt 2 · account 12 · PIN (LMK) 16H -> block 16H."""
-    zpk = hsm.clear_key(f.key("ZPK"), "001", source=False)
+    zpk = f.key_clear("ZPK", "001", source=False)[0]
     fmt = f.pin_format("PIN block format")
     pan = f.account()
     under_lmk = f.hex(16, "PIN (LMK)")
@@ -616,8 +616,8 @@ def cmd_jg(hsm: Hsm, f: Fields) -> tuple[str, str]:
 
 
 def _verify_ibm(hsm: Hsm, f: Fields, pin_key_type: str) -> tuple[str, str]:
-    pin_key = hsm.clear_key(f.key("TPK/ZPK"), pin_key_type)
-    pvk = hsm.clear_key(f.key("PVK"), "002")
+    pin_key = f.key_clear("TPK/ZPK", pin_key_type)[0]
+    pvk = f.key_clear("PVK", "002")[0]
     max_len = int(f.digits(2, "maximum PIN length"))
     block = f.hex(16, "PIN block")
     fmt = f.pin_format("PIN block format")
@@ -654,8 +654,8 @@ def cmd_ea(hsm: Hsm, f: Fields) -> tuple[str, str]:
 
 
 def _verify_pvv(hsm: Hsm, f: Fields, pin_key_type: str) -> tuple[str, str]:
-    pin_key = hsm.clear_key(f.key("TPK/ZPK"), pin_key_type)
-    pvk = hsm.clear_key(f.key("PVK pair"), "002")
+    pin_key = f.key_clear("TPK/ZPK", pin_key_type)[0]
+    pvk = f.key_clear("PVK pair", "002")[0]
     if len(pvk) != 16:
         raise CommandError("27", "PVK pair must be double length")
     block = f.hex(16, "PIN block")
@@ -689,7 +689,7 @@ def _mac_request(hsm: Hsm, f: Fields) -> tuple[str, bytes, bytes]:
     alg = f.one_of("MAC algorithm", ("01", "03", ALG_POS_ECB), 2)
     pad = f.one_of("padding method", "0123")
     kt = f.one_of("key type", ("003", "008"), 3)
-    key = hsm.clear_key(f.key("MAC key"), kt)
+    key = f.key_clear("MAC key", kt)[0]
     n = f.hexlen(4, "message length")
     data = f.hex(2 * n, "message") if in_fmt == "1" else f.take(n, "message").encode("latin-1")
     if alg == ALG_POS_ECB:
@@ -736,7 +736,7 @@ def cmd_kq(hsm: Hsm, f: Fields) -> tuple[str, str]:
     data · ';' · ARQC 16H · [ARC 4H | CSU 8H + proprietary length 2H + data]."""
     mode = f.one_of("mode flag", "01234")
     scheme = f.one_of("scheme ID", "01")
-    imk = hsm.clear_key(f.key("MK-AC"), "109")
+    imk = f.key_clear("MK-AC", "109")[0]
     if len(imk) != 16:
         raise CommandError("27", "MK-AC must be double length")
     y = f.hex(16, "PAN/PSN").hex()
@@ -784,7 +784,7 @@ def _pan_until_delimiter(f: Fields) -> str:
 
 
 def _cvv_inputs(hsm: Hsm, f: Fields, with_cvv: bool) -> tuple[bytes, str, str, str, str]:
-    cvk = hsm.clear_key(f.key("CVK pair"), "402")
+    cvk = f.key_clear("CVK pair", "402")[0]
     if len(cvk) != 16:
         raise CommandError("27", "CVK pair must be double length")
     given = f.digits(3, "CVV") if with_cvv else ""
@@ -807,7 +807,7 @@ def cmd_cy(hsm: Hsm, f: Fields) -> tuple[str, str]:
 
 
 def _x99(hsm: Hsm, f: Fields) -> bytes:
-    key = hsm.clear_key(f.key("TAK"), "003")
+    key = f.key_clear("TAK", "003")[0]
     if len(key) != 8:
         raise CommandError("27", "MA/MC need a single-length TAK")
     return key
@@ -838,7 +838,7 @@ def cmd_mc(hsm: Hsm, f: Fields) -> tuple[str, str]:
 @command("FA")
 def cmd_fa(hsm: Hsm, f: Fields) -> tuple[str, str]:
     """ZPK from ZMK to LMK: ZMK · ZPK (ZMK) -> ZPK (LMK) · KCV 6H (A6 with key type 001)."""
-    zmk = hsm.clear_key(f.key("ZMK"), "000")
+    zmk = f.key_clear("ZMK", "000")[0]
     pk = f.key("ZPK (ZMK)")
     clear = _import(zmk, pk)
     if not has_odd_parity(clear):
@@ -849,14 +849,14 @@ def cmd_fa(hsm: Hsm, f: Fields) -> tuple[str, str]:
 @command("GC")
 def cmd_gc(hsm: Hsm, f: Fields) -> tuple[str, str]:
     """ZPK from LMK to ZMK: ZMK · ZPK (LMK) -> ZPK (ZMK, scheme X/Y) · KCV 6H."""
-    zmk = hsm.clear_key(f.key("ZMK"), "000")
-    clear = hsm.clear_key(f.key("ZPK (LMK)"), "001")
+    zmk = f.key_clear("ZMK", "000")[0]
+    clear = f.key_clear("ZPK (LMK)", "001")[0]
     return "00", _export(zmk, clear, "X") + _kcv6(clear)
 
 
 def _to_tmk(hsm: Hsm, f: Fields, key_type: str, name: str) -> tuple[str, str]:
-    tmk = hsm.clear_key(f.key("TMK"), "002")
-    clear = hsm.clear_key(f.key(f"{name} (LMK)"), key_type)
+    tmk = f.key_clear("TMK", "002")[0]
+    clear = f.key_clear(f"{name} (LMK)", key_type)[0]
     return "00", _export(tmk, clear, "X")
 
 
