@@ -498,3 +498,15 @@ async def test_partial_approval_10_is_journaled_as_approved(stack):
     assert reply.rc == "10"
     row = await _row(stack, reply.rrn)
     assert row.state == "approved" and row.response_code == "10"
+
+
+async def test_hsm_down_gives_96_and_nothing_forwarded(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 1)
+    before = len(_ledger(stack).postings())
+    await stack.hsm_server.close()
+    await stack.hsm.close()
+    reply = await term.sale(card, 100, entry="contactless")
+    assert reply.rc == "96"
+    assert len(_ledger(stack).postings()) == before
+    stack.hsm_server = None

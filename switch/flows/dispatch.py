@@ -100,7 +100,14 @@ class Processor:
                 ctx.processing_request = PR_SIGN_ON_AGAIN
                 return self._finish(ctx, None)
             mac = req.get("64")
-            if mac is None or not await svc.security.verify_mac(term, wire.mac_input(body), bytes.fromhex(mac)):
+            try:
+                mac_ok = mac is not None and await svc.security.verify_mac(term, wire.mac_input(body),
+                                                                           bytes.fromhex(mac))
+            except Exception as exc:  # HSM down or erroring: nothing is forwarded
+                log.warning("MAC check failed in the HSM", extra=kv(tid=tid, stan=req.get("11"), error=str(exc)))
+                ctx.fail(RC.SYSTEM_ERROR)
+                return self._finish(ctx, None)
+            if not mac_ok:
                 log.warning("bad MAC", extra=kv(tid=tid, mid=mid, stan=req.get("11"), mti=req["t"]))
                 if svc.metrics is not None:
                     svc.metrics.mac_failures.inc()
@@ -117,8 +124,14 @@ class Processor:
             ctx.processing_request = PR_SIGN_ON_AGAIN
         if ctx.mac_reply and ctx.reply.get("39") != RC.MAC_ERROR:
             body_out = wire.encode({**ctx.reply, "64": "0" * 16})
-            mac = await svc.security.generate_mac(term, wire.mac_input(body_out))
-            return self._finish(ctx, body_out[:-8] + mac)
+            try:
+                reply_mac = await svc.security.generate_mac(term, wire.mac_input(body_out))
+            except Exception as exc:
+                # No MAC: a terminal checks the MAC of an approval, finds it wrong and reverses the
+                # transaction (0400, 39 = A0), which undoes it upstream; that is the safe outcome.
+                log.error("reply MAC failed in the HSM", extra=kv(tid=tid, stan=req.get("11"), error=str(exc)))
+                reply_mac = b"\x00" * 8
+            return self._finish(ctx, body_out[:-8] + reply_mac)
         return self._finish(ctx, None)
 
     def _finish(self, ctx: Context, body: bytes | None) -> tuple[bytes, int]:
