@@ -170,18 +170,18 @@ class _Connection(asyncio.Protocol):
             frames = self.splitter.feed(data)
         except FramingError as exc:
             log.error("hsm reply framing error", extra=kv(reason=str(exc)))
-            self._fail_all(HsmUnavailable("??", f"framing error: {exc}"), close=True)
+            self._fail_all(f"framing error: {exc}", close=True)
             return
         hl = self.client.header_len
         inflight = self.inflight
         for frame in frames:
             if not inflight:
-                self._fail_all(HsmUnavailable("??", "unsolicited reply"), close=True)
+                self._fail_all("unsolicited reply", close=True)
                 return
             header, command, fut, _ = inflight.popleft()
             if frame[:hl] != header or len(frame) < hl + 4:
                 log.error("hsm reply out of sequence", extra=kv(command=command))
-                self._fail_all(HsmUnavailable(command, "reply out of sequence"), close=True)
+                self._fail_all("reply out of sequence", close=True)
                 if not fut.done():
                     fut.set_exception(HsmUnavailable(command, "reply out of sequence"))
                 return
@@ -190,7 +190,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._fail_all(HsmUnavailable("", f"connection lost: {exc}" if exc else "connection closed"))
+        self._fail_all(f"connection lost: {exc}" if exc else "connection closed")
         if self.watchdog is not None:
             self.watchdog.cancel()
         self.client._forget(self)
@@ -236,16 +236,17 @@ class _Connection(asyncio.Protocol):
                 fut.set_exception(HsmTimeout(entry[1]))
         if self.inflight and now - self.inflight[0][3] > 3 * self.client.timeout:
             log.warning("hsm connection hung, closing", extra=kv(in_flight=len(self.inflight)))
-            self._fail_all(HsmUnavailable(self.inflight[0][1], "connection hung"), close=True)
+            self._fail_all("connection hung", close=True)
             return
         if self.inflight:
             self._arm_watchdog()
 
-    def _fail_all(self, exc: HsmError, close: bool = False) -> None:
+    def _fail_all(self, reason: str, close: bool = False) -> None:
+        """Fail every request in flight with :class:`HsmUnavailable` (and optionally close)."""
         while self.inflight:
             _, command, fut, _ = self.inflight.popleft()
             if not fut.done():
-                fut.set_exception(type(exc)(command, str(exc)) if isinstance(exc, HsmUnavailable) else exc)
+                fut.set_exception(HsmUnavailable(command, reason))
         if close and self.transport is not None:
             self.closed = True
             self.transport.close()
