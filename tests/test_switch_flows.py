@@ -510,3 +510,12 @@ async def test_hsm_down_gives_96_and_nothing_forwarded(stack):
     assert reply.rc == "96"
     assert len(_ledger(stack).postings()) == before
     stack.hsm_server = None
+
+
+async def test_garbage_pin_block_gets_99(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 1)
+    doc = term._base("0200", "000000", "22")
+    doc.update({"4": "000000000100", "25": "00", "49": "156", "35": card.track2, "22": "021", "26": "12",
+                "52": "0123456789ABCDEF", "53": "2600000000000000"})
+    assert (await term.send(doc, mac=True)).rc == "99"

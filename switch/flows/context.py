@@ -39,6 +39,7 @@ class RC:
     SYSTEM_ERROR = "96"
     UNKNOWN_TERMINAL = "97"
     ISSUER_TIMEOUT = "98"
+    PIN_FORMAT = "99"
     MAC_ERROR = "A0"
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from switch import h2h
 from switch.flows import wire
 from switch.flows.context import RC, Context
+from switch.hsm_client import HsmError
 from switch.logsafe import kv
 
 try:
@@ -31,6 +32,9 @@ except ImportError:  # pragma: no cover - until the issuer link lands
 
 
 log = logging.getLogger("switch.flows")
+
+#: HSM error codes of a PIN block that is not valid under the terminal's PIK (payment-crypto §9)
+_PIN_BLOCK_ERRORS = frozenset({"20", "23", "24"})
 
 #: journal txn type -> (H2H MTI, processing code) of the original request
 _H2H_CODES = {kind.value: codes[:2] for kind, codes in h2h.KIND_CODES.items()}
@@ -76,7 +80,12 @@ async def authorize(ctx: Context, txn_type: str, *, mti_up: str | None = None, a
     if "52" in req:
         if not route.zpk_under_lmk:
             return Outcome(RC.SYSTEM_ERROR, route=route)
-        zpb = await svc.security.translate_pin(term, route.zpk_under_lmk, bytes.fromhex(req["52"]), pan)
+        try:
+            zpb = await svc.security.translate_pin(term, route.zpk_under_lmk, bytes.fromhex(req["52"]), pan)
+        except HsmError as exc:
+            if exc.code in _PIN_BLOCK_ERRORS:  # the block does not decode under this terminal's PIK
+                return Outcome(RC.PIN_FORMAT, route=route)
+            raise
         pin_block = zpb.hex().upper()
     journal = svc.journal
     stan = req.get("11", "")
