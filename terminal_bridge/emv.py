@@ -132,6 +132,13 @@ class EmvKernel:
     # ---------------------------------------------------------------- flow
     def start(self, amount_fen: int, *, txn_type: str = "00", other_fen: int = 0, sequence: int = 1) -> EmvTransaction:
         """Application selection, GET PROCESSING OPTIONS and READ RECORD; returns the card data."""
+        _bcd_amount(amount_fen), _bcd_amount(other_fen)  # caller errors stay ValueError
+        if len(txn_type) != 2 or not txn_type.isdigit():
+            raise ValueError(f"transaction type {txn_type!r} must be 2 digits (tag 9C)")
+        with _CardAnswers("reading the card"):
+            return self._start(amount_fen, txn_type, other_fen, sequence)
+
+    def _start(self, amount_fen: int, txn_type: str, other_fen: int, sequence: int) -> EmvTransaction:
         now = self._clock()
         p = self.params
         tags: dict[str, bytes] = {
@@ -196,7 +203,9 @@ class EmvKernel:
     @staticmethod
     def _parse_gpo(data: bytes) -> tuple[bytes, bytes]:
         if data[:1] == b"\x80":  # format 1: AIP (2) + AFL
-            value = next(emv_tlv.iter_tlv(data))[1]
+            value = next(emv_tlv.iter_tlv(data), ("80", b"", False, 0))[1]
+            if len(value) < 2:
+                raise CardReadError("GET PROCESSING OPTIONS format 1 answer too short")
             return value[:2], value[2:]
         if data[:1] == b"\x77":
             flat = emv_tlv.flatten(data)
@@ -237,6 +246,10 @@ class EmvKernel:
 
     def first_generate_ac(self, txn: EmvTransaction, *, pin_entered: bool = False) -> bytes:
         """Ask the card for an ARQC; returns (and stores in ``txn.field55``) the request field 55."""
+        with _CardAnswers("GENERATE AC (1st)"):
+            return self._first_generate_ac(txn, pin_entered)
+
+    def _first_generate_ac(self, txn: EmvTransaction, pin_entered: bool) -> bytes:
         tags = txn.tags
         tags["9F34"] = bytes.fromhex("420300" if pin_entered else "1F0002")  # online PIN / no CVM
         if pin_entered:
@@ -258,6 +271,11 @@ class EmvKernel:
                            icc_response: bytes | None) -> Completion:
         """Finish with the host answer: ``response_code`` (field 39, ``None`` = no answer) and the reply's
         field 55 (tag 91, optionally 71/72)."""
+        with _CardAnswers("GENERATE AC (2nd)"):
+            return self._second_generate_ac(txn, response_code, icc_response)
+
+    def _second_generate_ac(self, txn: EmvTransaction, response_code: str | None,
+                            icc_response: bytes | None) -> Completion:
         tags = txn.tags
         iad91 = b""
         scripts: list[tuple[str, bytes]] = []
@@ -327,6 +345,20 @@ class EmvKernel:
         return bytes(out)
 
 
+class _CardAnswers:
+    """Turn any malformed-card-data failure inside a kernel step into a :class:`CardReadError`."""
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, et: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is not None and isinstance(exc, TLVError | IndexError | KeyError | ValueError | StopIteration):
+            raise CardReadError(f"{self.step}: malformed card data ({type(exc).__name__}: {exc})") from exc
+
+
 def _safe_flatten(data: bytes, what: str) -> dict[str, bytes]:
     try:
         return emv_tlv.flatten(data)
@@ -348,7 +380,7 @@ def _afl_entries(afl: bytes) -> list[tuple[int, int, int]]:
 
 def _parse_ac(answer: bytes) -> tuple[int, dict[str, bytes]]:
     if answer[:1] == b"\x80":  # format 1: CID (1) ATC (2) AC (8) IAD (var)
-        v = next(emv_tlv.iter_tlv(answer))[1]
+        v = next(emv_tlv.iter_tlv(answer), ("80", b"", False, 0))[1]
         if len(v) < 11:
             raise CardReadError("GENERATE AC format 1 answer too short")
         return v[0], {"9F27": v[:1], "9F36": v[1:3], "9F26": v[3:11], "9F10": v[11:]}

@@ -65,6 +65,8 @@ def _read_tag(data: bytes, pos: int) -> tuple[str, int, bool]:
             pos += 1
             if not b & 0x80:
                 break
+            if pos - start >= 4:
+                raise TLVError("tag longer than 4 bytes", tag=data[start:pos].hex().upper(), offset=start)
     return data[start:pos].hex().upper(), pos, bool(first & 0x20)
 
 

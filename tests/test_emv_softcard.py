@@ -349,3 +349,40 @@ def test_issuer_script_with_bad_mac_fails_and_sets_tvr() -> None:
     assert done.script_results == bytes.fromhex("1200000009")  # failed at command 2
     assert not card.blocked and card.data_objects == {"9F58": b"\x07"}
     assert pyemv_tlv.decode(done.tc_field55, flatten=True)["95"][4] & 0x20  # failed after final GAC
+
+
+class _FlakyCard(SoftCard):
+    """Corrupts one answer: truncation, a flipped byte or garbage, chosen by the test."""
+
+    def __init__(self, victim: int, mode: int, pos: int, byte: int) -> None:
+        super().__init__()
+        self.victim, self.mode, self.pos, self.byte = victim, mode, pos, byte
+        self.n = 0
+
+    def process(self, apdu: bytes) -> bytes:
+        resp = super().process(apdu)
+        self.n += 1
+        if self.n != self.victim or len(resp) < 3:
+            return resp
+        body, sw = bytearray(resp[:-2]), resp[-2:]
+        i = self.pos % len(body)
+        if self.mode == 0:
+            body = body[:i]
+        elif self.mode == 1:
+            body[i] ^= self.byte or 1
+        else:
+            body[i:] = bytes([self.byte]) * (len(body) - i)
+        return bytes(body) + sw
+
+
+@settings(max_examples=150)
+@given(victim=st.integers(1, 7), mode=st.integers(0, 2), pos=st.integers(0, 300), byte=st.integers(0, 255))
+def test_property_corrupt_card_answers_give_clear_errors(victim: int, mode: int, pos: int, byte: int) -> None:
+    """Whatever one corrupted card answer looks like, the kernel either completes or raises CardReadError."""
+    k = EmvKernel(DirectTransport(_FlakyCard(victim, mode, pos, byte)), clock=lambda: NOW)
+    try:
+        txn = k.start(100)
+        k.first_generate_ac(txn)
+        k.second_generate_ac(txn, "00", None)
+    except CardReadError as exc:
+        assert str(exc)
