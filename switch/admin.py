@@ -12,6 +12,7 @@ made here while the switch runs are picked up by the switch (see ``TerminalRegis
     posswitch terminals --config C rotate-keys TID MID [--tmk-lmk NEW]
     posswitch terminals --config C import            # upsert [[merchants]] / [[terminals]] from the config
     posswitch terminals --config C report [--date YYYY-MM-DD] [--merchant MID] [--format text|csv]
+    posswitch terminals --config C txns [--rrn R] [--pan PAN] [--terminal T] [--batch B] [--state S] [--json]
 """
 
 from __future__ import annotations
@@ -67,6 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("import", help="upsert the merchants and terminals listed in the config")
 
+    tx = sub.add_parser("txns", help="find journaled transactions (masked PAN only)")
+    tx.add_argument("--rrn")
+    tx.add_argument("--pan", help="card number, matched through the keyed hash (needs --config)")
+    tx.add_argument("--terminal")
+    tx.add_argument("--merchant")
+    tx.add_argument("--batch", type=int)
+    tx.add_argument("--state")
+    tx.add_argument("--limit", type=int, default=50)
+    tx.add_argument("--json", action="store_true", help="one JSON object per line")
+
     rep = sub.add_parser("report", help="daily merchant report: counts, amounts, fees, net")
     rep.add_argument("--date", help="business day YYYY-MM-DD (default: today in [settlement] utc_offset_hours)")
     rep.add_argument("--merchant")
@@ -110,6 +121,37 @@ def _report(args: argparse.Namespace, cfg: Config | None, path: str, store: Term
             await js.close()
 
     return format_report(build_report(asyncio.run(rows()), day, fees, profiles), args.format)
+
+
+def _txns(args: argparse.Namespace, cfg: Config | None, store: TerminalStore) -> str:
+    from switch.journal import pan_hash
+    from switch.journal_sqlite import JOURNAL_MIGRATIONS, migrate, row_to_record
+
+    where, params = [], []
+    if args.pan:
+        if cfg is None:
+            raise ConfigError("", "--pan", "needs --config (the PAN is found through the keyed hash)")
+        where.append("pan_hash = ?")
+        params.append(pan_hash(cfg.journal.pan_hash_key, args.pan))
+    for column, value in (("rrn", args.rrn), ("terminal_id", args.terminal), ("merchant_id", args.merchant),
+                          ("batch", args.batch), ("state", args.state)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    migrate(store.conn, "journal", JOURNAL_MIGRATIONS)  # an empty database answers with no rows
+    sql = "SELECT * FROM txn" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
+    rows = [row_to_record(r) for r in store.conn.execute(sql, (*params, max(1, args.limit)))]
+    if args.json:
+        return "".join(json.dumps(dataclasses.asdict(r), ensure_ascii=False) + "\n" for r in rows if r)
+    lines = [f"{'id':>6} {'time (UTC)':<19} {'terminal':<8} {'type':<12} {'state':<9} {'amount':>12} "
+             f"{'card':<19} {'stan':<6} {'batch':>6} {'rrn':<12} {'auth':<6} rc"]
+    for r in rows:
+        assert r is not None
+        when = dt.datetime.fromtimestamp(r.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        lines.append(f"{r.id:>6} {when:<19} {r.terminal_id:<8} {r.txn_type:<12} {r.state:<9} "
+                     f"{r.amount / 100:>12.2f} {r.pan_masked:<19} {r.stan:<6} {r.batch:>6} {r.rrn:<12} "
+                     f"{r.auth_code:<6} {r.response_code}")
+    return "\n".join(lines) + "\n"
 
 
 def run(args: argparse.Namespace) -> str:
@@ -156,6 +198,8 @@ def run(args: argparse.Namespace) -> str:
             return f"imported {len(cfg.merchants)} merchants, {len(cfg.terminals)} terminals\n"
         if cmd == "report":
             return _report(args, cfg, path, store)
+        if cmd == "txns":
+            return _txns(args, cfg, store)
         raise RegistryError(f"unknown command {cmd!r}")  # argparse prevents this
     finally:
         store.close()

@@ -60,6 +60,11 @@ FORBIDDEN_KEYS: frozenset[str] = frozenset(
 )
 
 
+def pan_hash(key: bytes, pan: str) -> str:
+    """HMAC-SHA256 of the PAN digits under ``key`` (hex): the journal's lookup hash for a card."""
+    return hmac.new(key, pan.strip().encode("ascii"), hashlib.sha256).hexdigest()
+
+
 class JournalError(Exception):
     """A journal write or lookup failed (bad field, unknown row, storage error)."""
 
@@ -308,7 +313,7 @@ class Journal:
     # -- helpers ----------------------------------------------------------------------------------------
     def pan_hash(self, pan: str) -> str:
         """HMAC-SHA256 of the PAN digits under the configured key (hex): equal PANs give equal hashes."""
-        return hmac.new(self._key, pan.strip().encode("ascii"), hashlib.sha256).hexdigest()
+        return pan_hash(self._key, pan)
 
     def next_rrn(self) -> str:
         """A fresh 12-digit RRN (field 37), unique for this journal."""

@@ -206,3 +206,34 @@ def test_cli_report_reads_the_journal(tmp_path: Path, capsys: pytest.CaptureFixt
     assert out.splitlines()[1] == f"{day},{MID},2,60000,0,0,60000,338,59662"
     code, _, err = run_cli(capsys, "--db", db, "report", "--date", "yesterday")
     assert code == 2 and "Invalid isoformat" in err
+
+
+def test_cli_txns_finds_rows_by_rrn_card_and_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = load_config(EXAMPLE)
+    db = str(tmp_path / "t.db")
+    pan = "6212345678901234567"
+
+    async def fill() -> list[str]:
+        j = await Journal.open(db, cfg.journal.pan_hash_key)
+        rrns = []
+        try:
+            for i, card in enumerate((pan, "6222020000000000001", pan)):
+                txn = await j.record(dict(terminal_id=TID, merchant_id=MID, txn_type="sale", amount=1234 + i,
+                                          stan=i + 1, batch=7 if i < 2 else 8, pan=card))
+                rrns.append(j.next_rrn())
+                await j.commit_approval(txn, rrns[-1], f"00000{i}")
+        finally:
+            await j.close()
+        return rrns
+
+    rrns = asyncio.run(fill())
+    base = ["--config", str(EXAMPLE), "--set", f'journal.path="{db}"', "txns"]
+    code, out, _ = run_cli(capsys, *base, "--rrn", rrns[1])
+    assert code == 0 and "622202*********0001" in out and "12.35" in out and out.count("\n") == 2
+    code, out, _ = run_cli(capsys, *base, "--pan", pan, "--json")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["rrn"] for r in rows] == [rrns[2], rrns[0]] and pan not in out
+    code, out, _ = run_cli(capsys, *base, "--terminal", TID, "--batch", "7", "--state", "approved")
+    assert code == 0 and out.count("\n") == 3
+    code, _, err = run_cli(capsys, "--db", db, "txns", "--pan", pan)
+    assert code == 2 and "--pan" in err
