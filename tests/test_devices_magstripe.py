@@ -125,3 +125,13 @@ def test_no_track_data_in_repr() -> None:
     s = parse_swipe(T1 + T2)
     for obj in (s, s.track1, s.track2):
         assert PAN not in repr(obj) and "ZHANG" not in repr(obj)
+
+
+@given(st.text(alphabet="%;+?^=EB0123456789 /ABZ\r\n", max_size=120) | st.text(max_size=60))
+def test_property_any_text_parses_or_raises_card_read_error(text: str) -> None:
+    try:
+        s = parse_swipe(text, check_luhn=False)
+    except CardReadError as exc:
+        assert str(exc)
+    else:
+        assert s.pan.isdigit() and 13 <= len(s.pan) <= 19
