@@ -519,3 +519,22 @@ async def test_garbage_pin_block_gets_99(stack):
     doc.update({"4": "000000000100", "25": "00", "49": "156", "35": card.track2, "22": "021", "26": "12",
                 "52": "0123456789ABCDEF", "53": "2600000000000000"})
     assert (await term.send(doc, mac=True)).rc == "99"
+
+
+async def test_refund_is_stored_and_forwarded_when_the_issuer_is_silent(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 2)
+    before = _ledger(stack).balance(card.pan)
+    sale = await term.sale(card, 1000, entry="contactless")
+    stack.issuers["cup"].faults.add(action="drop_response", amount=400, times=1)
+    refund = await term.refund(card, sale, 400)
+    assert refund.rc == "00" and refund.mac_ok
+    assert (await _row(stack, refund.rrn)).state == "approved"
+    # the first 0220 was posted (its answer lost); the 0221 repeat is deduplicated: credited once
+    assert await _wait_for(lambda: _ledger(stack).balance(card.pan) == before - 600)
+    for _ in range(250):
+        if await stack.links["cup"].pending_reversals() == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert await stack.links["cup"].pending_reversals() == 0
+    assert _ledger(stack).balance(card.pan) == before - 600

@@ -33,6 +33,9 @@ except ImportError:  # pragma: no cover - until the issuer link lands
 
 log = logging.getLogger("switch.flows")
 
+#: transaction types sent as 0220 advices: approved by the switch and forwarded when the issuer is silent
+ADVICES = frozenset({"refund", "completion_advice"})
+
 #: HSM error codes of a PIN block that is not valid under the terminal's PIK (payment-crypto §9)
 _PIN_BLOCK_ERRORS = frozenset({"20", "23", "24"})
 
@@ -74,7 +77,7 @@ async def authorize(ctx: Context, txn_type: str, *, mti_up: str | None = None, a
     route = svc.router.lookup(pan)
     if route is None:
         return Outcome(RC.NO_SUCH_ISSUER)
-    if not route.up:
+    if not route.up and txn_type not in ADVICES:  # advices are stored and forwarded
         return Outcome(RC.ISSUER_LINK_DOWN, route=route)
     pin_block = None
     if "52" in req:
@@ -120,14 +123,20 @@ async def authorize(ctx: Context, txn_type: str, *, mti_up: str | None = None, a
     t0 = time.perf_counter()
     try:
         resp = await route.link.request(up, timeout=svc.issuer_timeout)
-    except IssuerTimeout:
+    except (IssuerTimeout, IssuerUnavailable) as exc:
+        if up["t"] == "0220":  # an advice (refund, completion advice): approve here, store and forward
+            await route.link.advise(up)
+            log.warning("issuer did not answer an advice, queued for store-and-forward",
+                        extra=kv(issuer=route.name, tid=term.tid, rrn=rrn, error=type(exc).__name__))
+            await journal.commit_approval(txn_id, rrn=rrn, auth_code="", response_code=RC.APPROVED)
+            return Outcome(RC.APPROVED, txn_id, rrn, route=route)
+        if isinstance(exc, IssuerUnavailable):
+            log.warning("issuer unavailable", extra=kv(issuer=route.name, tid=term.tid, stan=req.get("11")))
+            await journal.update_state(txn_id, "declined", response_code=RC.ISSUER_UNAVAILABLE)
+            return Outcome(RC.ISSUER_UNAVAILABLE, txn_id, rrn, route=route)
         log.warning("issuer timeout", extra=kv(issuer=route.name, tid=term.tid, stan=req.get("11"), rrn=rrn))
         await journal.update_state(txn_id, "reversed", response_code=RC.ISSUER_TIMEOUT)
         return Outcome(RC.ISSUER_TIMEOUT, txn_id, rrn, route=route)
-    except IssuerUnavailable:
-        log.warning("issuer unavailable", extra=kv(issuer=route.name, tid=term.tid, stan=req.get("11")))
-        await journal.update_state(txn_id, "declined", response_code=RC.ISSUER_UNAVAILABLE)
-        return Outcome(RC.ISSUER_UNAVAILABLE, txn_id, rrn, route=route)
     finally:
         m = svc.metrics
         if m is not None:
