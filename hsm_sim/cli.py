@@ -17,7 +17,7 @@ import sys
 from switch.logsafe import configure_logging
 
 from .keystore import KeyStore, KeyStoreError, StoredKey
-from .lmk import DEFAULT_LMK, KEY_TYPES, LmkError, encrypt_under_lmk, kcv, normalise_key_type
+from .lmk import DEFAULT_LMK, KEY_TYPES, Lmk, LmkError, encrypt_under_lmk, kcv, load_lmk, normalise_key_type
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -36,6 +36,7 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", type=_listen, default=("127.0.0.1", 1500), help="HOST:PORT (default 127.0.0.1:1500)")
     p.add_argument("--keys", help="key database file (JSON, written atomically)")
     p.add_argument("--header-len", type=int, default=4, help="message header length echoed back (default 4)")
+    p.add_argument("--lmk", help="LMK file: 20 lines of 32 hex (default: the ThalesSim test LMK set)")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
     p.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")
@@ -50,16 +51,18 @@ def _form_key_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", help="key database to store the key in (with --index)")
     p.add_argument("--index", help="3-character user-storage index (K + index addresses it)")
     p.add_argument("--label", default="", help="free text stored with the key")
+    p.add_argument("--lmk", help="LMK file (as for the server); default: the test LMK set")
     return p
 
 
 def form_key(argv: list[str]) -> int:
     args = _form_key_parser().parse_args(argv)
     try:
+        lmk = load_lmk(args.lmk) if args.lmk else DEFAULT_LMK
         clear = bytes.fromhex(args.clear)
         key_type = normalise_key_type(args.type)
-        under_lmk = encrypt_under_lmk(clear, key_type, args.scheme.upper())
-    except (ValueError, LmkError) as exc:
+        under_lmk = encrypt_under_lmk(clear, key_type, args.scheme.upper(), lmk=lmk)
+    except (ValueError, LmkError, OSError) as exc:
         print(f"posswitch hsm form-key: {exc}", file=sys.stderr)
         return 2
     check = kcv(clear)
@@ -67,7 +70,11 @@ def form_key(argv: list[str]) -> int:
         if not (args.keys and args.index):
             print("posswitch hsm form-key: --keys and --index go together", file=sys.stderr)
             return 2
-        store = KeyStore(args.keys, lmk_check=DEFAULT_LMK.check_value())
+        try:
+            store = KeyStore(args.keys, lmk_check=lmk.check_value())
+        except KeyStoreError as exc:
+            print(f"posswitch hsm form-key: {exc}", file=sys.stderr)
+            return 2
         store.put(args.index, StoredKey(under_lmk, key_type, check, args.label))
     print(f"key type {key_type}  under LMK {under_lmk}  KCV {check}")
     return 0
@@ -77,7 +84,8 @@ async def _serve(args: argparse.Namespace) -> None:
     from .server import HsmServer
 
     host, port = args.listen
-    server = await HsmServer(host, port, header_len=args.header_len, keys=args.keys).start()
+    lmk: Lmk = load_lmk(args.lmk) if args.lmk else DEFAULT_LMK
+    server = await HsmServer(host, port, header_len=args.header_len, keys=args.keys, lmk=lmk).start()
     print(f"hsm listening on {host}:{server.port}", flush=True)
     try:
         await server.serve_forever()
@@ -103,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         runner(_serve(args))
     except KeyboardInterrupt:
         pass
-    except (KeyStoreError, OSError) as exc:  # unreadable key database, port in use, ...
+    except (KeyStoreError, LmkError, OSError) as exc:  # unreadable key database or LMK, port in use
         print(f"posswitch hsm: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -317,6 +317,22 @@ class Lmk:
 DEFAULT_LMK = Lmk()
 
 
+def load_lmk(path: str) -> Lmk:
+    """An LMK set from a text file: 20 lines of 32 hex (pairs 00-01 ... 38-39); ``#`` comments.
+
+    For tests with a non-default LMK; a simulator never holds a real LMK.
+    """
+    with open(path, encoding="ascii") as f:
+        lines = [ln.split("#", 1)[0].strip() for ln in f]
+    pairs = [ln for ln in lines if ln]
+    if len(pairs) != 20 or any(len(p) != 32 for p in pairs):
+        raise LmkError("13", f"{path}: need 20 pairs of 32 hex characters, got {len(pairs)} lines")
+    try:
+        return Lmk([p.upper() for p in pairs if bytes.fromhex(p)])
+    except ValueError:
+        raise LmkError("13", f"{path}: LMK pairs must be hex") from None
+
+
 def encrypt_under_lmk(clear_key: bytes, key_type: str, scheme: str = "U", lmk: Lmk | None = None) -> str:
     """Provisioning ("form key"): clear key -> key field under the (default test) LMK.
 

@@ -96,7 +96,13 @@ class HsmServer:
         self.port = self._server.sockets[0].getsockname()[1]
         log.info(
             "hsm listening",
-            extra=kv(host=self.host, port=self.port, header_len=self.hsm.header_len, stored_keys=len(self.hsm.keystore)),
+            extra=kv(
+                host=self.host,
+                port=self.port,
+                header_len=self.hsm.header_len,
+                lmk_check=self.hsm.lmk.check_value(),
+                stored_keys=len(self.hsm.keystore),
+            ),
         )
         return self
 

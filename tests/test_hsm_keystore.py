@@ -13,7 +13,7 @@ import pytest
 
 from hsm_sim import cli
 from hsm_sim.keystore import KeyStore, KeyStoreError, StoredKey
-from hsm_sim.lmk import DEFAULT_LMK, LmkError, encrypt_under_lmk, kcv, set_odd_parity
+from hsm_sim.lmk import DEFAULT_LMK, LmkError, encrypt_under_lmk, kcv, load_lmk, set_odd_parity
 from switch.hsm_client import HsmClient
 
 LMK_CV = DEFAULT_LMK.check_value()
@@ -122,3 +122,24 @@ def test_cli_server_reports_a_bad_key_database(tmp_path: Path, capsys: pytest.Ca
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
     assert "cannot read key database" in capsys.readouterr().err
+
+
+def test_custom_lmk_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pairs = [f"{i:02X}" * 8 + f"{i + 0x40:02X}" * 8 for i in range(0x10, 0x24)]  # 20 test pairs
+    lmk_file = tmp_path / "lmk.txt"
+    lmk_file.write_text("# a test LMK\n" + "\n".join(pairs) + "\n")
+    lmk = load_lmk(str(lmk_file))
+    assert lmk.check_value() != LMK_CV
+    assert cli.main(["form-key", "--type", "ZPK", "--clear", TMK.hex(), "--lmk", str(lmk_file)]) == 0
+    out = capsys.readouterr().out
+    assert encrypt_under_lmk(TMK, "ZPK", lmk=lmk) in out and encrypt_under_lmk(TMK, "ZPK") not in out
+    assert lmk.decrypt_key(encrypt_under_lmk(TMK, "ZPK", lmk=lmk), "ZPK") == set_odd_parity(TMK)
+    # a key database written under the default LMK is refused under another one
+    db = tmp_path / "keys.json"
+    assert cli.main(["form-key", "--type", "ZPK", "--clear", TMK.hex(), "--keys", str(db), "--index", "001"]) == 0
+    rc = cli.main(["form-key", "--type", "ZPK", "--clear", TMK.hex(), "--keys", str(db), "--index", "002",
+                   "--lmk", str(lmk_file)])  # fmt: skip
+    assert rc == 2 and "another LMK" in capsys.readouterr().err
+    lmk_file.write_text("\n".join(pairs[:19]))
+    with pytest.raises(LmkError):
+        load_lmk(str(lmk_file))
