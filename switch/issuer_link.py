@@ -242,6 +242,8 @@ class IssuerLink:
             self._loop = None  # type: ignore[assignment]
         self._last_rx = self._last_tx = 0.0
         self._attempted: set[int] = set()
+        self._queued_by_key: dict[tuple[str, str], int] = {}
+        self._side_tasks: set[asyncio.Task[Any]] = set()
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self, wait: float | None = None) -> IssuerLink:
@@ -263,9 +265,10 @@ class IssuerLink:
 
     async def close(self) -> None:
         self._closing = True
-        for t in self._tasks:
+        tasks = [*self._tasks, *self._side_tasks]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
         if self._proto is not None:
             self._proto._flush()
@@ -346,6 +349,10 @@ class IssuerLink:
             log.warning("issuer_unmatched_response", extra=kv(link=self.name, mti=msg.get("t"),
                                                              stan=msg.get("11"), rrn=msg.get("37"),
                                                              rc=msg.get("39")))
+            # a late 0430/0230 still acknowledges its queued message (the issuer did process it)
+            item = self._queued_by_key.get((msg.get("41", ""), msg.get("37", "")))
+            if item is not None and msg.get("t") in ("0430", "0230"):
+                self._spawn(self._ack(item, msg.get("39", ""), late=True))
             return
         fut.set_result(msg)
 
@@ -449,17 +456,32 @@ class IssuerLink:
         if item in self._attempted and rev.get("t") in ("0420", "0220"):
             rev["t"] = rev["t"][:3] + "1"    # a repeat: 0421 / 0221
         self._attempted.add(item)
+        self._queued_by_key[(rev.get("41", ""), rev.get("37", ""))] = item
         try:
             resp = await self._exchange(rev, self.reversal_timeout)
         except (TimeoutError, _Lost):
             log.info("reversal_retry", extra=kv(link=self.name, id=item, rrn=rev.get("37")))
             return False
-        code = resp.get("39", "")
-        await self.reversals.ack(item, code)
+        return await self._ack(item, resp.get("39", ""))
+
+    async def _ack(self, item: int, code: str, late: bool = False) -> bool:
+        if item not in self._attempted:  # acknowledged already (a late answer and a repeat's)
+            return True
         self._attempted.discard(item)
-        log.info("reversal_acked", extra=kv(link=self.name, id=item, rc=code, rrn=rev.get("37"),
+        for k, v in list(self._queued_by_key.items()):
+            if v == item:
+                del self._queued_by_key[k]
+        await self.reversals.ack(item, code)
+        log.info("reversal_acked", extra=kv(link=self.name, id=item, rc=code, late=late,
                                             done=code in h2h.REVERSAL_DONE))
+        if late:
+            self._m_pending(self.name, await self.reversals.count(self.name))
         return True
+
+    def _spawn(self, coro: Any) -> None:
+        task = self._loop.create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     # ---------------------------------------------------------------- echo
     async def _echoer(self) -> None:

@@ -446,3 +446,21 @@ async def test_reversal_repeats_are_0421(issuer):
         assert issuer.ledger.balance(PAN) == 100_000
     finally:
         await link.close()
+
+
+async def test_late_0430_acknowledges_the_reversal(issuer):
+    """An issuer slower than the reversal timeout: the late 0430 still clears the queue (no endless retry)."""
+    issuer.faults.add(action="drop_response", kind="sale", times=1)
+    issuer.faults.add(action="delay", delay=0.3, kind="reversal")
+    link = await IssuerLink("127.0.0.1", issuer.port, timeout=0.1, reversal_retry=1.0).start(wait=2)
+    try:
+        with pytest.raises(IssuerTimeout):
+            await link.request(sale(600))
+
+        async def done():
+            return await link.pending_reversals() == 0
+        await eventually(done)
+        assert issuer.ledger.balance(PAN) == 100_000
+        assert issuer.faults.rules[1].hits == 1                # acknowledged by the late answer, not a retry
+    finally:
+        await link.close()
