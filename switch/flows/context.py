@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from switch.flows.wire import pan_of
+
 if TYPE_CHECKING:
     from switch.flows.dispatch import Services
 
@@ -76,8 +78,6 @@ class Context:
             if v is not None:
                 reply[f] = v
         if "2" not in reply and "35" in req:
-            from switch.flows.wire import pan_of
-
             pan = pan_of(req)
             if pan:
                 reply["2"] = pan

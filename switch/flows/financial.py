@@ -48,7 +48,7 @@ async def preauth(ctx: Context) -> None:
     await _online(ctx, "preauth")
 
 
-async def find_original(ctx: Context, same_batch: bool = True) -> Any:
+async def find_original(ctx: Context) -> Any:
     """The original named by 61 (batch + trace) and/or 37 (RRN) on this terminal, or None."""
     req, term, journal = ctx.req, ctx.terminal, ctx.services.journal
     f61 = wire.Field61.parse(req.get("61"))
@@ -102,7 +102,7 @@ async def completion_void(ctx: Context) -> None:
 async def completion(ctx: Context) -> None:
     """Pre-auth completion: original pre-auth by 61 (+ auth code 38); amount ≤ pre-authorized amount."""
     req = ctx.req
-    orig = await find_original(ctx, same_batch=False)
+    orig = await find_original(ctx)
     if orig is None or orig.txn_type != "preauth":
         ctx.fail(RC.ORIGINAL_NOT_FOUND)
         return
