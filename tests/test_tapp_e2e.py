@@ -1,0 +1,294 @@
+"""Terminal application end to end: TerminalApp -> real switch (testbed: HSM, issuers, journal) over loopback.
+
+Every transaction type with each card type (magstripe, chip and contactless through the software EMV
+card), receipts (ESC/POS bytes, masking), settlement with batch upload, sign-on key checks, the
+host's re-sign-on request, and the reversal rules (98 timeout, A0 bad reply MAC, 06 card declined
+after approval) including after a restart and with the network down.  Faults come from a real TCP
+man-in-the-middle between terminal and switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from switch import testbed
+from switch.testbed import MERCHANT_ID, Stack, qr_code, terminal_id
+from terminal_bridge.app import NETWORK_MESSAGE, Insert, Scan, Swipe, Tap, TerminalApp, TerminalConfig
+from terminal_bridge.display import ConsoleDisplay
+from terminal_bridge.drivers.softcard import CardProfile, SoftCard
+
+pytestmark = pytest.mark.timeout(120)
+PIN = "123456"
+
+
+@pytest.fixture
+async def stack(tmp_path: Path):
+    s = await Stack.start(tmp_path / "stack", terminals=2)
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+class Proxy:
+    """TCP man-in-the-middle: forwards frames, can swallow or damage the reply of one MTI."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.mode = "pass"  # pass / drop / flip_mac
+        self.mti = "0210"
+        self.times = 1
+        self.server: asyncio.base_events.Server | None = None
+        self.port = 0
+        self.seen: list[str] = []
+
+    async def start(self) -> Proxy:
+        self.server = await asyncio.start_server(self._conn, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:  # "network down": nothing listens any more
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _conn(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        try:
+            head = await cr.readexactly(2)
+            req = await cr.readexactly(int.from_bytes(head, "big"))
+            self.seen.append(req[11:13].hex())
+            uw.write(head + req)
+            head = await ur.readexactly(2)
+            rep = bytearray(await ur.readexactly(int.from_bytes(head, "big")))
+            if rep[11:13].hex() == self.mti and self.times > 0 and self.mode != "pass":
+                self.times -= 1
+                if self.mode == "drop":
+                    await cr.read()  # hold the line until the terminal gives up
+                    return
+                rep[-1] ^= 0x01  # flip_mac: last byte of field 64
+            cw.write(head + bytes(rep))
+            await cw.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            uw.close()
+            cw.close()
+
+
+def make_app(port: int, state: Path | None, i: int = 0, tmk: bytes | None = None, **kw) -> TerminalApp:
+    cfg = TerminalConfig("127.0.0.1", port, terminal_id(i), MERCHANT_ID, tmk or testbed.test_tmk(i),
+                         read_timeout=kw.pop("read_timeout", 10.0), connect_timeout=2.0, connect_retries=1,
+                         retry_delay=0.05, **kw)
+    app = TerminalApp(cfg, state_path=state)
+    app.devices.display = ConsoleDisplay(out=open("/dev/null", "w"))  # noqa: SIM115 - closed with the process
+    return app
+
+
+def swipe_of(card) -> Swipe:
+    """Track 2 of a magstripe-only card (service code 101): no chip, so not a fallback."""
+    return Swipe(f";{card.pan}={card.expiry}1010000000000?")
+
+
+def card_input(kind: str, card, cards: dict):
+    if kind == "swipe":
+        return swipe_of(card)
+    key = (card.pan, kind)
+    if key not in cards:
+        cards[key] = SoftCard(CardProfile(pan=card.pan, expiry=card.expiry + "31"), contactless=kind == "tap")
+    return Insert(cards[key]) if kind == "chip" else Tap(cards[key])
+
+
+def receipt_text(app: TerminalApp) -> str:
+    out = app.devices.escpos.output
+    return out.decode("gb18030", "replace")
+
+
+async def journal_row(stack: Stack, app: TerminalApp, stan: str):
+    return await stack.journal.find_by_trace(app.tid, app.mid, app.state.batch, stan)
+
+
+@pytest.mark.parametrize("kind", ["swipe", "chip", "tap"])
+async def test_every_transaction_type_with_each_card_type(stack: Stack, tmp_path: Path, kind: str) -> None:
+    app = make_app(stack.port, tmp_path / "t.json")
+    cards: dict = {}
+    card = stack.card("cup", 0)
+    assert (await app.sign_on()).ok
+    sale = await app.sale(1234, card=card_input(kind, card, cards), pin=PIN)
+    assert sale.ok and sale.rc == "00" and len(sale.rrn) == 12, sale
+    row = await journal_row(stack, app, sale.stan)
+    assert row.state == "approved" and row.amount == 1234
+    assert row.payment_method == {"swipe": "swipe", "chip": "chip", "tap": "contactless"}[kind]
+    text = receipt_text(app)
+    assert card.pan not in text and f"{card.pan[:6]}******{card.pan[-4:]}" in text
+    assert "RMB 12.34" in text and sale.rrn in text and "支付成功" in text and f"{int(sale.stan):06d}" in text
+    if kind != "swipe":
+        assert "TC: " in text and "A000000333010101" in text
+
+    bal = await app.balance(card=card_input(kind, card, cards), pin=PIN)
+    assert bal.ok and bal.balance is not None and bal.balance > 0
+
+    void = await app.void(sale.stan, card=card_input(kind, card, cards))
+    assert void.ok, void
+    assert (await journal_row(stack, app, sale.stan)).state == "voided"
+    assert "消费撤销" in receipt_text(app) and "RMB -12.34" in receipt_text(app)
+
+    sale2 = await app.sale(800, card=card_input(kind, card, cards), pin=PIN)
+    assert sale2.ok
+    refund = await app.refund(300, sale2.rrn, app.state.records[-1].date, card=card_input(kind, card, cards))
+    assert refund.ok, refund
+    row = await stack.journal.find_by_rrn(app.tid, app.mid, refund.rrn)
+    assert row.txn_type == "refund" and row.amount == 300
+    # wrong PIN: declined with the issuer's code, nothing to reverse, no receipt
+    before = len(app.devices.escpos.output)
+    bad = await app.sale(100, card=card_input(kind, card, cards), pin="000000")
+    assert not bad.ok and bad.rc == "55" and app.state.pending_reversal is None
+    assert len(app.devices.escpos.output) == before and "密码错" in bad.display[1]
+
+
+async def test_qr_sale_and_void(stack: Stack, tmp_path: Path) -> None:
+    app = make_app(stack.port, tmp_path / "t.json")
+    code = qr_code("134500000001")
+    res = await app.sale(4200, card=Scan(code))
+    assert res.ok, res
+    text = receipt_text(app)
+    assert "扫码" in text and code not in text
+    assert (await app.void(res.stan)).ok
+    bad = await app.sale(100, card=Scan("99999"))
+    assert not bad.ok and bad.rc == "CARD"
+
+
+async def test_settlement_balanced_uploads_ic_records_and_opens_next_batch(stack: Stack, tmp_path: Path) -> None:
+    app = make_app(stack.port, tmp_path / "t.json", i=1)
+    cards: dict = {}
+    assert (await app.sale(1000, card=swipe_of(stack.card("cup", 1)), pin=PIN)).ok
+    assert (await app.sale(2000, card=card_input("chip", stack.card("cup", 2), cards), pin=PIN)).ok
+    assert (await app.sale(3000, card=card_input("tap", stack.card("intl", 0), cards))).ok  # foreign card
+    s2 = await app.sale(500, card=swipe_of(stack.card("cup", 1)), pin=PIN)
+    assert (await app.refund(200, s2.rrn, app.state.records[-1].date, card=swipe_of(stack.card("cup", 1)))).ok
+    dom, foreign = app.totals()
+    assert (dom.debit_amount, dom.debit_count, dom.credit_amount, dom.credit_count) == (3500, 3, 200, 1)
+    assert (foreign.debit_amount, foreign.debit_count) == (3000, 1)
+    batch = app.state.batch
+    res = await app.settle()
+    assert res.ok and res.detail["balanced"] is True, res
+    assert res.detail["uploaded"] == 2  # balanced: only the two IC (TC) records go up
+    assert app.state.batch == batch + 1 and app.state.records == []
+    host = await stack.journal.batch_totals(app.tid, app.mid, batch)
+    assert host.domestic.debit_amount == 3500 and host.foreign.debit_amount == 3000
+    # the next sign-on hands out the new batch and the terminal keeps it
+    assert (await app.sign_on()).ok and app.state.batch == batch + 1
+
+
+async def test_key_check_value_mismatch_is_refused(stack: Stack, tmp_path: Path) -> None:
+    app = make_app(stack.port, tmp_path / "t.json", tmk=testbed.test_tmk(1))  # terminal 0 with terminal 1's TMK
+    res = await app.sign_on()
+    assert not res.ok and res.rc == "KEY" and "check value mismatch" in res.message
+    assert app.state.keys is None and not app.signed_on and res.display[0] == "密钥校验错"
+    sale = await app.sale(100, card=swipe_of(stack.card("cup", 0)), pin=PIN)
+    assert not sale.ok and sale.rc == "KEY"  # no sale without keys; nothing went out
+    assert app.state.pending_reversal is None
+
+
+async def test_host_request_to_sign_on_again_is_obeyed(stack: Stack, tmp_path: Path) -> None:
+    app = make_app(stack.port, tmp_path / "t.json")
+    assert (await app.sign_on()).ok
+    old_mak = app.state.keys.mak
+    stack.registry.require_resign(app.tid, app.mid)
+    res = await app.sale(100, card=swipe_of(stack.card("cup", 0)), pin=PIN)
+    assert res.ok
+    assert not app.state.need_sign_on and app.state.keys.mak != old_mak  # signed on again right after
+    assert (await app.sale(100, card=swipe_of(stack.card("cup", 0)), pin=PIN)).ok
+
+
+async def test_bad_reply_mac_sends_a0_reversal(stack: Stack, tmp_path: Path) -> None:
+    proxy = await Proxy(stack.port).start()
+    try:
+        app = make_app(proxy.port, tmp_path / "t.json")
+        assert (await app.sign_on()).ok
+        proxy.mode = "flip_mac"
+        res = await app.sale(1500, card=swipe_of(stack.card("cup", 0)), pin=PIN)
+        assert not res.ok and res.reversal == "A0" and res.reversal_sent
+        assert proxy.seen[-2:] == ["0400", "0800"]  # reversal first, then the re-sign-on
+        assert app.state.pending_reversal is None and not app.state.need_sign_on
+        row = await journal_row(stack, app, res.stan)
+        assert row.state == "reversed"
+        assert (await app.sale(100, card=swipe_of(stack.card("cup", 0)), pin=PIN)).ok
+    finally:
+        await proxy.stop()
+
+
+async def test_timeout_sends_98_reversal(stack: Stack, tmp_path: Path) -> None:
+    proxy = await Proxy(stack.port).start()
+    try:
+        app = make_app(proxy.port, tmp_path / "t.json", read_timeout=1.0)
+        cards: dict = {}
+        proxy.mode = "drop"
+        res = await app.sale(2500, card=card_input("chip", stack.card("cup", 0), cards), pin=PIN)
+        assert not res.ok and res.rc == "NET" and res.reversal == "98" and res.reversal_sent
+        assert res.display[0] == NETWORK_MESSAGE
+        assert (await journal_row(stack, app, res.stan)).state == "reversed"
+        assert proxy.seen[-1] == "0400"
+    finally:
+        await proxy.stop()
+
+
+async def test_card_declines_after_online_approval_sends_06(stack: Stack, tmp_path: Path) -> None:
+    app = make_app(stack.port, tmp_path / "t.json")
+    card = stack.card("cup", 0)
+    # a card that checks the ARPC under the session key: the issuer's tag 91 fails, the card answers AAC
+    soft = SoftCard(CardProfile(pan=card.pan, expiry=card.expiry + "31", arpc_key="session"))
+    res = await app.sale(900, card=Insert(soft), pin=PIN)
+    assert not res.ok and res.rc == "00" and res.reversal == "06" and res.reversal_sent
+    assert (await journal_row(stack, app, res.stan)).state == "reversed"
+    assert app.state.records == [] and app.state.pending_reversal is None
+
+
+async def test_network_down_keeps_reversal_and_sends_it_first_after_restart(stack: Stack, tmp_path: Path) -> None:
+    state = tmp_path / "t.json"
+    proxy = await Proxy(stack.port).start()
+    app = make_app(proxy.port, state, read_timeout=1.0)
+    assert (await app.sign_on()).ok
+    proxy.mode = "drop"
+
+    async def drop_then_down() -> None:  # the line dies while the terminal waits for its answer
+        while not proxy.seen or proxy.seen[-1] != "0200":
+            await asyncio.sleep(0.01)
+        await proxy.stop()
+
+    down = asyncio.create_task(drop_then_down())
+    res = await app.sale(3100, card=swipe_of(stack.card("cup", 0)), pin=PIN)
+    await down
+    assert not res.ok and res.reversal == "98" and not res.reversal_sent
+    assert res.display[0] == NETWORK_MESSAGE
+    assert app.state.pending_reversal is not None and app.state.pending_reversal.reason == "98"
+    stan = res.stan
+    # still down: the next sale is not sent, the reversal is kept
+    again = await app.sale(100, card=swipe_of(stack.card("cup", 0)), pin=PIN)
+    assert not again.ok and again.rc == "NET" and app.state.pending_reversal is not None
+    # power cut: a new process on the same state file, network back (straight to the switch)
+    app2 = make_app(stack.port, state)
+    assert app2.state.pending_reversal is not None and app2.state.pending_reversal.request["11"] == stan
+    res2 = await app2.sale(200, card=swipe_of(stack.card("cup", 0)), pin=PIN)
+    assert res2.ok and app2.state.pending_reversal is None
+    row = await journal_row(stack, app2, stan)
+    assert row is not None and row.state == "reversed"
+
+
+async def test_magstripe_errors_reach_the_display(stack: Stack, tmp_path: Path) -> None:
+    app = make_app(stack.port, tmp_path / "t.json")
+    card = stack.card("cup", 0)
+    bad_month = await app.sale(100, card=Swipe(f";{card.pan}=3013101000?"), pin=PIN)
+    assert not bad_month.ok and bad_month.rc == "CARD" and bad_month.display[0] == "读卡失败，请重试"
+    assert "track 2" in bad_month.message
+    luhn = await app.sale(100, card=Swipe(f";{card.pan[:-1]}{(int(card.pan[-1]) + 1) % 10}=30121010000?"), pin=PIN)
+    assert not luhn.ok and "Luhn" in luhn.message
+    chip = await app.sale(100, card=Swipe(f";{card.pan}=30122010000?"), pin=PIN)  # service code 2xx: insert
+    assert not chip.ok and "请插卡" in chip.message
+    fallback = await app.sale(100, card=Swipe(f";{card.pan}=30122010000?", fallback=True), pin=PIN)
+    assert fallback.ok
+    row = await journal_row(stack, app, fallback.stan)
+    assert row.payment_method == "fallback"
