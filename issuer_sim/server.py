@@ -11,18 +11,29 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any, Protocol
 
 from switch import h2h
 from switch.logsafe import kv
 
 from .accounts import IssuerConfig, load
 from .faults import Faults
-from .host import IssuerHost, IssuerHsm
+from .host import IssuerHost, IssuerHsm, Outcome
 from .ledger import Ledger
 
-__all__ = ["IssuerServer", "start_issuer"]
+__all__ = ["IssuerServer", "H2HHandler", "start_issuer"]
 
 log = logging.getLogger("posswitch.issuer")
+
+
+class H2HHandler(Protocol):
+    """What the server drives: :class:`~issuer_sim.host.IssuerHost` or :class:`~issuer_sim.wallets.WalletHost`."""
+
+    config: Any
+    ledger: Ledger
+    faults: Faults
+
+    async def handle(self, msg: dict[str, str]) -> Outcome: ...
 
 
 class _H2HServerProtocol(asyncio.Protocol):
@@ -110,7 +121,7 @@ class _H2HServerProtocol(asyncio.Protocol):
 class IssuerServer:
     """A running issuer: ``host`` (logic), ``ledger``, ``faults``, ``port``; ``await close()``."""
 
-    def __init__(self, host: IssuerHost) -> None:
+    def __init__(self, host: H2HHandler) -> None:
         self.host = host
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[_H2HServerProtocol] = set()

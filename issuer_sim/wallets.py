@@ -276,4 +276,4 @@ async def start_wallets(config: WalletConfig, *, host: str = "127.0.0.1", port: 
     from .server import IssuerServer
 
     led = ledger if isinstance(ledger, Ledger) else Ledger(ledger)
-    return await IssuerServer(WalletHost(config, led)).listen(host, port)  # type: ignore[arg-type]
+    return await IssuerServer(WalletHost(config, led)).listen(host, port)
