@@ -870,3 +870,46 @@ def cmd_ae(hsm: Hsm, f: Fields) -> tuple[str, str]:
 def cmd_ag(hsm: Hsm, f: Fields) -> tuple[str, str]:
     """TAK from LMK to TMK: TMK · TAK (LMK, type 003) -> TAK under TMK (ECB, X/Y)."""
     return _to_tmk(hsm, f, "003", "TAK")
+
+
+# ------------------------------------------------------------------------------ data encryption
+
+
+def _data_command(hsm: Hsm, f: Fields, encrypt: bool) -> tuple[str, str]:
+    mode = f.one_of("mode flag", ("00", "01"), 2)  # 00 ECB, 01 CBC
+    in_fmt = f.one_of("input format flag", "01")  # 0 binary, 1 hex
+    out_fmt = f.one_of("output format flag", "01")
+    kt = f.one_of("key type", ("00A", "00B"), 3)  # ZEK, DEK/TDK
+    _, cipher = f.key_clear("data key", kt)
+    iv = f.hex(16, "IV") if mode == "01" else b""
+    n = f.hexlen(4, "message length")
+    data = f.hex(2 * n, "message") if in_fmt == "1" else f.take(n, "message").encode("latin-1")
+    if len(data) % 8 or not data:
+        raise CommandError("80", f"message length {len(data)} is not a non-zero multiple of 8")
+    if mode == "00":
+        out = cipher.encrypt(data) if encrypt else cipher.decrypt(data)
+    else:
+        out, chain = b"", iv
+        for i in range(0, len(data), 8):
+            block = data[i : i + 8]
+            if encrypt:
+                chain = cipher.encrypt(bytes(a ^ b for a, b in zip(block, chain, strict=True)))
+                out += chain
+            else:
+                out += bytes(a ^ b for a, b in zip(cipher.decrypt(block), chain, strict=True))
+                chain = block
+    body = out.hex().upper() if out_fmt == "1" else out.decode("latin-1")
+    return "00", (iv.hex().upper() if mode == "01" else "") + f"{len(out):04X}" + body
+
+
+@command("M0")
+def cmd_m0(hsm: Hsm, f: Fields) -> tuple[str, str]:
+    """Encrypt a data block: mode 2 (00 ECB, 01 CBC) · input fmt 1 · output fmt 1 · key type 3H
+    (00A ZEK, 00B DEK/TDK) · key · [IV 16H] · length 4H · message -> [IV] · length 4H · message."""
+    return _data_command(hsm, f, True)
+
+
+@command("M2")
+def cmd_m2(hsm: Hsm, f: Fields) -> tuple[str, str]:
+    """Decrypt a data block: same layout as M0."""
+    return _data_command(hsm, f, False)

@@ -535,6 +535,28 @@ class HsmClient:
         err, _ = await self._call(command, body, ok=("00", "01"))
         return err == "00"
 
+    # -- data encryption -------------------------------------------------------------------------
+    async def _data(self, cmd: str, key: str, data: bytes, mode: str, key_type: str, iv: bytes | None) -> bytes:
+        m = {"ecb": "00", "cbc": "01"}[mode.lower()]
+        iv_field = b"" if m == "00" else _hexb(iv if iv is not None else bytes(8))
+        body = f"{m}11{_key_type_code(key_type)}{key}".encode() + iv_field + f"{len(data):04X}".encode() + _hexb(data)
+        _, f = await self._call(cmd, body)
+        if m == "01":
+            f = f[16:]
+        return bytes.fromhex(f[4:].decode())
+
+    async def encrypt_data(
+        self, key: str, data: bytes, *, mode: str = "ecb", key_type: str = "TDK", iv: bytes | None = None
+    ) -> bytes:
+        """``M0``: TDES-encrypt ``data`` (a multiple of 8 bytes) under a TDK/DEK (or ``ZEK``)."""
+        return await self._data("M0", key, data, mode, key_type, iv)
+
+    async def decrypt_data(
+        self, key: str, data: bytes, *, mode: str = "ecb", key_type: str = "TDK", iv: bytes | None = None
+    ) -> bytes:
+        """``M2``: TDES-decrypt ``data`` (e.g. the 8-byte track block of dialect §9.3) under a TDK."""
+        return await self._data("M2", key, data, mode, key_type, iv)
+
     # -- CVV -------------------------------------------------------------------------------------
     async def generate_cvv(self, cvk: str, pan: str, expiry: str, service_code: str) -> str:
         """``CW``: CVV/CVC (CVV2 with service code ``000``); ``expiry`` as on the card (YYMM)."""

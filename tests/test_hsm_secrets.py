@@ -121,6 +121,10 @@ async def test_no_clear_secret_in_replies_or_logs(captured_logs: io.StringIO) ->
         for arqc in (bytes(8), bytes.fromhex("4B46013359B7A58B")):
             await c.verify_arqc(k["MK-AC"], PAN, "01", b"\0\1", arqc, b"data" * 8, un=b"\1\2\3\4")
             await c.verify_arqc(k["MK-AC"], PAN, "01", b"\0\1", arqc, b"data", arpc_method=2)
+        wk = await c.generate_working_keys_for_terminal(k["TMK"], mode="004")
+        assert wk.tdk is not None
+        ct = await c.encrypt_data(wk.tdk.under_lmk, b"6225880123456789")
+        await c.decrypt_data(wk.tdk.under_lmk, ct, mode="cbc", iv=b"\1" * 8)
         cvv = await c.generate_cvv(k["CVK"], PAN, "2912", "101")
         await c.verify_cvv(k["CVK"], PAN, "2912", "101", cvv)
         await c.verify_cvv(k["CVK"], PAN, "2912", "101", "999" if cvv != "999" else "000")

@@ -534,3 +534,24 @@ async def test_kq_scheme_0_visa_cvn10_and_method_2_match_pyemv(hsm: HsmClient) -
     csu, prop = bytes.fromhex("00820000"), bytes.fromhex("0102")
     arpc2 = await hsm.verify_arqc(imk, pan, psn, atc, arqc, data, un=un, arpc_method=2, csu=csu, proprietary=prop)
     assert arpc2 == ac.generate_arpc_2(sk, arqc, csu, prop)
+
+
+async def test_m0_m2_data_encryption_with_the_tdk(hsm: HsmClient) -> None:
+    tmk_c = bytes.fromhex("CA5D92598DCA48CE8A4C76361A9269E9")
+    keys = await hsm.generate_working_keys_for_terminal(encrypt_under_lmk(tmk_c, "TMK"), mode="004")
+    assert keys.tdk is not None
+    tdk_c = tdes(set_odd_parity(tmk_c)).decrypt(keys.tdk.under_tmk)  # what the terminal holds
+    block = bytes.fromhex("6225880123456789")  # dialect §9.3: 16 track digits packed in 8 bytes
+    ct = tdes(tdk_c).encrypt(block)
+    assert await hsm.decrypt_data(keys.tdk.under_lmk, ct) == block
+    assert await hsm.encrypt_data(keys.tdk.under_lmk, block) == ct
+    data, iv = bytes(range(24)), bytes.fromhex("0102030405060708")
+    cbc = DES3.new(tdk_c, DES3.MODE_CBC, iv=iv).encrypt(data)
+    assert await hsm.encrypt_data(keys.tdk.under_lmk, data, mode="cbc", iv=iv) == cbc
+    assert await hsm.decrypt_data(keys.tdk.under_lmk, cbc, mode="cbc", iv=iv) == data
+    with pytest.raises(HsmError) as ei:
+        await hsm.decrypt_data(keys.tdk.under_lmk, b"short")
+    assert ei.value.code == "80"
+    with pytest.raises(HsmError) as ei:  # a TPK is not a data key (decrypts to a bad-parity key)
+        await hsm.decrypt_data(encrypt_under_lmk(K2, "TPK"), ct)
+    assert ei.value.code == "10"
