@@ -525,7 +525,14 @@ def _translate(hsm: Hsm, f: Fields, src_type: str) -> tuple[str, str]:
         block = bytes.fromhex(seg[2:18])
     except ValueError:
         block = b""
-    if len(block) == 8 and sfmt is not None and dfmt is not None and digits.isascii() and digits.isdigit():
+    if (
+        len(seg) == 34
+        and len(block) == 8
+        and sfmt is not None
+        and dfmt is not None
+        and digits.isascii()
+        and digits.isdigit()
+    ):
         f.pos = p + 34
         max_len, dfmt_code, pan = int(seg[:2]), seg[20:22], seg[22:] + "0"
     else:

@@ -375,7 +375,7 @@ async def test_stored_keys_by_index(tmp_path: Path) -> None:
         (b"0008NCjunk", b"0008ND15"),
         (b"0009A02001U", b"0009A115"),  # bad mode
         (b"0010A00001Q", b"0010A126"),  # bad LMK scheme
-        (b"0011M60002003" + b"0" * 16 + b"0001x", b"0011M715"),  # bad padding digit position -> key type
+        (b"0011M60002003" + b"0" * 16 + b"0001x", b"0011M715"),  # MAC algorithm 02 is not supported
         (b"0012B2zzzz", b"0012B315"),
         (b"0013\xff\xfe", b"0013ZZ68"),
     ],
@@ -555,3 +555,29 @@ async def test_m0_m2_data_encryption_with_the_tdk(hsm: HsmClient) -> None:
     with pytest.raises(HsmError) as ei:  # a TPK is not a data key (decrypts to a bad-parity key)
         await hsm.decrypt_data(encrypt_under_lmk(K2, "TPK"), ct)
     assert ei.value.code == "10"
+
+
+async def test_malformed_fields_with_valid_keys(server_port: int) -> None:
+    tpk, zpk = encrypt_under_lmk(K2, "TPK"), encrypt_under_lmk(bytes(range(1, 17)), "ZPK")
+    tak, imk = encrypt_under_lmk(bytes.fromhex("0723C80DB5F4CD3D"), "TAK"), encrypt_under_lmk(K2, "MK-AC")
+    cases = [
+        (f"CA{tpk}{zpk}12ZZ23456789ABCDEF0101123456789012", "CB15"),  # PIN block not hex
+        (f"CA{tpk}{zpk}120123 456789ABCDE0101123456789012", "CB15"),  # whitespace is not hex either
+        (f"CA{tpk}{zpk}120123456789ABCDEF01011234567", "CB15"),  # account too short
+        (f"CA{tpk}{zpk}1X0123456789ABCDEF0101123456789012", "CB15"),  # max length not decimal
+        (f"CA{tpk}{zpk}120123456789ABCDEF0148123456789012", "CB69"),  # ISO 4 needs AES
+        (f"CA{tpk}{zpk}120123456789ABCDEF0101123456789012\x19t", "CB20"),  # garbage block: decodes badly
+        (f"CA{tpk}", "CB15"),  # destination key missing
+        (f"BU000{zpk}", "BV27"),  # length flag says single, key is double
+        (f"BU011{zpk};0Z1", "BV15"),  # key type not hex
+        (f"M600910003{tak}0010abc", "M715"),  # message shorter than its length
+        (f"M600010000{tak}0003abc", "M715"),  # key type 000 not a MAC key type
+        (f"M600010003{tak}0003abc", "M780"),  # padding 0 with unaligned data
+        (f"KQ11{imk}99012345678901231234567890123456" + "02ABCD" + "4B46013359B7A58B0000", "KR15"),  # no ';'
+        (f"KQ11{imk}9901234567890123123456789012345602AB;4B46013359B7A58B0000", "KR15"),  # data too short
+        ("CW0123", "CX15"),
+    ]
+    frames = [b"%04d" % i + body.encode("latin-1") for i, (body, _) in enumerate(cases)]
+    replies = await raw_exchange(server_port, *frames)
+    for i, ((body, want), got) in enumerate(zip(cases, replies, strict=True)):
+        assert got.startswith(b"%04d" % i + want.encode()), (body, got)
