@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import re
+
 import psec.mac
 import psec.pinblock
 import pytest
@@ -87,3 +89,32 @@ def test_m6_x919_matches_psec(key: bytes, data: bytes, pad: int) -> None:
     assert ok[4:8] == b"M900"
     bad = HSM.handle(f"0000M80003{pad}008{zak}{len(data):04X}".encode() + data + b"0" * 16)
     assert bad[4:8] == (b"M901" if want != bytes(8) else b"M900")
+
+
+_CA_TPK = encrypt_under_lmk(bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"), "TPK")
+_CA_ZPK = encrypt_under_lmk(bytes(range(1, 17)), "ZPK")
+_CA_LAYOUT = re.compile(r"\d\d[0-9A-Fa-f]{16}(01|03|05|47)(01|03|05|47)\d{12}(%00)?(\x19.{0,32})?", re.S)
+_ca_tail = st.one_of(
+    st.text(st.sampled_from("0123456789ABCDEF%;\x19 Z"), max_size=45),
+    st.builds(
+        lambda ml, blk, sf, df, acct, extra: ml + blk + sf + df + acct + extra,
+        st.sampled_from(["04", "12", "1X", ""]),
+        st.text(st.sampled_from("0123456789ABCDEF "), min_size=15, max_size=17),
+        st.sampled_from(["01", "47", "48", "99", "0"]),
+        st.sampled_from(["01", "05", "03", "4"]),
+        st.text(st.sampled_from("0123456789"), min_size=10, max_size=13),
+        st.sampled_from(["", "%00", "%01", "\x19abc", "X"]),
+    ),
+)
+
+
+@given(_ca_tail)
+def test_ca_accepts_only_the_documented_layout(tail: str) -> None:
+    reply = HSM.handle(f"0000CA{_CA_TPK}{_CA_ZPK}{tail}".encode("latin-1"))
+    code = reply[6:8].decode()
+    if code == "00":  # accepted: the tail is exactly the layout
+        assert _CA_LAYOUT.fullmatch(tail), (tail, reply)
+    elif code in ("20", "24"):  # fields parsed, PIN rejected (leftover data is checked only on success)
+        assert _CA_LAYOUT.match(tail[:34] + "%00"), (tail, reply)
+    else:
+        assert code in ("15", "23", "13", "69"), (tail, reply)
