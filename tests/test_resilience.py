@@ -278,10 +278,6 @@ async def test_retransmitted_request_after_reply_is_answered_94_without_second_d
     assert rig.balance(card.pan) == before - 555 and len(rig.debits(card.pan)) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "switch duplicate detection (flows/upstream.authorize) looks the STAN up in the journal AFTER the "
-    "HSM PIN translation and BEFORE journal.record(): two copies of one request in flight at the same "
-    "time both miss the lookup and both go upstream, so the issuer debits twice"))
 async def test_duplicated_request_in_flight_never_debits_twice(rig):
     card = rig.stack.card("cup", 2)
     before = rig.balance(card.pan)

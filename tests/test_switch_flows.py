@@ -538,3 +538,24 @@ async def test_refund_is_stored_and_forwarded_when_the_issuer_is_silent(stack):
         await asyncio.sleep(0.02)
     assert await stack.links["cup"].pending_reversals() == 0
     assert _ledger(stack).balance(card.pan) == before - 600
+
+
+async def test_two_copies_in_flight_debit_once(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 2)
+    before = _ledger(stack).balance(card.pan)
+    doc = term._base("0200", "000000", "22")
+    doc.update({"4": "000000000666", "25": "00", "49": "156", "2": card.pan, "22": "072"})
+    body = term.encode(doc, mac=True)
+    frame = wire_frame(term, body)
+    term._writer.write(frame + frame)  # a duplicated frame: both copies arrive together
+    reply = await term.send(doc, raw_body=body)  # a third copy, answered like the others
+    await asyncio.sleep(0.3)
+    assert reply.rc in ("00", "94")
+    assert _ledger(stack).balance(card.pan) == before - 666
+
+
+def wire_frame(term, body):
+    from switch.flows import wire
+
+    return wire.frame_bytes(term.tpdu, term.header, body)

@@ -37,6 +37,8 @@ class Services:
     qr_poll: float = 3.0  # order status query interval while the customer confirms
     batch_seed: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    #: (41, 42, batch, 11, MTI class) of financial requests being processed -> future of their outcome
+    inflight_keys: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     #: journal ids of requests still waiting for the issuer when the terminal reversed them
     reversed_in_flight: set[int] = field(default_factory=set)
 

@@ -20,7 +20,15 @@ from typing import Any
 
 from switch import h2h
 from switch.flows.context import RC, Context
-from switch.flows.upstream import IssuerTimeout, IssuerUnavailable, Outcome, batch_of, fill_reply
+from switch.flows.upstream import (
+    IssuerTimeout,
+    IssuerUnavailable,
+    Outcome,
+    batch_of,
+    claim,
+    fill_reply,
+    release,
+)
 from switch.logsafe import kv
 
 log = logging.getLogger("switch.flows")
@@ -39,6 +47,21 @@ def payment_code(req: dict[str, str]) -> str:
 
 
 async def qr_sale(ctx: Context) -> None:
+    key, first = claim(ctx)
+    if first is not None:  # a duplicated frame of a QR sale in flight: answer what the first gets
+        reply = await asyncio.shield(first)
+        if reply is None:
+            ctx.fail(RC.DUPLICATE)
+        else:
+            ctx.reply = dict(reply)
+        return
+    try:
+        await _qr_sale(ctx)
+    finally:
+        release(ctx, key, dict(ctx.reply) if ctx.reply else None)
+
+
+async def _qr_sale(ctx: Context) -> None:
     req, term, svc = ctx.req, ctx.terminal, ctx.services
     code = payment_code(req)
     try:

@@ -9,6 +9,7 @@ reach the terminal ahead of its journal row.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -67,9 +68,50 @@ def batch_of(req: dict[str, str]) -> int:
     return int(wire.Field60.parse(req.get("60")).batch or 0)
 
 
+def claim(ctx: Context) -> tuple[tuple[Any, ...], asyncio.Future[Any] | None]:
+    """Claim (41, 42, batch, 11, MTI class) for this request before the first await.
+
+    Returns ``(key, None)`` when this request owns the key, or ``(key, future)`` when a copy of it
+    (a duplicated frame) is already in flight: await the future for the first copy's outcome.
+    """
+    req, term = ctx.req, ctx.terminal
+    key = (term.tid, term.mid, batch_of(req), req.get("11", ""), req["t"][:2])
+    inflight = ctx.services.inflight_keys
+    first = inflight.get(key)
+    if first is not None:
+        return key, first
+    inflight[key] = asyncio.get_running_loop().create_future()
+    return key, None
+
+
+def release(ctx: Context, key: tuple[Any, ...], outcome: Any) -> None:
+    fut = ctx.services.inflight_keys.pop(key, None)
+    if fut is not None and not fut.done():
+        fut.set_result(outcome)
+
+
 async def authorize(ctx: Context, txn_type: str, *, mti_up: str | None = None, amount: int | None = None,
                     original: Any = None) -> Outcome:
-    """Route, translate the PIN, journal, ask the issuer; returns the outcome (39 and references)."""
+    """Route, translate the PIN, journal, ask the issuer; returns the outcome (39 and references).
+
+    A copy of the same request (same terminal, batch, STAN and MTI class) arriving while the first
+    is in flight gets the first one's outcome (nothing goes upstream twice); a copy arriving after
+    the first was journaled gets 94.
+    """
+    key, first = claim(ctx)
+    if first is not None:
+        out = await asyncio.shield(first)
+        return out if out is not None else Outcome(RC.DUPLICATE)
+    out: Outcome | None = None
+    try:
+        out = await _authorize(ctx, txn_type, mti_up, amount, original)
+        return out
+    finally:
+        release(ctx, key, out)
+
+
+async def _authorize(ctx: Context, txn_type: str, mti_up: str | None, amount: int | None,
+                     original: Any) -> Outcome:
     req, term, svc = ctx.req, ctx.terminal, ctx.services
     pan = wire.pan_of(req)
     if not pan or not pan.isdigit() or not 12 <= len(pan) <= 19:
