@@ -123,6 +123,7 @@ class SimTerminal:
         self._rx_task: asyncio.Task[None] | None = None
         self.approvals: list[_Approval] = []
         self.last_processing_request = "0"
+        self.encrypt_tracks = False  # set to encrypt track data with the TDK (after a 004 sign-on)
 
     # ------------------------------------------------------------------ connection
     async def connect(self) -> SimTerminal:
@@ -293,6 +294,13 @@ class SimTerminal:
             doc["26"] = "12"
             doc["52"] = crypto.encrypt_pin_block(self._pik, pin, card.pan, crypto.PIN_ISO0).hex().upper()
             doc["53"] = "2600000000000000"
+        if self.encrypt_tracks and self._tdk is not None and "35" in doc:
+            # dialect §9.3: the 8-byte block near the end of the track, TDES-ECB under the TDK
+            from _fastcore.fields import tdk_block, tdk_replace
+
+            padded, start, block = tdk_block(doc["35"])
+            doc["35"] = tdk_replace(padded, start, crypto.tdes_ecb_encrypt(self._tdk, block))
+            doc["53"] = ("2" if with_pin else "0") + "61" + "0" * 13
 
     def _remember(self, reply: Reply, kind: str, amount: int) -> None:
         if reply.approved:

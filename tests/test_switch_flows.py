@@ -151,16 +151,17 @@ async def test_maced_request_before_sign_on_asks_for_sign_on(stack):
     assert reply.rc == "A0" and reply.processing_request == "3"
 
 
-async def test_x99_mac_profile(tmp_path):
+@pytest.mark.parametrize("algorithm", ["x9.9", "x9.19"])
+async def test_other_mac_profiles(tmp_path, algorithm):
     s = await Stack.start(tmp_path, terminals=1)
     try:
         from hsm_sim import lmk
         from switch.testbed import terminal_id, test_tmk
 
         s.registry.add(terminal_id(0), MERCHANT_ID, lmk.encrypt_under_lmk(test_tmk(0), "TMK"),
-                       mac_algorithm="x9.9")
+                       mac_algorithm=algorithm)
         term = s.terminal(0)
-        term.mac_algorithm = "x9.9"
+        term.mac_algorithm = algorithm
         await term.connect()
         await term.sign_on()
         reply = await term.sale(s.card(), 321, entry="contactless")
@@ -559,3 +560,19 @@ def wire_frame(term, body):
     from switch.flows import wire
 
     return wire.frame_bytes(term.tpdu, term.header, body)
+
+
+async def test_tdk_encrypted_track_is_decrypted_before_forwarding(stack):
+    term = await stack.terminal(0).connect()
+    assert (await term.sign_on("004")).rc == "00"
+    term.encrypt_tracks = True
+    card = stack.card("cup", 1)
+    before = _ledger(stack).balance(card.pan)
+    reply = await term.sale(card, 808, entry="swipe", pin=card.pin)
+    assert reply.request["35"] != card.track2 and reply.request["53"][2] == "1"
+    assert reply.rc == "00" and reply.mac_ok
+    assert _ledger(stack).balance(card.pan) == before - 808
+    # without a TDK (003 sign-on) an encrypted track cannot be read
+    await term.sign_on("003")
+    term._tdk = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
+    assert (await term.sale(card, 808, entry="swipe")).rc == "30"

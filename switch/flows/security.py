@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from _fastcore.fields import tdk_block, tdk_replace
+
 
 class Security:
     def __init__(self, hsm: Any, metrics: Any = None) -> None:
@@ -44,6 +46,16 @@ class Security:
             return bytes(await self.hsm.translate_pin_tpk_to_zpk(term.pik_under_lmk, zpk_under_lmk, pin_block, pan or "0" * 13))
         finally:
             self._observe("translate_pin", t0)
+
+    async def decrypt_track(self, term: Any, value: str) -> str:
+        """Undo the terminal's TDK encryption of a track field (60.3 004, 53.3 = 1; dialect §9.3)."""
+        padded, start, block = tdk_block(value)
+        t0 = time.perf_counter()
+        try:
+            clear = await self.hsm.decrypt_data(term.tdk_under_lmk, block, mode="ecb", key_type="TDK")
+        finally:
+            self._observe("decrypt_data", t0)
+        return tdk_replace(padded, start, bytes(clear)).lstrip("F")
 
     async def working_keys(self, term: Any, mode: str) -> Any:
         t0 = time.perf_counter()

@@ -113,6 +113,12 @@ async def authorize(ctx: Context, txn_type: str, *, mti_up: str | None = None, a
 async def _authorize(ctx: Context, txn_type: str, mti_up: str | None, amount: int | None,
                      original: Any) -> Outcome:
     req, term, svc = ctx.req, ctx.terminal, ctx.services
+    if req.get("53", "")[2:3] == "1":  # tracks encrypted under the TDK: decrypt in the HSM first
+        if not term.tdk_under_lmk:
+            return Outcome(RC.FORMAT_ERROR)
+        for f in ("35", "36"):
+            if f in req:
+                req[f] = await svc.security.decrypt_track(term, req[f])
     pan = wire.pan_of(req)
     if not pan or not pan.isdigit() or not 12 <= len(pan) <= 19:
         return Outcome(RC.INVALID_CARD)
