@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from _fastcore.errors import TLVError
 from switch.logsafe import kv
 
-from . import emv_tlv
+from . import emv_tlv, oda
 from .apdu import ApduError, exchange
 from .devices import CardData, CardReadError, EntryMode
 
@@ -67,6 +67,7 @@ class TerminalParams:
     ifd_serial: str = "POS00001"
     app_version: str = "0030"
     aids: tuple[bytes, ...] = UNIONPAY_AIDS
+    capks: tuple[oda.Capk, ...] = ()  # CA public keys for SDA/DDA (from the acquirer's CAPK download)
 
 
 @dataclass
@@ -78,6 +79,7 @@ class EmvTransaction:
     tags: dict[str, bytes] = field(default_factory=dict, repr=False)  # terminal + card data elements
     cid: int | None = None  # 9F27 of the 1st GENERATE AC
     field55: bytes = b""
+    oda_result: str = "not performed"  # "sda", "dda", "not performed" or "failed: <reason>"
 
     @property
     def online_requested(self) -> bool:
@@ -161,19 +163,73 @@ class EmvKernel:
                         b"\x80\xa8\x00\x00" + bytes([len(pdol_data) + 2, 0x83, len(pdol_data)]) + pdol_data + b"\x00")
         aip, afl = self._parse_gpo(gpo)
         tags["82"], tags["94"] = aip, afl
-        for sfi, first, last in _afl_entries(afl):
+        static = bytearray()  # static data to be authenticated (ODA)
+        for sfi, first, last, n_oda in _afl_entries(afl):
             for rec in range(first, last + 1):
                 data = self._cmd("READ RECORD", bytes([0x00, 0xB2, rec, (sfi << 3) | 4, 0x00]))
                 if not data or data[0] != 0x70:
                     raise CardReadError(f"record {rec} of SFI {sfi} is not a 70 template")
+                if rec < first + n_oda:
+                    static += next(emv_tlv.iter_tlv(data))[1] if sfi <= 10 else data
                 for tag, value in _safe_flatten(data, f"READ RECORD {sfi}/{rec}").items():
                     tags.setdefault(tag, value)
         card = self._card_data(tags)
         if self.contactless:
             card.entry_mode = EntryMode.CONTACTLESS
         self._risk(tags, now)
-        log.info("card read", extra=kv(pan=card.pan, aid=aid.hex().upper(), contactless=self.contactless))
-        return EmvTransaction(card=card, contactless=self.contactless, tags=tags)
+        result = self._offline_auth(tags, bytes(static), card.pan, now.date())
+        log.info("card read", extra=kv(pan=card.pan, aid=aid.hex().upper(), contactless=self.contactless,
+                                      oda=result))
+        return EmvTransaction(card=card, contactless=self.contactless, tags=tags, oda_result=result)
+
+    def _offline_auth(self, tags: dict[str, bytes], static: bytes, pan: str, today: datetime.date) -> str:
+        """SDA or DDA as the AIP and 9F33 allow; sets TVR byte 1 and TSI; never aborts the transaction."""
+        tvr = tags["95"]
+        tags["9B"] = bytearray(2)
+        aip, caps = tags["82"], tags["9F33"]
+        dda = bool(aip[0] & 0x20 and caps[2] & 0x40)
+        sda = not dda and bool(aip[0] & 0x40 and caps[2] & 0x80)
+        if not (dda or sda):
+            tvr[0] |= 0x80  # offline data authentication not performed
+            return "not performed"
+        tags["9B"][0] |= 0x80  # TSI: offline data authentication performed
+        failed_bit = 0x08 if dda else 0x40
+        try:
+            if "9F4A" in tags:
+                if tags["9F4A"] != b"\x82":
+                    raise oda.OdaError("static data authentication tag list other than 82")
+                static += bytes(aip)
+            index = tags.get("8F", b"")
+            if len(index) != 1:
+                raise oda.OdaDataMissing("missing 8F (CA public key index)")
+            rid = bytes(tags["84"][:5])
+            capk = next((k for k in self.params.capks if k.rid == rid and k.index == index[0]), None)
+            if capk is None:
+                raise oda.OdaError(f"no CA public key {rid.hex().upper()}/{index[0]:02X} in the terminal")
+            issuer = oda.issuer_key(capk, tags, pan, today)
+            if sda:
+                oda.verify_sda(issuer, tags, static)
+                return "sda"
+            icc = oda.icc_key(issuer, tags, pan, static, today)
+            ddol = emv_tlv.parse_dol(tags.get("9F49") or bytes.fromhex("9F3704"))
+            ddol_data = emv_tlv.build_dol_data(ddol, tags)
+            try:
+                answer = self._cmd("INTERNAL AUTHENTICATE",
+                                   b"\x00\x88\x00\x00" + bytes([len(ddol_data)]) + ddol_data + b"\x00")
+            except ApduError as exc:
+                raise oda.OdaError(str(exc)) from exc
+            if answer[:1] == b"\x80":
+                sdad = next(emv_tlv.iter_tlv(answer))[1]
+            else:
+                sdad = emv_tlv.flatten(answer).get("9F4B", b"")
+            tags["9F4C"] = oda.verify_dda(icc, sdad, ddol_data)
+            return "dda"
+        except oda.OdaDataMissing as exc:
+            tvr[0] |= 0x20 | failed_bit  # ICC data missing + SDA/DDA failed
+            return f"failed: {exc}"
+        except (oda.OdaError, TLVError) as exc:
+            tvr[0] |= failed_bit
+            return f"failed: {exc}"
 
     def _select_application(self) -> tuple[bytes, bytes]:
         directory = PPSE if self.contactless else PSE
@@ -233,9 +289,6 @@ class EmvKernel:
     @staticmethod
     def _risk(tags: dict[str, bytes], now: datetime.datetime) -> None:
         tvr = bytearray(tags["95"])
-        aip = tags["82"]
-        if not aip[0] & 0x61:
-            tvr[0] |= 0x80  # offline data authentication not performed
         today = now.strftime("%y%m%d")
         if tags["5F24"].hex() < today:
             tvr[1] |= 0x40  # expired application
@@ -366,15 +419,16 @@ def _safe_flatten(data: bytes, what: str) -> dict[str, bytes]:
         raise CardReadError(f"{what}: card answer is malformed ({exc})") from exc
 
 
-def _afl_entries(afl: bytes) -> list[tuple[int, int, int]]:
-    if len(afl) % 4:
-        raise CardReadError(f"AFL length {len(afl)} is not a multiple of 4")
+def _afl_entries(afl: bytes) -> list[tuple[int, int, int, int]]:
+    """``(sfi, first record, last record, records signed for ODA)`` per AFL entry."""
+    if len(afl) % 4 or not afl:
+        raise CardReadError(f"AFL length {len(afl)} is not a positive multiple of 4")
     out = []
     for i in range(0, len(afl), 4):
-        sfi, first, last = afl[i] >> 3, afl[i + 1], afl[i + 2]
-        if not 1 <= sfi <= 30 or first == 0 or last < first:
+        sfi, first, last, n_oda = afl[i] >> 3, afl[i + 1], afl[i + 2], afl[i + 3]
+        if not 1 <= sfi <= 30 or first == 0 or last < first or n_oda > last - first + 1:
             raise CardReadError(f"bad AFL entry {afl[i:i + 4].hex().upper()} at offset {i}")
-        out.append((sfi, first, last))
+        out.append((sfi, first, last, n_oda))
     return out
 
 

@@ -249,14 +249,20 @@ def test_arpc_key_option_session() -> None:
 @settings(max_examples=40)
 @given(pan=st.text("0123456789", min_size=13, max_size=19), psn=st.integers(0, 99),
        amount=st.integers(0, 10**12 - 1), other=st.integers(0, 10**6), txn_type=st.sampled_from(["00", "31", "03"]),
-       un=st.binary(min_size=4, max_size=4), t0=st.booleans(), approve=st.booleans())
+       un=st.binary(min_size=4, max_size=4), t0=st.booleans(), approve=st.booleans(),
+       oda=st.sampled_from(["none", "sda", "dda"]))
 def test_property_any_card_any_amount(pan: str, psn: int, amount: int, other: int, txn_type: str, un: bytes,
-                                      t0: bool, approve: bool) -> None:
-    """For any PAN/PSN/amount the card data reads back, the ARQC verifies with pyemv, and the
-    2nd GENERATE AC follows the host decision."""
-    card = SoftCard(CardProfile(pan=pan, psn=f"{psn:02d}"), t0=t0)
-    k = EmvKernel(DirectTransport(card), clock=lambda: NOW, unpredictable=lambda n: un)
+                                      t0: bool, approve: bool, oda: str) -> None:
+    """For any PAN/PSN/amount/ODA mode the card data reads back, ODA passes, the ARQC verifies with
+    pyemv, and the 2nd GENERATE AC follows the host decision."""
+    from terminal_bridge.drivers.test_pki import TEST_CAPK
+    from terminal_bridge.emv import TerminalParams
+
+    card = SoftCard(CardProfile(pan=pan, psn=f"{psn:02d}", oda=oda), t0=t0)
+    k = EmvKernel(DirectTransport(card), TerminalParams(capks=(TEST_CAPK,)), clock=lambda: NOW,
+                  unpredictable=lambda n: un)
     txn = k.start(amount, other_fen=other, txn_type=txn_type)
+    assert txn.oda_result == ("not performed" if oda == "none" else oda)
     assert (txn.card.pan, txn.card.psn) == (pan, f"{psn:02d}")
     assert txn.card.track2 is not None and txn.card.track2.startswith(pan + "=3012")
     f55 = k.first_generate_ac(txn)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 from dataclasses import dataclass, field
 
 from switch.logsafe import kv
@@ -79,6 +80,7 @@ class CardProfile:
     imk_smi: bytes = field(default=TEST_IMK_AC, repr=False)  # issuer-script MAC master key
     atc: int = 0
     aip: bytes = bytes.fromhex("1C00")  # CVM, terminal risk management, issuer authentication; no ODA
+    oda: str = "none"  # offline data authentication: "none", "sda" or "dda" (sets the AIP bits, test PKI)
     dki: int = 0x01
     cvn: int = 0x0A
     app_version: bytes = bytes.fromhex("0030")
@@ -99,6 +101,11 @@ class SoftCard:
         self.contactless = contactless
         self._icc_mk = emv_crypto.icc_master_key(self.profile.imk_ac, self.profile.pan, self.profile.psn)
         self._mk_smi = emv_crypto.icc_master_key(self.profile.imk_smi, self.profile.pan, self.profile.psn)
+        if self.profile.oda not in ("none", "sda", "dda"):
+            raise ValueError(f"oda must be none, sda or dda, not {self.profile.oda!r}")
+        oda_bits = {"none": 0x00, "sda": 0x40, "dda": 0x60}[self.profile.oda]
+        self.aip = bytes([self.profile.aip[0] | oda_bits]) + self.profile.aip[1:]
+        self._recs = self._build_records()
         self.blocked = False
         #: data objects changed by PUT DATA scripts
         self.data_objects: dict[str, bytes] = {}
@@ -144,6 +151,8 @@ class SoftCard:
         try:
             if cla == 0x00 and ins == 0xA4:
                 resp, case4 = self._select(p1, p2, data), True
+            elif cla == 0x00 and ins == 0x88:
+                resp, case4 = self._internal_authenticate(data), True
             elif cla == 0x00 and ins == 0xB2:
                 resp, case4 = self._read_record(p1, p2), False
             elif cla == 0x80 and ins == 0xA8:
@@ -224,10 +233,13 @@ class SoftCard:
         self.atc = (self.atc + 1) & 0xFFFF
         self._gpo_done = True
         self._state = "gpo"
-        afl = bytes.fromhex("08010200")  # SFI 1, records 1..2, none for offline data authentication
-        return tl("77", tl("82", self.profile.aip) + tl("94", afl))
+        if self.profile.oda == "none":
+            afl = bytes.fromhex("08010200")  # SFI 1, records 1..2, none for offline data authentication
+        else:  # SFI 1 records 1..2 signed; SFI 2 records 1..2 hold certificates
+            afl = bytes.fromhex("08010202" "10010200")
+        return tl("77", tl("82", self.aip) + tl("94", afl))
 
-    def _records(self) -> dict[tuple[int, int], bytes]:
+    def _build_records(self) -> dict[tuple[int, int], bytes]:
         p = self.profile
         rec1 = tl("57", p.track2_equivalent()) + tl("5F20", p.name.encode()) + tl("9F1F", b"0000000000")
         rec2 = (tl("5A", _bcd(p.pan)) + tl("5F24", bytes.fromhex(p.expiry)) + tl("5F25", bytes.fromhex(p.effective))
@@ -236,14 +248,35 @@ class SoftCard:
                 + tl("8E", bytes(8) + bytes.fromhex("42031E031F00"))  # online PIN, signature, no CVM
                 + tl("9F0D", bytes.fromhex("D860000000")) + tl("9F0E", bytes(5))
                 + tl("9F0F", bytes.fromhex("D868009800")) + tl("9F63", bytes.fromhex("3031303230303030") + bytes(8)))
-        return {(1, 1): tl("70", rec1), (1, 2): tl("70", rec2)}
+        recs = {(1, 1): tl("70", rec1), (1, 2): tl("70", rec2)}
+        if p.oda != "none":
+            from . import test_pki
+
+            rec2 += tl("9F4A", b"\x82")  # the AIP is part of the signed static data
+            recs[(1, 2)] = tl("70", rec2)
+            static = rec1 + rec2 + self.aip  # record values of SFI 1..10 (without 70 L) + AIP
+            cert, rem = test_pki.issuer_certificate(p.pan)
+            issuer = (tl("8F", bytes([test_pki.TEST_CAPK_INDEX])) + tl("90", cert) + tl("92", rem)
+                      + tl("9F32", test_pki.ISSUER_EXPONENT))
+            if p.oda == "sda":
+                signed = tl("93", test_pki.signed_static_data(static))
+            else:
+                icc_cert, icc_rem = test_pki.icc_certificate(p.pan, static)
+                signed = (tl("9F46", icc_cert) + tl("9F48", icc_rem) + tl("9F47", test_pki.ICC_EXPONENT)
+                          + tl("9F49", bytes.fromhex("9F3704")))
+            # records stay under 255 bytes so short APDUs (and T=0) can carry them
+            recs[(2, 1)] = tl("70", issuer)
+            recs[(2, 2)] = tl("70", signed)
+        if any(len(r) > 253 for r in recs.values()):
+            raise ValueError("personalisation: a record exceeds 253 bytes (name or PAN too long)")
+        return recs
 
     def _read_record(self, p1: int, p2: int) -> bytes:
         if not self._selected:
             raise _Status(SW_CONDITIONS)
         if p2 & 0x07 != 0x04:
             raise _Status(SW_P1P2)
-        rec = self._records().get((p2 >> 3, p1))
+        rec = self._recs.get((p2 >> 3, p1))
         if rec is None:
             raise _Status(SW_RECORD_NOT_FOUND)
         return rec
@@ -273,6 +306,19 @@ class SoftCard:
         log.info("script command applied", extra=kv(ins=f"{ins:02X}"))
         return b""
 
+    def _internal_authenticate(self, ddol_data: bytes) -> bytes:
+        """DDA: sign (ICC dynamic number = ATC || 6 random bytes) + the terminal's DDOL data."""
+        if self.profile.oda != "dda":
+            raise _Status(SW_INS)
+        if not self._gpo_done:
+            raise _Status(SW_CONDITIONS)
+        if len(ddol_data) != 4:
+            raise _Status(SW_WRONG_LENGTH)
+        from . import test_pki
+
+        idn = self.atc.to_bytes(2, "big") + os.urandom(6)
+        return tl("80", test_pki.signed_dynamic_data(idn, ddol_data))
+
     def _get_data(self, p1: int, p2: int) -> bytes:
         tag = bytes([p1, p2])
         if tag == b"\x9f\x36":
@@ -286,7 +332,7 @@ class SoftCard:
 
     def _cryptogram(self, cdol1_data: bytes) -> bytes:
         assert self._sk is not None
-        data = cdol1_data + self.profile.aip + self.atc.to_bytes(2, "big") + self._iad()
+        data = cdol1_data + self.aip + self.atc.to_bytes(2, "big") + self._iad()
         return emv_crypto.application_cryptogram(self._sk, data)
 
     def _generate_ac(self, p1: int, data: bytes) -> bytes:
