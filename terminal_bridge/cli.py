@@ -1,29 +1,178 @@
-"""``posswitch terminal``: device bring-up and diagnostics for the terminal bridge.
+"""``posswitch terminal``: a POS terminal for a person (menu) or for scripts, demos and tests.
 
-Subcommands (the terminal application itself - sign-on, sales - is not part of this
-module yet):
+::
 
-* ``diagnose``   self-test the configured devices (printer, card reader, magstripe,
-  serial display/scanner, voice); exit 1 if any check fails;
-* ``read-card``  run the EMV flow on a PC/SC reader up to the ARQC, print the masked
-  card data and the field 55 tag list, then close the card with an AAC;
-* ``softcard``   insert the software EMV card into vpcd (pcscd) until interrupted;
-* ``print-test`` print a test slip (merchant + customer copies) to a printer URL;
-* ``say``        render (and play, with ``--play``) a voice prompt.
+    posswitch terminal --switch 127.0.0.1:5000 --terminal-id SIM00000 --merchant-id 898310048990001 \\
+        --tmk HEX [--state FILE] [--devices software|real] [--script FILE | --diagnose]
+
+The TMK may also come from the environment (``POSSWITCH_TMK``) so it does not show in the process
+list.  ``--devices software`` (default) uses the headless devices (console display, scripted PIN
+entry, in-memory or ``--printer`` ESC/POS printer, software EMV card with ``--card-pan``);
+``--devices real`` uses PC/SC readers, an evdev magstripe reader, the console PIN pad and the
+``--printer`` URL.  The device bring-up tools of the devices engineer stay available as
+``posswitch terminal diagnose|read-card|softcard|print-test|say`` (see docs/terminal.md).  Exit status: 0 all operations approved, 1 something declined or failed,
+2 usage error.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
+import getpass
+import os
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 from switch.logsafe import configure_logging, mask_pan
 
+from .app import Devices, TerminalApp, TerminalConfig, software_devices
+from .diagnostics import format_report, self_test
+from .scripted import Command, ScriptError, ScriptRunner, parse_amount, parse_script
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="posswitch terminal", description=__doc__.split("\n\n")[0])
+MENU = ("1 消费 sale   2 余额 balance   3 撤销 void   4 退货 refund   5 扫码 QR sale\n"
+        "6 结算 settle   7 签到 sign on   8 自检 self-test   0 退出 quit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="posswitch terminal", description="run a POS terminal against the switch")
+    p.add_argument("--switch", required=True, metavar="HOST:PORT", help="the switch's terminal listener")
+    p.add_argument("--terminal-id", required=True, help="field 41 (8 characters)")
+    p.add_argument("--merchant-id", required=True, help="field 42 (15 characters)")
+    p.add_argument("--tmk", help="terminal master key, hex (default: $POSSWITCH_TMK)")
+    p.add_argument("--state", help="state file (keys under the TMK, batch, reversal); default: none (memory)")
+    p.add_argument("--devices", choices=("software", "real"), default="software")
+    p.add_argument("--script", help="run the commands of FILE ('-' = stdin) and exit")
+    p.add_argument("--diagnose", action="store_true", help="run the self-test and exit")
+    p.add_argument("--printer", default="dummy:", help="receipt printer URL (tcp://host:9100, file:, serial:, dummy:)")
+    p.add_argument("--card-pan", default="6212345678901232", help="PAN of the software chip card")
+    p.add_argument("--reader", default="", help="PC/SC contact reader name (substring), real devices")
+    p.add_argument("--contactless-reader", default=None, help="PC/SC contactless reader name, real devices")
+    p.add_argument("--magstripe", default=None, help="evdev device of the magstripe reader, real devices")
+    p.add_argument("--key-mode", choices=("001", "003", "004"), default="003")
+    p.add_argument("--mac", choices=("pos-ecb", "x9.19", "x9.9"), default="pos-ecb")
+    p.add_argument("--merchant-name", default="POSSWITCH TEST MERCHANT")
+    p.add_argument("--connect-timeout", type=float, default=5.0)
+    p.add_argument("--read-timeout", type=float, default=30.0)
+    p.add_argument("--retries", type=int, default=2, help="connect retries (a sent request is never re-sent)")
+    p.add_argument("--log-level", default="WARNING")
+    return p
+
+
+def _real_devices(args: argparse.Namespace, tmk: bytes) -> Devices:
+    from .apdu import PcscTransport
+    from .display import ConsoleDisplay
+    from .pinpad import ConsolePinPad
+    from .receipt import EscPosReceiptPrinter, open_printer
+
+    escpos = open_printer(args.printer)
+    magstripe = None
+    if args.magstripe:
+        from .magstripe import EvdevMagstripeReader
+
+        magstripe = EvdevMagstripeReader(args.magstripe)
+    contactless = None
+    if args.contactless_reader is not None:
+        def contactless() -> Any:
+            return PcscTransport(args.contactless_reader)
+    return Devices(display=ConsoleDisplay(), pinpad=ConsolePinPad(tmk=tmk), printer=EscPosReceiptPrinter(escpos),
+                   escpos=escpos, magstripe=magstripe, chip=lambda: PcscTransport(args.reader),
+                   contactless=contactless, kind="real")
+
+
+def make_app(args: argparse.Namespace, tmk: bytes) -> TerminalApp:
+    host, _, port = args.switch.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--switch {args.switch!r}: expected HOST:PORT")
+    cfg = TerminalConfig(host, int(port), args.terminal_id, args.merchant_id, tmk, merchant_name=args.merchant_name,
+                         key_mode=args.key_mode, mac_algorithm=args.mac, connect_timeout=args.connect_timeout,
+                         read_timeout=args.read_timeout, connect_retries=args.retries)
+    devices = (_real_devices(args, tmk) if args.devices == "real"
+               else software_devices(tmk, printer_url=args.printer))
+    return TerminalApp(cfg, state_path=args.state, devices=devices)
+
+
+async def interactive(runner: ScriptRunner, ask: Callable[[str], str], secret: Callable[[str], str],
+                      out: Callable[[str], None], *, software: bool = True) -> int:
+    """The merchant's menu; each choice becomes one script command run by ``runner``."""
+    failures = 0
+    while True:
+        out(MENU)
+        choice = (await asyncio.to_thread(ask, "> ")).strip()
+        if choice in ("0", "q", "quit", ""):
+            return 1 if failures else 0
+        words: list[str] = []
+        try:
+            if choice in ("1", "5"):
+                words = ["sale", await asyncio.to_thread(ask, "金额 amount (yuan): ")]
+            elif choice == "2":
+                words = ["balance"]
+            elif choice == "3":
+                words = ["void", await asyncio.to_thread(ask, "原凭证号 original trace: ")]
+            elif choice == "4":
+                words = ["refund", await asyncio.to_thread(ask, "金额 amount (yuan): "),
+                         "rrn=" + await asyncio.to_thread(ask, "原参考号 original RRN: "),
+                         "date=" + await asyncio.to_thread(ask, "原交易日期 original date MMDD: ")]
+            elif choice == "6":
+                words = ["settle"]
+            elif choice == "7":
+                words = ["signon"]
+            elif choice == "8":
+                words = ["diagnose"]
+            else:
+                out("无效选择 invalid choice")
+                continue
+            if words[0] in ("sale", "refund"):
+                parse_amount(words[1], 0)
+            if choice == "5":
+                words.append("qr=" + (await asyncio.to_thread(ask, "请扫码 scan payment code: ")).strip())
+            elif words[0] in ("sale", "balance", "void", "refund"):
+                words += await _card_words(ask, secret, software, words[0])
+            cmd = Command(0, words[0], [w for w in words[1:] if "=" not in w and w not in ("chip", "tap")],
+                          dict(w.split("=", 1) for w in words[1:] if "=" in w),
+                          {w for w in words[1:] if w in ("chip", "tap", "fallback")})
+            res = await runner.run_one(cmd)
+        except (ScriptError, ValueError) as exc:
+            out(f"输入错误 {exc}")
+            continue
+        failures += 0 if res.ok else 1
+        out(res.message if res.operation == "diagnose" else
+            f"{'成功' if res.ok else '失败'} {res.operation} rc={res.rc} {res.message}"
+            + (f" trace={res.stan}" if res.stan else "") + (f" rrn={res.rrn}" if res.rrn else ""))
+
+
+async def _card_words(ask: Callable[[str], str], secret: Callable[[str], str], software: bool, op: str) -> list[str]:
+    if not software:
+        return []  # the real readers and PIN pad prompt by themselves
+    text = (await asyncio.to_thread(ask, "刷卡/插卡/挥卡: swipe text (;PAN=...?), 'chip [PAN]', 'tap [PAN]'"
+                                    + (" or empty (no card)" if op == "void" else "") + ": ")).strip()
+    words: list[str] = []
+    if text.startswith(("%", ";")):
+        words.append("swipe=" + text)
+    elif text.startswith(("chip", "tap")):
+        kind, _, pan = text.partition(" ")
+        words.append(f"{kind}={pan.strip()}" if pan.strip() else kind)
+    elif text and op != "void":
+        raise ValueError(f"card input {text[:10]!r}... not understood")
+    if op == "void":
+        return words
+    pin = await asyncio.to_thread(secret, "请输入密码 PIN (empty: none): ")
+    if pin:
+        words.append("pin=" + pin)
+    return words
+
+
+
+# ---------------------------------------------------------------------------- device bring-up tools
+# (written by the devices engineer; kept as `posswitch terminal diagnose|read-card|softcard|print-test|say`)
+
+TOOLS = ("diagnose", "read-card", "softcard", "print-test", "say")
+
+
+def _tools_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="posswitch terminal", description="device bring-up and diagnostics")
     p.add_argument("--log-level", default="WARNING")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -179,11 +328,52 @@ def _say(a: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
+def tools_main(argv: list[str]) -> int:
+    a = _tools_parser().parse_args(argv)
     configure_logging(a.log_level)
     return {"diagnose": _diagnose, "read-card": _read_card, "softcard": _softcard, "print-test": _print_test,
             "say": _say}[a.cmd](a)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TOOLS:
+        return tools_main(argv)
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    tmk_hex = args.tmk or os.environ.get("POSSWITCH_TMK", "")
+    try:
+        tmk = bytes.fromhex(tmk_hex)
+        if len(tmk) not in (8, 16, 24):
+            raise ValueError
+    except ValueError:
+        print("posswitch terminal: --tmk (or $POSSWITCH_TMK) must be 16, 32 or 48 hex digits", file=sys.stderr)
+        return 2
+    try:
+        app = make_app(args, tmk)
+    except Exception as exc:  # noqa: BLE001 - bad URL, unreadable state file, device missing
+        print(f"posswitch terminal: {exc}", file=sys.stderr)
+        return 2
+    runner = ScriptRunner(app, card_pan=args.card_pan, out=print)
+    if args.diagnose:
+        checks = asyncio.run(self_test(app))
+        print(format_report(checks))
+        return 0 if all(c.ok for c in checks) else 1
+    if args.script:
+        try:
+            text = sys.stdin.read() if args.script == "-" else open(args.script, encoding="utf-8").read()
+            commands = parse_script(text)
+        except (OSError, ScriptError) as exc:
+            print(f"posswitch terminal: {exc}", file=sys.stderr)
+            return 2
+        try:
+            results = asyncio.run(runner.run(commands))
+        except ScriptError as exc:
+            print(f"posswitch terminal: {exc}", file=sys.stderr)
+            return 2
+        return 0 if all(r.ok for r in results) else 1
+    runner.out = None
+    return asyncio.run(interactive(runner, input, getpass.getpass, print, software=args.devices == "software"))
 
 
 if __name__ == "__main__":
