@@ -576,3 +576,12 @@ async def test_tdk_encrypted_track_is_decrypted_before_forwarding(stack):
     await term.sign_on("003")
     term._tdk = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
     assert (await term.sale(card, 808, entry="swipe")).rc == "30"
+
+
+async def test_script_advice_acknowledged(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 1)
+    doc = term._base("0620", "000000", "00", "951")
+    doc.update({"2": card.pan, "4": "000000000100", "22": "051", "49": "156", "55": "DF310500000000"})
+    reply = await term.send(doc, mac=True)
+    assert reply.rc == "00" and reply.mac_ok

@@ -1,4 +1,5 @@
-"""Advices: refund (0220/200000, 60.1 = 25) and pre-auth completion advice (0220/000000, 60.1 = 24).
+"""Advices: refund (0220/200000, 60.1 = 25), pre-auth completion advice (0220/000000, 60.1 = 24)
+and the script result advice (0620, acknowledged).
 
 A refund names its original sale or completion by RRN (37) and may be partial and repeated; the
 total of approved refunds never exceeds the original amount (an over-refund gets 61).  Unknown
@@ -60,7 +61,14 @@ async def completion_advice(ctx: Context) -> None:
     ctx.txn_type = "completion_advice"
 
 
+async def script_advice(ctx: Context) -> None:
+    """0620 script result advice (60.3 951): acknowledged; the result (DF31 in 55) is not forwarded."""
+    reply = ctx.start_reply(RC.APPROVED)
+    reply.pop("2", None)
+
+
 FLOWS = {
+    ("0620",): (script_advice, "script_advice", True),
     ("0220", "20", "25"): (refund, "refund", True),
     ("0220", "00", "24"): (completion_advice, "completion_advice", True),
 }
