@@ -392,3 +392,14 @@ def test_property_corrupt_card_answers_give_clear_errors(victim: int, mode: int,
         k.second_generate_ac(txn, "00", None)
     except CardReadError as exc:
         assert str(exc)
+
+
+@settings(max_examples=100)
+@given(apdus=st.lists(st.binary(min_size=0, max_size=40), min_size=1, max_size=8), t0=st.booleans(),
+       oda=st.sampled_from(["none", "dda"]))
+def test_property_card_answers_any_apdu_with_a_status_word(apdus: list[bytes], t0: bool, oda: str) -> None:
+    card = SoftCard(CardProfile(oda=oda), t0=t0)
+    card.process(bytes.fromhex("00A4040008A00000033301010100"))
+    for apdu in apdus:
+        resp = card.process(apdu)
+        assert len(resp) >= 2 and resp[-2] in (0x90, 0x61, 0x6C, 0x62, 0x67, 0x69, 0x6A, 0x6D, 0x6E)
