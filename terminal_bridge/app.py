@@ -118,6 +118,15 @@ class Result:
     display: list[str] = field(default_factory=list)
     detail: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def approved(self) -> bool:
+        return self.ok
+
+    @property
+    def mac_ok(self) -> bool | None:
+        """False when the reply's MAC did not verify (the A0 reversal went out); None otherwise."""
+        return False if self.reversal == "A0" else None
+
 
 # ---------------------------------------------------------------------------- configuration / devices
 

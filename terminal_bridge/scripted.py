@@ -22,8 +22,11 @@ A swipe of a chip card (service code 2xx) is refused unless ``fallback`` is on t
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import shlex
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -191,6 +194,62 @@ async def run_script(app: TerminalApp, text: str, **kw: Any) -> list[Result]:
     return await ScriptRunner(app, **kw).run(parse_script(text))
 
 
+async def drive_demo(app: TerminalApp, cards: list[Any], deadline: float, rng: random.Random, *,
+                     qr_code: Callable[[], str] | None = None, stop: asyncio.Event | None = None,
+                     on_result: Callable[[str, Result], None] | None = None) -> Result:
+    """Drive one terminal with a realistic mix until ``time.monotonic() >= deadline``, then settle.
+
+    ``cards``: objects with ``.pan``, ``.expiry`` (YYMM) and ``.pin`` (e.g. ``switch.testbed`` cards);
+    swipe sales use them as magstripe-only cards, chip and tap sales as software EMV cards with the same
+    PAN.  ``on_result(kind, result)`` sees every operation; the return value is the settlement result
+    (``result.detail["balanced"]``).  ``Result.rc`` / ``.approved`` / ``.mac_ok`` match what the demo's
+    statistics read from ``switch.sim_terminal.Reply``.
+    """
+    runner = ScriptRunner(app)
+
+    def report(kind: str, res: Result) -> None:
+        if on_result is not None:
+            on_result(kind, res)
+
+    report("sign-on", await app.sign_on())
+    sales: list[tuple[Any, Result]] = []
+    while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+        r = rng.random()
+        card = rng.choice(cards)
+        amount = rng.randrange(100, 50_000)
+        swipe = Swipe(f";{card.pan}={card.expiry}1010000000000?")
+        if r < 0.25:
+            kind, res = "sale swipe+PIN", await app.sale(amount, card=swipe, pin=card.pin)
+        elif r < 0.45:
+            kind = "sale chip"
+            res = await app.sale(amount, card=Insert(runner.soft_card(card.pan)), pin=card.pin)
+        elif r < 0.62:
+            kind, res = "sale tap", await app.sale(amount, card=Tap(runner.soft_card(card.pan, contactless=True)))
+        elif r < 0.70:
+            kind, res = "balance", await app.balance(card=swipe, pin=card.pin)
+        elif r < 0.76 and qr_code is not None:
+            kind, res = "sale QR", await app.sale(amount, card=Scan(qr_code()))
+        elif r < 0.84 and sales:
+            c, orig = sales.pop(rng.randrange(len(sales)))
+            kind, res = "void", await app.void(orig.stan)
+        elif r < 0.92 and sales:
+            c, orig = sales[rng.randrange(len(sales))]
+            date = orig.receipt.when.strftime("%m%d") if orig.receipt is not None else time.strftime("%m%d")
+            kind = "refund"
+            res = await app.refund(max(1, orig.amount // 3), orig.rrn, date,
+                                   card=Swipe(f";{c.pan}={c.expiry}1010000000000?"))
+        else:
+            kind, res = "decline wrong PIN", await app.sale(amount, card=swipe, pin="999999")
+        report(kind, res)
+        if kind.startswith("sale") and kind != "sale QR" and res.ok:
+            sales.append((card, res))
+        if res.rc == "NET":
+            await asyncio.sleep(0.05)
+    settled = await app.settle()
+    report("settlement", settled)
+    return settled
+
+
 def open_terminal(host: str, port: int, terminal_id: str, merchant_id: str, tmk: bytes, *,
                   state_path: str | Path | None = None, **config: Any) -> TerminalApp:
     """A software-device :class:`TerminalApp` (for ``posswitch demo``): ``await app.sign_on()``,
@@ -198,5 +257,5 @@ def open_terminal(host: str, port: int, terminal_id: str, merchant_id: str, tmk:
     return TerminalApp(TerminalConfig(host, port, terminal_id, merchant_id, tmk, **config), state_path=state_path)
 
 
-__all__ = ["COMMANDS", "Command", "ScriptError", "ScriptRunner", "open_terminal", "parse_amount", "parse_script",
+__all__ = ["COMMANDS", "Command", "ScriptError", "ScriptRunner", "drive_demo", "open_terminal", "parse_amount", "parse_script",
            "result_json", "run_script"]

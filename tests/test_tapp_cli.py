@@ -201,3 +201,24 @@ async def test_diagnose_command_exit_status(stack: Stack, tmp_path: Path) -> Non
     code, out, _ = await run_cli(*base)
     assert code == 1 and "FAIL printer" in out and "打印机缺纸" in out and "OK   network" in out
     printer.sock.close()
+
+
+async def test_drive_demo_mix_settles_balanced(stack: Stack, tmp_path: Path) -> None:
+    """The scripted-terminal API offered to ``posswitch demo``: a random mix, then a balanced settlement."""
+    import random
+    import time
+
+    from switch.testbed import qr_code
+    from terminal_bridge.scripted import drive_demo
+
+    app = make_app(stack.port, tmp_path)
+    seen: list[tuple[str, object]] = []
+    cards = [stack.card("cup", n) for n in range(3)] + [stack.card("intl", 0)]
+    settled = await drive_demo(app, cards, time.monotonic() + 2.0, random.Random(7),
+                               qr_code=lambda: qr_code("134500000001"),
+                               on_result=lambda kind, res: seen.append((kind, res)))
+    kinds = {k for k, _ in seen}
+    assert {"sign-on", "sale swipe+PIN", "sale chip", "sale tap", "settlement"} <= kinds, kinds
+    assert all(r.rc != "NET" and r.mac_ok is None for _, r in seen)
+    assert all(r.ok for k, r in seen if k.startswith("sale")), [(k, r.rc) for k, r in seen if not r.ok]
+    assert settled.ok and settled.detail["balanced"] is True

@@ -167,10 +167,12 @@ async def test_settlement_balanced_uploads_ic_records_and_opens_next_batch(stack
     assert (await app.sale(1000, card=swipe_of(stack.card("cup", 1)), pin=PIN)).ok
     assert (await app.sale(2000, card=card_input("chip", stack.card("cup", 2), cards), pin=PIN)).ok
     assert (await app.sale(3000, card=card_input("tap", stack.card("intl", 0), cards))).ok  # foreign card
+    s3 = await app.sale(4000, card=swipe_of(stack.card("cup", 3)), pin=PIN)
+    assert (await app.void(s3.stan)).ok  # §8: the voided sale stays on the debit side, the void is a credit
     s2 = await app.sale(500, card=swipe_of(stack.card("cup", 1)), pin=PIN)
     assert (await app.refund(200, s2.rrn, app.state.records[-1].date, card=swipe_of(stack.card("cup", 1)))).ok
     dom, foreign = app.totals()
-    assert (dom.debit_amount, dom.debit_count, dom.credit_amount, dom.credit_count) == (3500, 3, 200, 1)
+    assert (dom.debit_amount, dom.debit_count, dom.credit_amount, dom.credit_count) == (7500, 4, 4200, 2)
     assert (foreign.debit_amount, foreign.debit_count) == (3000, 1)
     batch = app.state.batch
     res = await app.settle()
@@ -178,7 +180,7 @@ async def test_settlement_balanced_uploads_ic_records_and_opens_next_batch(stack
     assert res.detail["uploaded"] == 2  # balanced: only the two IC (TC) records go up
     assert app.state.batch == batch + 1 and app.state.records == []
     host = await stack.journal.batch_totals(app.tid, app.mid, batch)
-    assert host.domestic.debit_amount == 3500 and host.foreign.debit_amount == 3000
+    assert host.domestic.debit_amount == 7500 and host.foreign.debit_amount == 3000
     # the next sign-on hands out the new batch and the terminal keeps it
     assert (await app.sign_on()).ok and app.state.batch == batch + 1
 
