@@ -442,10 +442,17 @@ class TerminalApp:
             doc["22"] = cd.entry_mode.value + pin_digit
             if card.emv is not None and card.emv.field55:
                 doc["55"] = card.emv.field55.hex().upper()
+        encrypted = False
+        if self._tdk is not None and "35" in doc:  # 60.3 004: track 2 under the TDK (dialect §9.3)
+            padded, start, block = F.tdk_block(doc["35"])
+            doc["35"] = F.tdk_replace(padded, start, crypto.tdes_ecb_encrypt(self._tdk, block))
+            encrypted = True
         if pin_block is not None:
             doc["26"] = "12"
             doc["52"] = pin_block.hex().upper()
-            doc["53"] = F.build_field53(True, double_length=self.config.key_mode != "001")
+        if pin_block is not None or encrypted:
+            doc["53"] = F.build_field53(True, double_length=self.config.key_mode != "001",
+                                        tracks_encrypted=encrypted)
 
     async def _pin(self, card: _Card, pin: str | None, amount: int | None) -> bytes | None:
         if card.qr_code:

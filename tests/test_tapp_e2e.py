@@ -16,7 +16,9 @@ import pytest
 
 from switch import testbed
 from switch.testbed import MERCHANT_ID, Stack, qr_code, terminal_id
+from terminal_bridge import emv_tlv
 from terminal_bridge.app import NETWORK_MESSAGE, Insert, Scan, Swipe, Tap, TerminalApp, TerminalConfig
+from terminal_bridge.client import decode
 from terminal_bridge.display import ConsoleDisplay
 from terminal_bridge.drivers.softcard import CardProfile, SoftCard
 
@@ -44,6 +46,7 @@ class Proxy:
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
         self.seen: list[str] = []
+        self.requests: list[dict[str, str]] = []
 
     async def start(self) -> Proxy:
         self.server = await asyncio.start_server(self._conn, "127.0.0.1", self.port)
@@ -61,6 +64,7 @@ class Proxy:
             head = await cr.readexactly(2)
             req = await cr.readexactly(int.from_bytes(head, "big"))
             self.seen.append(req[11:13].hex())
+            self.requests.append(decode(req[11:]))
             uw.write(head + req)
             head = await ur.readexactly(2)
             rep = bytearray(await ur.readexactly(int.from_bytes(head, "big")))
@@ -215,6 +219,10 @@ async def test_bad_reply_mac_sends_a0_reversal(stack: Stack, tmp_path: Path) -> 
         res = await app.sale(1500, card=swipe_of(stack.card("cup", 0)), pin=PIN)
         assert not res.ok and res.reversal == "A0" and res.reversal_sent
         assert proxy.seen[-2:] == ["0400", "0800"]  # reversal first, then the re-sign-on
+        sale_req, rev = proxy.requests[-3], proxy.requests[-2]
+        assert rev["39"] == "A0" and rev["11"] == sale_req["11"] == res.stan and rev["4"] == sale_req["4"]
+        assert not {"35", "52", "53", "26"} & rev.keys() and "64" in rev
+        assert rev["60"] == sale_req["60"]
         assert app.state.pending_reversal is None and not app.state.need_sign_on
         row = await journal_row(stack, app, res.stan)
         assert row.state == "reversed"
@@ -234,6 +242,10 @@ async def test_timeout_sends_98_reversal(stack: Stack, tmp_path: Path) -> None:
         assert res.display[0] == NETWORK_MESSAGE
         assert (await journal_row(stack, app, res.stan)).state == "reversed"
         assert proxy.seen[-1] == "0400"
+        rev = proxy.requests[-1]
+        assert rev["39"] == "98" and rev["11"] == res.stan and rev["2"] == stack.card("cup", 0).pan
+        tags = emv_tlv.decode(bytes.fromhex(rev["55"]))
+        assert set(tags) <= {"95", "9F1E", "9F10", "9F36", "DF31"} and "9F36" in tags  # §11 reversal tag set
     finally:
         await proxy.stop()
 
@@ -294,3 +306,21 @@ async def test_magstripe_errors_reach_the_display(stack: Stack, tmp_path: Path) 
     assert fallback.ok
     row = await journal_row(stack, app, fallback.stan)
     assert row.payment_method == "fallback"
+
+
+async def test_tdk_track_encryption_mode_004(tmp_path: Path) -> None:
+    stack = await Stack.start(tmp_path / "stack", terminals=1, key_mode="004")
+    proxy = await Proxy(stack.port).start()
+    try:
+        app = make_app(proxy.port, tmp_path / "t.json", key_mode="004")
+        assert (await app.sign_on()).ok and app.state.keys.tdk
+        card = stack.card("cup", 0)
+        res = await app.sale(1200, card=swipe_of(card), pin=PIN)
+        assert res.ok, res
+        req = proxy.requests[-1]
+        clear = f"{card.pan}D{card.expiry}1010000000000"
+        assert req["53"][2] == "1" and req["35"] != clear and len(req["35"]) == len(clear)
+        assert req["35"][:4] == clear[:4]  # only the §9.3 block is encrypted
+    finally:
+        await proxy.stop()
+        await stack.stop()
