@@ -1,8 +1,9 @@
 """``posswitch demo``: the whole system on loopback with live traffic, then a settlement.
 
 Starts the HSM simulator, two issuer simulators (domestic CUP cards and foreign cards), the switch
-(journal and registry in a temporary directory, Prometheus metrics on a free port) and K simulated
-terminals.  Each terminal signs on and drives a realistic mix (swipe, chip and tap sales with and
+(journal and registry in a temporary directory, Prometheus metrics on a free port) and K terminals:
+``--app-terminals`` of them (default 1) run the real terminal application (``terminal_bridge``, with
+software EMV cards and receipts), the others the simple simulator ``switch.sim_terminal``.  Each terminal signs on and drives a realistic mix (swipe, chip and tap sales with and
 without PIN, QR sales (some confirmed by password after a poll), balance inquiries, voids, partial
 refunds, pre-auth + completion, wrong-PIN, no-funds and unknown-card declines) until
 the time is up, then settles its batch (0500) and closes it (0320).  A live summary line is printed
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import io
 import logging
 import os
 import random
@@ -30,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="posswitch demo", description="Run HSM + issuers + switch + terminals.")
     p.add_argument("--seconds", type=float, default=20.0, help="how long to drive traffic (default 20)")
     p.add_argument("--terminals", type=int, default=4, help="number of simulated terminals (default 4)")
+    p.add_argument("--app-terminals", type=int, default=1,
+                   help="how many of them run the full terminal application (terminal_bridge: software EMV "
+                        "cards, receipts, reversal rules) instead of the simple simulator (default 1)")
     p.add_argument("--seed", type=int, default=None, help="random seed for a reproducible mix")
     p.add_argument("--log-level", default="WARNING", help="log level of the components (default WARNING)")
     return p
@@ -42,6 +47,7 @@ class Stats:
         self.total = 0
         self.errors = 0
         self.mac_failures = 0
+        self.app_displays: list[Any] = []  # ConsoleDisplay of each terminal application
 
     def add(self, kind: str, reply: Any) -> None:
         self.total += 1
@@ -119,13 +125,42 @@ async def _drive(stack: Any, i: int, deadline: float, stats: Stats, rng: random.
     return term
 
 
+async def _drive_app(stack: Any, i: int, deadline: float, stats: Stats, rng: random.Random,
+                     stop: asyncio.Event) -> Any:
+    """A terminal running the real terminal application (``terminal_bridge``); it settles by itself."""
+    from switch.testbed import MERCHANT_ID, qr_code, terminal_id, test_tmk
+    from terminal_bridge.app import TerminalApp, TerminalConfig, software_devices
+    from terminal_bridge.display import ConsoleDisplay
+    from terminal_bridge.scripted import drive_demo
+
+    display = ConsoleDisplay(out=io.StringIO())  # shown in the live summary line instead of stdout
+    stats.app_displays.append(display)
+    tmk = test_tmk(i)
+    app = TerminalApp(TerminalConfig("127.0.0.1", stack.port, terminal_id(i), MERCHANT_ID, tmk), state_path=None,
+                      devices=software_devices(tmk, display=display))
+    cards = [stack.card("cup", n) for n in range(4)] + [stack.card("intl", n) for n in range(2)]
+
+    def on_result(kind: str, res: Any) -> None:
+        if kind not in ("sign-on", "settlement"):
+            stats.add(f"{kind} (app)", res)
+
+    settled = await drive_demo(app, cards, deadline, rng, qr_code=lambda: qr_code("134500000001"), stop=stop,
+                               on_result=on_result)
+    return ("app", terminal_id(i), settled)
+
+
 def _line(stats: Stats, t0: float) -> str:
     el = max(time.monotonic() - t0, 1e-6)
     top = " ".join(f"{rc}:{n}" for rc, n in sorted(stats.by_rc.items()))
-    return f"  {el:5.1f}s  {stats.total:6d} txns  {stats.total / el:7.1f}/s  codes {top}"
+    line = f"  {el:5.1f}s  {stats.total:6d} txns  {stats.total / el:7.1f}/s  codes {top}"
+    for d in stats.app_displays:
+        d.out.seek(0)
+        d.out.truncate()  # keep only what the display shows now
+        line += "   app display: " + " / ".join(d.lines)
+    return line
 
 
-async def demo(seconds: float, n_terminals: int, seed: int | None) -> int:
+async def demo(seconds: float, n_terminals: int, seed: int | None, n_app: int = 0) -> int:
     from switch.sim_terminal import settlement_balanced
     from switch.testbed import Stack
 
@@ -149,12 +184,13 @@ async def demo(seconds: float, n_terminals: int, seed: int | None) -> int:
             for name, port in stack.issuer_ports.items():
                 print(f"  issuer   127.0.0.1:{port}  ({name})")
             print(f"  metrics  http://127.0.0.1:{stack.metrics_port}/metrics   health: /health")
-            print(f"  {n_terminals} terminals, {seconds:.0f} s of traffic (Ctrl-C stops early)")
+            print(f"  {n_terminals} terminals ({n_app} running the terminal application), {seconds:.0f} s of traffic "
+                  "(Ctrl-C stops early)")
             stats = Stats()
             t0 = time.monotonic()
             deadline = t0 + seconds
-            drivers = [loop.create_task(_drive(stack, i, deadline, stats, random.Random(rng.random()), stop))
-                       for i in range(n_terminals)]
+            drivers = [loop.create_task((_drive_app if i < n_app else _drive)(
+                stack, i, deadline, stats, random.Random(rng.random()), stop)) for i in range(n_terminals)]
             while not all(d.done() for d in drivers):
                 await asyncio.wait(drivers, timeout=1.0)
                 print(_line(stats, t0), flush=True)
@@ -167,6 +203,12 @@ async def demo(seconds: float, n_terminals: int, seed: int | None) -> int:
             print("traffic done; settling batches ...")
             balanced = 0
             for term in terms:
+                if isinstance(term, tuple):  # a terminal application: it settled (and uploaded) itself
+                    _, tid, settled = term
+                    ok = bool(getattr(settled, "detail", {}).get("balanced"))
+                    balanced += ok
+                    print(f"  {tid}  0510 39={settled.rc}  {'balanced' if ok else 'NOT balanced'}  (terminal app)")
+                    continue
                 reply = await term.settle()
                 ok = settlement_balanced(reply)
                 balanced += bool(ok)
@@ -201,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             pass
     try:
-        return asyncio.run(demo(args.seconds, args.terminals, args.seed))
+        return asyncio.run(demo(args.seconds, args.terminals, args.seed, min(args.app_terminals, args.terminals)))
     except KeyboardInterrupt:
         print("posswitch demo: interrupted")
         return 130
