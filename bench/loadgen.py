@@ -75,6 +75,14 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
 
 
+def main_thread_ticks(pid: int) -> int:
+    """utime + stime of the main thread (the event loop) only; the rest of ``cpu_ticks`` is other threads."""
+    with open(f"/proc/{pid}/task/{pid}/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def percentile(sorted_ns: list[int], q: float) -> float:
     """Nearest-rank percentile in milliseconds."""
     if not sorted_ns:
@@ -313,7 +321,10 @@ class LoadGen:
             await asyncio.sleep(0.001)
 
     def _cpu(self) -> dict[str, int]:
-        out = {name: cpu_ticks(pid) for name, pid in self.args.pid}
+        out = {}
+        for name, pid in self.args.pid:
+            out[name] = cpu_ticks(pid)
+            out[name + "/main"] = main_thread_ticks(pid)
         out["loadgen"] = cpu_ticks(os.getpid())
         return out
 
@@ -322,11 +333,16 @@ class LoadGen:
         lat = sorted(st.lat_ns)
         n = st.window_replies
         approved = st.rc.get("00", 0)
-        cpu = {}
+        cpu: dict[str, dict[str, Any]] = {}
         for name in cpu0:
+            if name.endswith("/main"):
+                continue
             secs = (cpu1[name] - cpu0[name]) / CLK_TCK
             cpu[name] = {"cpu_s": round(secs, 3), "us_per_txn": round(secs / n * 1e6, 1) if n else None,
                          "cores": round(secs / wall, 3)}
+            if name + "/main" in cpu0:  # event-loop thread vs the others (journal writer, executors)
+                main_s = (cpu1[name + "/main"] - cpu0[name + "/main"]) / CLK_TCK
+                cpu[name]["main_thread_us_per_txn"] = round(main_s / n * 1e6, 1) if n else None
         return {
             "mode": self.args.mode, "terminals": self.args.terminals, "in_flight": self.args.in_flight,
             "rate": self.args.rate, "window_s": round(wall, 3), "txns": n,
