@@ -5,12 +5,15 @@ the server; it never decodes or logs per message.  Per-connection limits: maximu
 length prefix closes the connection), requests in flight (reading pauses at the limit and
 resumes when replies go out) and an idle timeout.  Replies are written as they complete;
 ``write`` coalesces nothing itself because each reply is one ``transport.write`` of the whole
-frame, which uvloop sends without copying when the socket is writable.
+frame, which uvloop sends without copying when the socket is writable.  Frames beyond the
+in-flight limit wait in a small backlog (reading is paused meanwhile), so a pipelining terminal
+never has more than ``max_in_flight`` requests being processed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -37,7 +40,7 @@ class Limits:
 
 class TerminalProtocol(asyncio.Protocol):
     __slots__ = ("server", "limits", "transport", "peer", "in_flight", "closed",
-                 "_splitter", "_paused", "_eof", "_idle", "_last_rx", "_loop")
+                 "_splitter", "_paused", "_eof", "_backlog", "peak_in_flight", "_idle", "_last_rx", "_loop")
 
     def __init__(self, server: SwitchServer, limits: Limits) -> None:
         self.server = server
@@ -49,6 +52,8 @@ class TerminalProtocol(asyncio.Protocol):
         self._splitter = FrameSplitter(limits.max_frame, MIN_FRAME)
         self._paused = False
         self._eof = False
+        self._backlog: collections.deque[tuple[bytes, int]] = collections.deque()
+        self.peak_in_flight = 0
         self._idle: asyncio.TimerHandle | None = None
         self._last_rx = 0.0
         self._loop = asyncio.get_running_loop()
@@ -75,16 +80,34 @@ class TerminalProtocol(asyncio.Protocol):
         if not frames:
             return
         offset = splitter.offset - sum(len(f) + 2 for f in frames)  # stream offset of the first one
+        backlog = self._backlog
         for frame in frames:
-            self.server.dispatch(self, frame, offset)
+            backlog.append((frame, offset))
             offset += len(frame) + 2
-            if self.closed:
-                return
+        self._drain_backlog()
+
+    def _drain_backlog(self) -> None:
+        """Dispatch queued frames while under the in-flight limit; pause reading while frames wait."""
+        backlog = self._backlog
+        limit = self.limits.max_in_flight
+        while backlog and self.in_flight < limit and not self.closed:
+            frame, offset = backlog.popleft()
+            self.server.dispatch(self, frame, offset)
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if backlog or self.in_flight >= limit:
+            if not self._paused:
+                self._paused = True
+                transport.pause_reading()
+        elif self._paused:
+            self._paused = False
+            transport.resume_reading()
 
     def eof_received(self) -> bool:
         # half-close: let in-flight replies go out, then close
         self._eof = True
-        if self.in_flight == 0 and self.transport is not None:
+        if self.in_flight == 0 and not self._backlog and self.transport is not None:
             self.transport.close()
         return True
 
@@ -97,16 +120,14 @@ class TerminalProtocol(asyncio.Protocol):
     # ------------------------------------------------------------------ called by the server
     def request_started(self) -> None:
         self.in_flight += 1
-        if self.in_flight >= self.limits.max_in_flight and not self._paused and self.transport:
-            self._paused = True
-            self.transport.pause_reading()
+        if self.in_flight > self.peak_in_flight:
+            self.peak_in_flight = self.in_flight
 
     def request_done(self) -> None:
         self.in_flight -= 1
-        if self._paused and self.in_flight < self.limits.max_in_flight and self.transport and not self.closed:
-            self._paused = False
-            self.transport.resume_reading()
-        if self.in_flight == 0 and self.transport is not None and not self.transport.is_closing() \
+        if self._backlog or self._paused:
+            self._drain_backlog()
+        if self.in_flight == 0 and not self._backlog and self.transport is not None and not self.transport.is_closing() \
                 and (self.server.draining or self._eof):
             self.transport.close()
 

@@ -105,6 +105,8 @@ async def test_pipelined_requests_beyond_in_flight_limit(stack):
     assert [r.rc for r in replies] == ["00"] * 40
     assert len({r.rrn for r in replies}) == 40
     assert all(r.mac_ok for r in replies)
+    conn = next(iter(stack.server.connections))
+    assert 1 < conn.peak_in_flight <= 4  # the limit held although 40 requests were pipelined
 
 
 async def test_many_terminals_at_once(tmp_path):
