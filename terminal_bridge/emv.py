@@ -22,6 +22,7 @@ performed: the terminal is online-only and says so in the TVR.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -79,7 +80,9 @@ class EmvTransaction:
     tags: dict[str, bytes] = field(default_factory=dict, repr=False)  # terminal + card data elements
     cid: int | None = None  # 9F27 of the 1st GENERATE AC
     field55: bytes = b""
-    oda_result: str = "not performed"  # "sda", "dda", "not performed" or "failed: <reason>"
+    oda_result: str = "not performed"  # "sda", "dda", "cda", "not performed" or "failed: <reason>"
+    cda_key: tuple[bytes, bytes] | None = field(default=None, repr=False)  # ICC public key when CDA runs
+    pdol_data: bytes = field(default=b"", repr=False)
 
     @property
     def online_requested(self) -> bool:
@@ -177,23 +180,27 @@ class EmvKernel:
         if self.contactless:
             card.entry_mode = EntryMode.CONTACTLESS
         self._risk(tags, now)
-        result = self._offline_auth(tags, bytes(static), card.pan, now.date())
+        result, cda_key = self._offline_auth(tags, bytes(static), card.pan, now.date())
         log.info("card read", extra=kv(pan=card.pan, aid=aid.hex().upper(), contactless=self.contactless,
                                       oda=result))
-        return EmvTransaction(card=card, contactless=self.contactless, tags=tags, oda_result=result)
+        return EmvTransaction(card=card, contactless=self.contactless, tags=tags, oda_result=result,
+                              cda_key=cda_key, pdol_data=pdol_data)
 
-    def _offline_auth(self, tags: dict[str, bytes], static: bytes, pan: str, today: datetime.date) -> str:
-        """SDA or DDA as the AIP and 9F33 allow; sets TVR byte 1 and TSI; never aborts the transaction."""
+    def _offline_auth(self, tags: dict[str, bytes], static: bytes, pan: str,
+                      today: datetime.date) -> tuple[str, tuple[bytes, bytes] | None]:
+        """CDA, DDA or SDA as the AIP and 9F33 allow; sets TVR byte 1 and TSI; never aborts the transaction.
+        For CDA the keys are checked here and the signature at the GENERATE AC (returns the ICC key)."""
         tvr = tags["95"]
         tags["9B"] = bytearray(2)
         aip, caps = tags["82"], tags["9F33"]
-        dda = bool(aip[0] & 0x20 and caps[2] & 0x40)
-        sda = not dda and bool(aip[0] & 0x40 and caps[2] & 0x80)
-        if not (dda or sda):
+        cda = bool(aip[0] & 0x01 and caps[2] & 0x08)
+        dda = not cda and bool(aip[0] & 0x20 and caps[2] & 0x40)
+        sda = not (cda or dda) and bool(aip[0] & 0x40 and caps[2] & 0x80)
+        if not (cda or dda or sda):
             tvr[0] |= 0x80  # offline data authentication not performed
-            return "not performed"
+            return "not performed", None
         tags["9B"][0] |= 0x80  # TSI: offline data authentication performed
-        failed_bit = 0x08 if dda else 0x40
+        failed_bit = 0x04 if cda else 0x08 if dda else 0x40
         try:
             if "9F4A" in tags:
                 if tags["9F4A"] != b"\x82":
@@ -209,8 +216,10 @@ class EmvKernel:
             issuer = oda.issuer_key(capk, tags, pan, today)
             if sda:
                 oda.verify_sda(issuer, tags, static)
-                return "sda"
+                return "sda", None
             icc = oda.icc_key(issuer, tags, pan, static, today)
+            if cda:
+                return "cda pending", icc
             ddol = emv_tlv.parse_dol(tags.get("9F49") or bytes.fromhex("9F3704"))
             ddol_data = emv_tlv.build_dol_data(ddol, tags)
             try:
@@ -223,13 +232,13 @@ class EmvKernel:
             else:
                 sdad = emv_tlv.flatten(answer).get("9F4B", b"")
             tags["9F4C"] = oda.verify_dda(icc, sdad, ddol_data)
-            return "dda"
+            return "dda", None
         except oda.OdaDataMissing as exc:
-            tvr[0] |= 0x20 | failed_bit  # ICC data missing + SDA/DDA failed
-            return f"failed: {exc}"
+            tvr[0] |= 0x20 | failed_bit  # ICC data missing + SDA/DDA/CDA failed
+            return f"failed: {exc}", None
         except (oda.OdaError, TLVError) as exc:
             tvr[0] |= failed_bit
-            return f"failed: {exc}"
+            return f"failed: {exc}", None
 
     def _select_application(self) -> tuple[bytes, bytes]:
         directory = PPSE if self.contactless else PSE
@@ -309,7 +318,10 @@ class EmvKernel:
             tags["95"][2] |= 0x04  # online PIN entered
         cdol1 = emv_tlv.parse_dol(tags["8C"])
         data = emv_tlv.build_dol_data(cdol1, tags)
-        answer = self._cmd("GENERATE AC (1st)", b"\x80\xae\x80\x00" + bytes([len(data)]) + data + b"\x00")
+        p1 = 0x90 if txn.cda_key else 0x80  # ARQC (+ CDA signature requested)
+        answer = self._cmd("GENERATE AC (1st)", bytes([0x80, 0xAE, p1, 0x00, len(data)]) + data + b"\x00")
+        if txn.cda_key:
+            answer = self._check_cda(txn, answer, data)
         cid, fields = _parse_ac(answer)
         tags.update(fields)
         txn.cid = cid
@@ -319,6 +331,43 @@ class EmvKernel:
         txn.card.icc_data = txn.field55
         txn.card.tags = {t: bytes(v) for t, v in tags.items()}
         return txn.field55
+
+    def _check_cda(self, txn: EmvTransaction, answer: bytes, cdol1_data: bytes) -> bytes:
+        """Verify the CDA signature; returns the answer with 9F26 recovered from it.  A bad signature
+        sets TVR "CDA failed"; without a recoverable AC the transaction cannot go online."""
+        key = txn.cda_key
+        if key is None:
+            return answer
+        if answer[:1] != b"\x77":
+            return self._cda_failed(txn, "GENERATE AC answer in format 1", answer)
+        items = list(emv_tlv.iter_tlv(next(emv_tlv.iter_tlv(answer))[1]))
+        sdad = next((v for t, v, _, _ in items if t == "9F4B"), None)
+        if sdad is None:
+            return self._cda_failed(txn, "no 9F4B in the GENERATE AC answer", answer)
+        others = b"".join(emv_tlv.tl(t, v) for t, v, _, _ in items if t != "9F4B")
+        try:
+            cid, ac, tdhc = oda.verify_cda(key, sdad, txn.tags["9F37"])
+        except oda.OdaError as exc:
+            txn.tags["95"][0] |= 0x04
+            txn.oda_result = f"failed: {exc}"
+            raise CardReadError(f"CDA failed and no cryptogram can be recovered: {exc}") from exc
+        cid_tlv = next((v for t, v, _, _ in items if t == "9F27"), b"")
+        if cid_tlv != bytes([cid]):
+            return self._cda_failed(txn, "CID differs from the signed CID", answer, ac)
+        if hashlib.sha1(txn.pdol_data + cdol1_data + others).digest() != tdhc:
+            return self._cda_failed(txn, "transaction data hash mismatch", answer, ac)
+        txn.oda_result = "cda"
+        return emv_tlv.tl("77", others + emv_tlv.tl("9F26", ac))
+
+    @staticmethod
+    def _cda_failed(txn: EmvTransaction, reason: str, answer: bytes, ac: bytes | None = None) -> bytes:
+        txn.tags["95"][0] |= 0x04  # CDA failed; the issuer still sees the ARQC and decides
+        txn.oda_result = f"failed: {reason}"
+        if ac is None:
+            return answer
+        items = list(emv_tlv.iter_tlv(next(emv_tlv.iter_tlv(answer))[1]))
+        return emv_tlv.tl("77", b"".join(emv_tlv.tl(t, v) for t, v, _, _ in items if t != "9F4B")
+                          + emv_tlv.tl("9F26", ac))
 
     def second_generate_ac(self, txn: EmvTransaction, response_code: str | None,
                            icc_response: bytes | None) -> Completion:

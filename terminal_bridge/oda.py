@@ -129,3 +129,19 @@ def verify_dda(icc: tuple[bytes, bytes], sdad: bytes, ddol_data: bytes) -> bytes
     ldd = rec[3]
     dyn = rec[4 : 4 + ldd]
     return dyn[1 : 1 + dyn[0]] if dyn else b""
+
+
+def verify_cda(icc: tuple[bytes, bytes], sdad: bytes, un: bytes) -> tuple[int, bytes, bytes]:
+    """Check a GENERATE AC signature (CDA); returns ``(CID, AC, transaction data hash code)``."""
+    rec = recover(icc[0], icc[1], sdad, "CDA signature")
+    nic = len(icc[0])
+    if rec[1] != 0x05:
+        raise OdaError(f"CDA signature format {rec[1]:02X}, expected 05")
+    if hashlib.sha1(rec[1 : nic - 21] + un).digest() != rec[nic - 21 : nic - 1]:
+        raise OdaError("CDA signature hash mismatch")
+    dyn = rec[4 : 4 + rec[3]]
+    n = dyn[0] if dyn else 0
+    tail = dyn[1 + n :]
+    if len(tail) != 1 + 8 + 20:
+        raise OdaError("CDA signature: ICC dynamic data is not IDN + CID + AC + hash")
+    return tail[0], tail[1:9], tail[9:29]

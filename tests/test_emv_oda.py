@@ -112,3 +112,53 @@ def test_expired_issuer_certificate() -> None:
                   clock=lambda: datetime.datetime(2031, 1, 5))
     txn = k.start(1)
     assert txn.oda_result == "failed: issuer certificate expired 1230"
+
+
+def test_cda_signature_on_the_arqc() -> None:
+    from pyemv import ac, kd
+
+    from terminal_bridge.drivers.softcard import TEST_IMK_AC
+
+    card = SoftCard(CardProfile(oda="cda"))
+    txn, d = run(card)
+    assert txn.oda_result == "cda" and d["95"][0] == 0x00 and d["82"][0] & 0x01
+    gac = [a for a in card.log if a[1] == 0xAE][0]
+    assert gac[2] == 0x90  # ARQC with CDA requested
+    assert not any(a[1] == 0x88 for a in card.log)  # no INTERNAL AUTHENTICATE with CDA
+    # the AC recovered from the signature is the ARQC the issuer verifies
+    mk = kd.derive_icc_mk_a(TEST_IMK_AC, txn.card.pan, txn.card.psn)
+    sk = kd.derive_common_sk(mk, d["9F36"] + b"\0\0" + d["9F37"])
+    data = b"".join(d[t] for t in ("9F02", "9F03", "9F1A", "95", "5F2A", "9A", "9C", "9F37", "82", "9F36", "9F10"))
+    assert ac.generate_ac(sk, data) == d["9F26"]
+
+
+class _CdaTamper(SoftCard):
+    def __init__(self, how: str) -> None:
+        super().__init__(CardProfile(oda="cda"))
+        self.how = how
+
+    def process(self, apdu: bytes) -> bytes:
+        resp = super().process(apdu)
+        if apdu[1] == 0xAE and resp[-2:] == b"\x90\x00":
+            if self.how == "iad":  # unsigned data changed after signing: hash mismatch
+                return resp.replace(bytes.fromhex("9F100807010A"), bytes.fromhex("9F100807020A"))
+            if self.how == "sig":  # signature damaged: nothing can be recovered
+                i = resp.find(bytes.fromhex("9F4B")) + 10
+                return resp[:i] + bytes([resp[i] ^ 0xFF]) + resp[i + 1 :]
+        return resp
+
+
+def test_cda_transaction_data_changed() -> None:
+    txn, d = run(_CdaTamper("iad"))
+    assert txn.oda_result == "failed: transaction data hash mismatch"
+    assert d["95"][0] == 0x04 and len(d["9F26"]) == 8  # CDA failed, still online with the signed AC
+
+
+def test_cda_broken_signature_stops_the_card_read() -> None:
+    from terminal_bridge.devices import CardReadError
+
+    k = EmvKernel(DirectTransport(_CdaTamper("sig")), WITH_CAPK, clock=lambda: NOW)
+    txn = k.start(100)
+    with pytest.raises(CardReadError, match="CDA failed and no cryptogram can be recovered"):
+        k.first_generate_ac(txn)
+    assert txn.tags["95"][0] & 0x04

@@ -23,6 +23,7 @@ It is reached through :class:`terminal_bridge.apdu.DirectTransport` (in process)
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
@@ -80,7 +81,7 @@ class CardProfile:
     imk_smi: bytes = field(default=TEST_IMK_AC, repr=False)  # issuer-script MAC master key
     atc: int = 0
     aip: bytes = bytes.fromhex("1C00")  # CVM, terminal risk management, issuer authentication; no ODA
-    oda: str = "none"  # offline data authentication: "none", "sda" or "dda" (sets the AIP bits, test PKI)
+    oda: str = "none"  # offline data authentication: "none", "sda", "dda" or "cda" (AIP bits, test PKI)
     dki: int = 0x01
     cvn: int = 0x0A
     app_version: bytes = bytes.fromhex("0030")
@@ -101,9 +102,9 @@ class SoftCard:
         self.contactless = contactless
         self._icc_mk = emv_crypto.icc_master_key(self.profile.imk_ac, self.profile.pan, self.profile.psn)
         self._mk_smi = emv_crypto.icc_master_key(self.profile.imk_smi, self.profile.pan, self.profile.psn)
-        if self.profile.oda not in ("none", "sda", "dda"):
-            raise ValueError(f"oda must be none, sda or dda, not {self.profile.oda!r}")
-        oda_bits = {"none": 0x00, "sda": 0x40, "dda": 0x60}[self.profile.oda]
+        if self.profile.oda not in ("none", "sda", "dda", "cda"):
+            raise ValueError(f"oda must be none, sda, dda or cda, not {self.profile.oda!r}")
+        oda_bits = {"none": 0x00, "sda": 0x40, "dda": 0x60, "cda": 0x61}[self.profile.oda]
         self.aip = bytes([self.profile.aip[0] | oda_bits]) + self.profile.aip[1:]
         self._recs = self._build_records()
         self.blocked = False
@@ -231,6 +232,7 @@ class SoftCard:
         if len(data) < 2 or data[0] != 0x83 or data[1] != len(data) - 2 or data[1] != want:
             raise _Status(SW_WRONG_LENGTH)
         self.atc = (self.atc + 1) & 0xFFFF
+        self._pdol_data = bytes(data[2:])
         self._gpo_done = True
         self._state = "gpo"
         if self.profile.oda == "none":
@@ -308,7 +310,7 @@ class SoftCard:
 
     def _internal_authenticate(self, ddol_data: bytes) -> bytes:
         """DDA: sign (ICC dynamic number = ATC || 6 random bytes) + the terminal's DDOL data."""
-        if self.profile.oda != "dda":
+        if self.profile.oda not in ("dda", "cda"):
             raise _Status(SW_INS)
         if not self._gpo_done:
             raise _Status(SW_CONDITIONS)
@@ -340,12 +342,12 @@ class SoftCard:
         if ref == 0xC0:
             raise _Status(SW_P1P2)
         if self._state == "gpo":
-            return self._first_ac(ref, data)
+            return self._first_ac(ref, data, cda=bool(p1 & 0x10) and self.profile.oda == "cda")
         if self._state == "arqc":
             return self._second_ac(ref, data)
         raise _Status(SW_CONDITIONS)
 
-    def _first_ac(self, ref: int, data: bytes) -> bytes:
+    def _first_ac(self, ref: int, data: bytes, cda: bool = False) -> bytes:
         dol = parse_dol(CDOL1)
         if len(data) != sum(n for _, n in dol):
             raise _Status(SW_WRONG_LENGTH)
@@ -360,8 +362,21 @@ class SoftCard:
             self._arqc, self._state = ac, "arqc"
         else:
             self._state = "done"
-        log.debug("generate ac", extra=kv(step=1, cid=f"{cid:02X}", atc=self.atc))
+        log.debug("generate ac", extra=kv(step=1, cid=f"{cid:02X}", atc=self.atc, cda=cda))
+        if cda and cid == 0x80:
+            return self._cda_response(cid, ac, data, values["9F37"])
         return self._ac_response(cid, ac)
+
+    def _cda_response(self, cid: int, ac: bytes, cdol1_data: bytes, un: bytes) -> bytes:
+        """CDA (EMV Book 2 §6.6): 9F4B signs ICC dynamic number, CID, AC and the transaction data hash
+        (PDOL data || CDOL1 data || the answer's other data objects) for the terminal's UN."""
+        from . import test_pki
+
+        others = tl("9F27", bytes([cid])) + tl("9F36", self.atc.to_bytes(2, "big")) + tl("9F10", self._iad())
+        tdhc = hashlib.sha1(self._pdol_data + cdol1_data + others).digest()
+        idn = self.atc.to_bytes(2, "big") + os.urandom(6)
+        sdad = test_pki.signed_dynamic_data(idn, un, extra=bytes([cid]) + ac + tdhc)
+        return tl("77", others + tl("9F4B", sdad))
 
     def _second_ac(self, ref: int, data: bytes) -> bytes:
         dol = parse_dol(CDOL2)

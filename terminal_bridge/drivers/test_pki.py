@@ -86,10 +86,11 @@ def icc_certificate(pan: str, static_data: bytes, expiry_mmyy: str = "1230",
     return _sign(_ISS_N, _ISS_D, b"\x6a" + body + digest + b"\xbc"), remainder
 
 
-def signed_dynamic_data(icc_dynamic_number: bytes, ddol_data: bytes) -> bytes:
-    """INTERNAL AUTHENTICATE answer (DDA): signed by the ICC key over its dynamic data + the DDOL data."""
+def signed_dynamic_data(icc_dynamic_number: bytes, ddol_data: bytes, extra: bytes = b"") -> bytes:
+    """SDAD signed by the ICC key: INTERNAL AUTHENTICATE (DDA) or, with ``extra`` = CID || AC ||
+    transaction data hash code, the CDA signature of a GENERATE AC (``ddol_data`` = the UN)."""
     nic = 128
-    dyn = bytes([len(icc_dynamic_number)]) + icc_dynamic_number
+    dyn = bytes([len(icc_dynamic_number)]) + icc_dynamic_number + extra
     body = b"\x05\x01" + bytes([len(dyn)]) + dyn + b"\xbb" * (nic - len(dyn) - 25)
     return _sign(_ICC_N, _ICC_D, b"\x6a" + body + hashlib.sha1(body + ddol_data).digest() + b"\xbc")
 
