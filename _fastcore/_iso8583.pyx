@@ -57,6 +57,7 @@ cdef extern from *:
     #endif
     """
     unsigned long long fc_dict_version(object d)
+    unsigned long long fc_dict_version_p "fc_dict_version"(PyObject* d) noexcept
     int FC_HAVE_DICT_VERSION
 
 
@@ -122,6 +123,8 @@ cdef struct FieldC:
     PyObject* fdict     # the field's spec dict (kept alive by the table)
     unsigned long long version
     PyObject* encname   # bytes: codec name for DK_CODEC
+    PyObject* codec_dec # the codec's decode/encode functions (text encodings only), or NULL
+    PyObject* codec_enc
     unsigned char digit_byte[10]
     signed char digit_of[256]
 
@@ -130,6 +133,7 @@ cdef signed char HEXVAL[256]
 cdef char HEXUP[512]
 cdef signed char BCDHI[256]     # byte -> value of a BCD byte (0..99) or -1
 cdef uint16_t HEX16[256]        # byte -> its two upper-case hex digits, as stored in memory
+cdef short HEXPAIR[65536]       # (first char << 8 | second char) -> byte value, or -1
 
 cdef int _i
 memset(HEXVAL, -1, sizeof(HEXVAL))
@@ -144,6 +148,19 @@ for _i in range(256):
     BCDHI[_i] = (_i >> 4) * 10 + (_i & 15) if (_i >> 4) < 10 and (_i & 15) < 10 else -1
     memcpy(&HEX16[_i], &HEXUP[2 * _i], 2)
 
+
+cdef void _init_hexpair():
+    cdef int a, b
+    for a in range(256):
+        for b in range(256):
+            if HEXVAL[a] >= 0 and HEXVAL[b] >= 0:
+                HEXPAIR[(a << 8) | b] = <short>((HEXVAL[a] << 4) | HEXVAL[b])
+            else:
+                HEXPAIR[(a << 8) | b] = -1
+
+
+_init_hexpair()
+
 # slot -> key string
 cdef list _KEY_LIST = [None] * NSLOTS
 for _i in range(1, 193):
@@ -155,10 +172,6 @@ cdef PyObject* KEYS[NSLOTS]
 for _i in range(NSLOTS):
     KEYS[_i] = <PyObject*>_KEY_LIST[_i]
 
-#: document key -> slot (fields 2..192 except 65, and h/t); "1", "65", "p" are never read
-cdef dict _SLOT_OF = {str(i): i for i in range(2, 193) if i != 65}
-_SLOT_OF["h"] = H
-_SLOT_OF["t"] = T
 
 cdef str _LEN = "len"
 cdef str _DATA = "data"
@@ -174,16 +187,20 @@ cdef class _Table:
     cdef list keep
     cdef bint header
 
-    cdef bint fresh_field(self, FieldC* fc):
-        return fc_dict_version(<object>fc.fdict) == fc.version
+
+
+cdef inline bint _fresh(FieldC* fc) noexcept:
+    """The field's spec dict is unchanged since the table was compiled."""
+    return fc_dict_version_p(fc.fdict) == fc.version
 
 
 cdef object _text_kind(object enc, FieldC* fc, list keep):
     """Set ``fc.dkind`` (and ``encname``) for a text ``data_enc``."""
     try:
-        name = codecs.lookup(enc).name
+        info = codecs.lookup(enc)
+        name = info.name
     except Exception:
-        name = None
+        info = name = None
     if name == "ascii":
         fc.dkind = DK_ASCII
     elif name == "iso8859-1":
@@ -198,6 +215,11 @@ cdef object _text_kind(object enc, FieldC* fc, list keep):
         keep.append(b)
         fc.encname = <PyObject*>b
         fc.dkind = DK_CODEC
+        # bytes.decode/str.encode call exactly these for a text encoding; others go by name
+        if info is not None and getattr(info, "_is_text_encoding", True):
+            keep.append(info)
+            fc.codec_dec = <PyObject*>info.decode
+            fc.codec_enc = <PyObject*>info.encode
     return True
 
 
@@ -348,7 +370,7 @@ cdef _Table _refreshed(_Table t):
     if not FC_HAVE_DICT_VERSION:
         return None
     for slot in range(1, NSLOTS):
-        if t.f[slot].fdict != NULL and not t.fresh_field(&t.f[slot]):
+        if t.f[slot].fdict != NULL and not _fresh(&t.f[slot]):
             t = _compile(<dict>t.spec)
             _tables[id(t.spec)] = t
             _last = t
@@ -375,14 +397,14 @@ cdef struct Buf:
     char local[1024]
 
 
-cdef inline int buf_init(Buf* b):
+cdef inline int buf_init(Buf* b) noexcept:
     b.p = b.local
     b.n = 0
     b.cap = 1024
     return 0
 
 
-cdef inline void buf_free(Buf* b):
+cdef inline void buf_free(Buf* b) noexcept:
     if b.p != b.local:
         free(b.p)
 
@@ -443,10 +465,17 @@ cdef object _decode_text(FieldC* fc, const char* s, Py_ssize_t n):
     """Text field bytes -> str, or None when the reference must decide."""
     cdef Py_ssize_t i
     cdef unsigned char acc = 0
+    cdef uint64_t w, wacc = 0
     if fc.dkind == DK_ASCII:
-        for i in range(n):
+        i = 0
+        while i + 8 <= n:
+            memcpy(&w, s + i, 8)
+            wacc |= w
+            i += 8
+        while i < n:
             acc |= <unsigned char>s[i]
-        if acc & 0x80:
+            i += 1
+        if (acc & 0x80) or (wacc & 0x8080808080808080ULL):
             return None
         return _ascii_str(s, n)
     if fc.dkind == DK_LATIN1:
@@ -455,7 +484,13 @@ cdef object _decode_text(FieldC* fc, const char* s, Py_ssize_t n):
 
 
 cdef object _decode_codec(FieldC* fc, const char* s, Py_ssize_t n):
+    cdef object r
     try:
+        if fc.codec_dec != NULL:
+            r = (<object>fc.codec_dec)(PyBytes_FromStringAndSize(s, n))
+            if type(r) is tuple and len(<tuple>r) == 2 and type((<tuple>r)[0]) is str:
+                return (<tuple>r)[0]
+            return None
         return PyUnicode_Decode(s, n, PyBytes_AS_STRING(<object>fc.encname), NULL)
     except Exception:
         return None
@@ -470,11 +505,9 @@ cdef dict _ENTRY = {"len": b"", "data": b""}
 
 cdef inline dict _enc_entry(bytes ln, bytes data):
     """A ``{"len": ln, "data": data}`` entry of ``doc_enc`` (copying a template is cheapest)."""
-    cdef dict d = PyDict_Copy(_ENTRY)
-    if PyBytes_GET_SIZE(ln):
-        PyDict_SetItem(d, _LEN, ln)
-    if PyBytes_GET_SIZE(data):
-        PyDict_SetItem(d, _DATA, data)
+    cdef dict d = {}
+    PyDict_SetItem(d, _LEN, ln)
+    PyDict_SetItem(d, _DATA, data)
     return d
 
 
@@ -519,7 +552,7 @@ cdef Py_ssize_t _decode_one(_Table t, int slot, const char* s, Py_ssize_t n, Py_
     cdef int b, d
     cdef object value
     cdef const unsigned char* u
-    if not fc.fast or not t.fresh_field(fc):
+    if not fc.fast or not _fresh(fc):
         return -1
     lt = fc.len_type
     if pos + lt > n:
@@ -605,7 +638,7 @@ cdef object _fast_decode(_Table t, object data, bint want_enc):
             return None
     # MTI
     fc = &t.f[T]
-    if not fc.present or not fc.fast or not t.fresh_field(fc):
+    if not fc.present or not fc.fast or not _fresh(fc):
         return None
     if fc.dkind == DK_BIN:
         if pos + 2 > n:
@@ -625,7 +658,7 @@ cdef object _fast_decode(_Table t, object data, bint want_enc):
     pos += w
     # bitmaps
     fc = &t.f[P]
-    if not fc.present or not fc.fast or not t.fresh_field(fc):
+    if not fc.present or not fc.fast or not _fresh(fc):
         return None
     w = pos
     text = _read_bitmap(fc, s, n, &pos, &bm[0])
@@ -636,7 +669,7 @@ cdef object _fast_decode(_Table t, object data, bint want_enc):
         doc_enc["p"] = _enc_entry(_EMPTY, _b(s + w, pos - w))
     if bm[0] >> 63:
         fc = &t.f[1]
-        if not fc.present or not fc.fast or not t.fresh_field(fc):
+        if not fc.present or not fc.fast or not _fresh(fc):
             return None
         w = pos
         text = _read_bitmap(fc, s, n, &pos, &bm[1])
@@ -694,7 +727,7 @@ cdef Py_ssize_t _put_binary(FieldC* fc, Buf* b, object value) except -2:
     """Hex text -> bytes appended to ``b``; returns the counted length or -1 (reference decides)."""
     cdef Py_ssize_t m, i, nb
     cdef const unsigned char* c
-    cdef int hi, lo, pre = -1, post = -1, bad = 0
+    cdef int hi, lo, pre = -1, post = -1, bad = 0, x
     cdef Py_ssize_t k, pairs
     cdef char* out
     if type(value) is not str or not PyUnicode_IS_ASCII(value):
@@ -724,10 +757,9 @@ cdef Py_ssize_t _put_binary(FieldC* fc, Buf* b, object value) except -2:
         i = 1
     pairs = (m - i) >> 1
     for k in range(pairs):
-        hi = HEXVAL[c[2 * k]]
-        lo = HEXVAL[c[2 * k + 1]]
-        bad |= hi | lo
-        out[k] = <char>((hi << 4) | lo)
+        x = HEXPAIR[(c[2 * k] << 8) | c[2 * k + 1]]
+        bad |= x
+        out[k] = <char>x
     if bad < 0:
         return -1
     c += 2 * pairs
@@ -761,7 +793,13 @@ cdef Py_ssize_t _put_text(FieldC* fc, Buf* b, object value) except -2:
         memcpy(b.p + b.n, PyUnicode_DATA(value), m)
     else:
         try:
-            enc = PyUnicode_AsEncodedString(value, PyBytes_AS_STRING(<object>fc.encname), NULL)
+            if fc.codec_enc != NULL:
+                enc = (<object>fc.codec_enc)(value)
+                if type(enc) is not tuple or len(<tuple>enc) != 2:
+                    return -1
+                enc = (<tuple>enc)[0]
+            else:
+                enc = PyUnicode_AsEncodedString(value, PyBytes_AS_STRING(<object>fc.encname), NULL)
         except Exception:
             return -1
         if type(enc) is not bytes:
@@ -778,7 +816,7 @@ cdef int _put_field(_Table t, int slot, Buf* b, object value, dict doc_enc) exce
     cdef FieldC* fc = &t.f[slot]
     cdef Py_ssize_t start, lt, L, data_start, i
     cdef uint64_t v
-    if not fc.fast or not t.fresh_field(fc):
+    if not fc.fast or not _fresh(fc):
         return -1
     lt = fc.len_type
     start = b.n
@@ -848,6 +886,33 @@ cdef object _bitmap_bytes(FieldC* fc, uint64_t bits, str text):
         buf_free(&tmp)
 
 
+cdef inline int _slot_of_key(str key):
+    """Slot of a document key: 2..192 (not 65), H or T; 0: a key encode ignores ("p", "1",
+    "65", non-numeric); -1: a numeric key the reference must judge ("0", "03", "193", "٣")."""
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(key), i
+    cdef const unsigned char* c
+    cdef int v = 0
+    if not PyUnicode_IS_ASCII(key):
+        return -1 if key.isnumeric() else 0
+    c = <const unsigned char*>PyUnicode_DATA(key)
+    if n == 1:
+        if c[0] == 104:  # h
+            return H
+        if c[0] == 116:  # t
+            return T
+    if n == 0:
+        return 0
+    for i in range(n):
+        if c[i] < 48 or c[i] > 57:
+            return 0
+        v = v * 10 + (c[i] - 48) if i < 4 else 9999
+    if c[0] == 48 or v > 192:
+        return -1
+    if v == 1 or v == 65:
+        return 0
+    return v
+
+
 cdef object _fast_encode(_Table t, dict doc, bint compat):
     """Encoded bytes (compat: (bytearray, doc_enc)); None when the reference must decide.
 
@@ -863,18 +928,16 @@ cdef object _fast_encode(_Table t, dict doc, bint compat):
     cdef FieldC* fc
     cdef str ptext, stext, ttext
     cdef Py_ssize_t start
-    cdef PyObject* po
     bm[0] = bm[1] = bm[2] = 0
     vals[H] = vals[T] = NULL
     for key, value in doc.items():
         if type(key) is not str:
             return None
-        po = PyDict_GetItemWithError(_SLOT_OF, key)
-        if po == NULL:
-            if key == "1" or key == "65" or key == "p" or not key.isnumeric():
+        slot = _slot_of_key(key)
+        if slot <= 0:
+            if slot == 0:
                 continue
             return None
-        slot = <int><object>po
         vals[slot] = <PyObject*>value
         if slot <= 192:
             bm[(slot - 1) >> 6] |= (<uint64_t>1) << (63 - ((slot - 1) & 63))
@@ -882,15 +945,15 @@ cdef object _fast_encode(_Table t, dict doc, bint compat):
         return None
     if not t.f[H].present or not t.f[H].fast:
         return None
-    if not t.f[T].present or not t.f[T].fast or not t.fresh_field(&t.f[T]):
+    if not t.f[T].present or not t.f[T].fast or not _fresh(&t.f[T]):
         return None
-    if not t.f[P].present or not t.f[P].fast or not t.fresh_field(&t.f[P]):
+    if not t.f[P].present or not t.f[P].fast or not _fresh(&t.f[P]):
         return None
     if bm[2]:
         bm[1] |= (<uint64_t>1) << 63
     if bm[1]:
         bm[0] |= (<uint64_t>1) << 63
-        if not t.f[1].present or not t.f[1].fast or not t.fresh_field(&t.f[1]):
+        if not t.f[1].present or not t.f[1].fast or not _fresh(&t.f[1]):
             return None
     buf_init(&b)
     try:
@@ -1042,7 +1105,7 @@ cdef class Codec:
         if not FC_HAVE_DICT_VERSION:
             return False
         for slot in range(1, NSLOTS):
-            if t.f[slot].fdict != NULL and not t.fresh_field(&t.f[slot]):
+            if t.f[slot].fdict != NULL and not _fresh(&t.f[slot]):
                 self._t = _compile(self.spec)
                 return True
         return False

@@ -69,8 +69,8 @@ def check_decode(impl: Any, data: bytes, spec: dict[str, Any]) -> tuple[Any, ...
 # --------------------------------------------------------------------------- strategies
 
 HEX = "0123456789ABCDEFabcdef"
-TEXT_ENCODINGS = ["ascii", "latin-1", "cp500", "cp037", "utf-8", "ASCII", "no-such-codec"]
-LEN_ENCODINGS = ["b", "bcd", "ascii", "cp500", "latin-1", "utf-16", "no-such-codec"]
+TEXT_ENCODINGS = ["ascii", "latin-1", "cp500", "cp037", "utf-8", "gbk", "ASCII", "utf-16", "rot13", "hex", "no-such-codec"]
+LEN_ENCODINGS = ["b", "bcd", "ascii", "cp500", "latin-1", "utf-16", "gbk", "hex", "no-such-codec"]
 
 
 @st.composite
@@ -120,7 +120,7 @@ def plausible_value(draw: st.DrawFn, fs: dict[str, Any]) -> Any:
             count += 1
         return draw(st.text(st.sampled_from(HEX), min_size=count, max_size=count))
     count = size // 2 if nibbles else size
-    alphabet = st.sampled_from("0123456789 ABCxyz=") if draw(st.integers(0, 5)) else st.characters()
+    alphabet = st.sampled_from("0123456789 ABCxyz=中文") if draw(st.integers(0, 5)) else st.characters()
     return draw(st.text(alphabet, min_size=count, max_size=count))
 
 
