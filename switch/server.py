@@ -54,12 +54,14 @@ class SwitchServer:
         self.draining = True
         if self._server is not None:
             self._server.close()
-        pending = set(self.tasks)
-        if pending:
-            log.info("draining", extra=kv(in_flight=len(pending)))
-            _, still = await asyncio.wait(pending, timeout=drain_timeout)
-            for t in still:
-                t.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout
+        if self.tasks:
+            log.info("draining", extra=kv(in_flight=len(self.tasks)))
+        while self.tasks and loop.time() < deadline:
+            await asyncio.wait(set(self.tasks), timeout=deadline - loop.time())
+        for t in list(self.tasks):
+            t.cancel()
         for conn in list(self.connections):
             conn.close()
         if self._server is not None:
@@ -97,6 +99,8 @@ class SwitchServer:
                 pass
 
     def dispatch(self, conn: TerminalProtocol, payload: bytes, offset: int) -> None:
+        if self.draining:  # shutting down: no new transactions (the terminal times out and reverses)
+            return
         try:
             frame = wire.Frame.parse(payload)
         except ValueError as exc:
