@@ -379,6 +379,21 @@ class SimTerminal:
         self._remember(reply, "completion", amount)
         return reply
 
+    async def preauth_void(self, card: SimCard, original: Reply) -> Reply:
+        doc = self._base("0100", "200000", "11")
+        doc.update({"4": original.request["4"], "25": "06", "49": "156", "2": card.pan, "22": "012"})
+        self._original_ref(doc, original, with_date=True)
+        return await self.send(doc, mac=True)
+
+    async def completion_void(self, card: SimCard, original: Reply) -> Reply:
+        doc = self._base("0200", "200000", "21")
+        amount = int(original.request["4"])
+        doc.update({"4": f"{amount:012d}", "25": "06", "49": "156", "2": card.pan, "22": "012"})
+        self._original_ref(doc, original, with_date=True)
+        reply = await self.send(doc, mac=True)
+        self._remember(reply, "void", amount)
+        return reply
+
     async def reversal(self, original: Reply | dict[str, str], reason: str = "98") -> Reply:
         """0400 for an earlier request (its Reply, or the request dict if no reply came)."""
         req = original.request if isinstance(original, Reply) else original

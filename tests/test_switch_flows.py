@@ -585,3 +585,33 @@ async def test_script_advice_acknowledged(stack):
     doc.update({"2": card.pan, "4": "000000000100", "22": "051", "49": "156", "55": "DF310500000000"})
     reply = await term.send(doc, mac=True)
     assert reply.rc == "00" and reply.mac_ok
+
+
+async def test_preauth_void_releases_the_hold(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 3)
+    avail = _ledger(stack).available(card.pan)
+    pa = await term.preauth(card, 7000, entry="chip", pin=card.pin)
+    assert pa.rc == "00"
+    assert _ledger(stack).available(card.pan) == avail - 7000
+    pv = await term.preauth_void(card, pa)
+    assert pv.rc == "00" and pv.mac_ok
+    assert (await _row(stack, pa.rrn)).state == "voided"
+    assert _ledger(stack).available(card.pan) == avail
+    assert (await term.completion(card, pa, 100)).rc == "12"  # a voided pre-auth cannot complete
+
+
+async def test_completion_void(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 3)
+    balance = _ledger(stack).balance(card.pan)
+    pa = await term.preauth(card, 5000, entry="chip", pin=card.pin)
+    comp = await term.completion(card, pa, 4000)
+    assert comp.rc == "00"
+    assert _ledger(stack).balance(card.pan) == balance - 4000
+    cv = await term.completion_void(card, comp)
+    assert cv.rc == "00" and cv.mac_ok
+    assert (await _row(stack, comp.rrn)).state == "voided"
+    assert _ledger(stack).balance(card.pan) == balance
+    settle = await term.settle()
+    assert settlement_balanced(settle) is True

@@ -34,6 +34,9 @@ except ImportError:  # pragma: no cover - until the issuer link lands
 
 log = logging.getLogger("switch.flows")
 
+#: journal txn types without an H2H kind of their own
+_H2H_KIND = {"completion_void": "void"}
+
 #: transaction types sent as 0220 advices: approved by the switch and forwarded when the issuer is silent
 ADVICES = frozenset({"refund", "completion_advice"})
 
@@ -145,7 +148,7 @@ async def _authorize(ctx: Context, txn_type: str, mti_up: str | None, amount: in
     rrn = journal.next_rrn()
     try:
         up = h2h.financial_request(
-            txn_type, terminal_id=term.tid, merchant_id=term.mid, rrn=rrn,
+            _H2H_KIND.get(txn_type, txn_type), terminal_id=term.tid, merchant_id=term.mid, rrn=rrn,
             amount=amount if amount is not None else (int(req["4"]) if "4" in req else None),
             pan=pan, track2=req["35"].replace("D", "=") if "35" in req else None, expiry=req.get("14"),
             entry_mode=req.get("22", "021"), psn=req.get("23"), pin_block=pin_block,
@@ -158,6 +161,8 @@ async def _authorize(ctx: Context, txn_type: str, mti_up: str | None, amount: in
         return Outcome(RC.FORMAT_ERROR, route=route)
     if mti_up:
         up["t"] = mti_up
+    if txn_type == "completion_void":
+        up["25"] = "06"  # a void (0200/200000) in the pre-authorisation family
     txn = {
         "terminal_id": term.tid, "merchant_id": term.mid, "txn_type": txn_type, "mti": req["t"],
         "processing_code": req.get("3", ""), "state": "sent", "amount": int(up.get("4", "0") or 0),
