@@ -135,3 +135,27 @@ def test_property_any_text_parses_or_raises_card_read_error(text: str) -> None:
         assert str(exc)
     else:
         assert s.pan.isdigit() and 13 <= len(s.pan) <= 19
+
+
+def test_keymap_matches_linux_key_codes() -> None:
+    """Our US-layout table against evdev's own ecodes (the kernel's input-event-codes.h)."""
+    ecodes = pytest.importorskip("evdev.ecodes", reason="evdev (devices extra) not installed")
+    from terminal_bridge import magstripe
+
+    names = {"-": "MINUS", "=": "EQUAL", ";": "SEMICOLON", "'": "APOSTROPHE", ",": "COMMA", ".": "DOT",
+             "/": "SLASH", "[": "LEFTBRACE", "]": "RIGHTBRACE", "\\": "BACKSLASH", "`": "GRAVE", " ": "SPACE"}
+    for code, (plain, _) in magstripe._KEYMAP.items():
+        if plain == "\n":
+            assert code in (ecodes.KEY_ENTER, ecodes.KEY_KPENTER)
+            continue
+        name = names.get(plain, plain.upper())
+        assert getattr(ecodes, f"KEY_{name}") == code, plain
+    assert magstripe.KEY_LEFTSHIFT == ecodes.KEY_LEFTSHIFT and magstripe.KEY_RIGHTSHIFT == ecodes.KEY_RIGHTSHIFT
+
+
+def test_evdev_reader_missing_device(tmp_path) -> None:
+    pytest.importorskip("evdev", reason="evdev (devices extra) not installed")
+    from terminal_bridge.magstripe import EvdevMagstripeReader
+
+    with pytest.raises(CardReadError, match=r"magstripe reader .*event9: No such file or directory"):
+        EvdevMagstripeReader(str(tmp_path / "event9"))
