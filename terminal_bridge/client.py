@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 
 from _fastcore import crypto, framing, iso8583
+from _fastcore.errors import FramingError
 from _fastcore.spec import POS_SPEC
 from switch.logsafe import kv
 
@@ -133,15 +134,13 @@ class PosClient:
                     raise NetworkError("connection closed by the switch before the reply", kind="closed", sent=True)
                 try:
                     payloads = splitter.feed(data)
-                except framing.FramingError as exc:
-                    raise NetworkError(f"bad reply frame: {exc}", kind="framing", sent=True) from None
-                if payloads:
+                    if not payloads:
+                        continue
                     _tpdu, header, rbody = framing.split_payload(payloads[0])
-                    try:
-                        doc = decode(rbody)
-                    except (iso8583.DecodeError, ValueError) as exc:
-                        raise NetworkError(f"undecodable reply: {exc}", kind="framing", sent=True) from None
-                    return Reply(doc, rbody, header, framing.get_request_digit(header))
+                    doc = decode(rbody)
+                except (FramingError, iso8583.DecodeError, ValueError) as exc:
+                    raise NetworkError(f"bad reply frame: {exc}", kind="framing", sent=True) from None
+                return Reply(doc, rbody, header, framing.get_request_digit(header))
         except OSError as exc:
             raise NetworkError(f"connection lost: {exc}", kind="closed", sent=sent) from None
         finally:

@@ -10,6 +10,8 @@ man-in-the-middle between terminal and switch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from pathlib import Path
 
 import pytest
@@ -324,3 +326,34 @@ async def test_tdk_track_encryption_mode_004(tmp_path: Path) -> None:
     finally:
         await proxy.stop()
         await stack.stop()
+
+
+async def test_logs_never_carry_pan_or_track(stack: Stack, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    app = make_app(stack.port, tmp_path / "t.json")
+    card = stack.card("cup", 0)
+    cards: dict = {}
+    assert (await app.sale(100, card=swipe_of(card), pin=PIN)).ok
+    assert (await app.sale(100, card=card_input("chip", card, cards), pin=PIN)).ok
+    assert not (await app.sale(100, card=Swipe(f";{card.pan}=3013101000?"))).ok  # error text path
+    mine = [r for r in caplog.records if r.name.startswith("terminal_bridge")]
+    assert mine
+    for r in mine:
+        text = r.getMessage() + repr(getattr(r, "fields", ""))
+        assert card.pan not in text and "=3012101" not in text and "D3012101" not in text, text
+
+
+async def test_printer_failure_keeps_the_approval(stack: Stack, tmp_path: Path) -> None:
+    from terminal_bridge.receipt import EscPosReceiptPrinter, open_printer
+
+    app = make_app(stack.port, tmp_path / "t.json")
+    full = open_printer("file:/dev/full")  # every write fails (ENOSPC)
+    app.devices.printer = EscPosReceiptPrinter(full)
+    try:
+        res = await app.sale(100, card=swipe_of(stack.card("cup", 0)), pin=PIN)
+        assert res.ok and "printer_error" in res.detail and res.display[-1] == "打印机故障，请检查"
+        assert app.state.records[-1].rrn == res.rrn and app.state.pending_reversal is None
+    finally:
+        with contextlib.suppress(OSError):
+            full.close()
+        full._device = False  # closed; keep escpos' __del__ from flushing into /dev/full again
