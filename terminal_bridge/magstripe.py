@@ -28,7 +28,7 @@ from collections.abc import Iterable
 
 from switch.logsafe import kv
 
-from .devices import CardReadError, SwipeData, Track1, Track2
+from .devices import CardReadError, DeviceError, SwipeData, Track1, Track2
 
 log = logging.getLogger(__name__)
 
@@ -258,35 +258,35 @@ class FeedMagstripeReader:
         return _parse_logged(text, self.lrc, self.check_luhn)
 
 
-class EvdevMagstripeReader:
-    """A keyboard-wedge reader on ``/dev/input/event*``, grabbed so swipes reach only us."""
+class EvdevLines:
+    """Enter-terminated lines typed by a keyboard-wedge device (magstripe reader, QR scanner) on
+    ``/dev/input/event*``; the device is grabbed so its keystrokes reach only us."""
 
-    def __init__(self, device_path: str, *, lrc: bool | None = None, check_luhn: bool = True,
-                 grab: bool = True) -> None:
+    def __init__(self, device_path: str, *, what: str = "input device", grab: bool = True,
+                 error: type[DeviceError] = DeviceError) -> None:
         try:
-            import evdev  # optional: pip install evdev (needs /dev/input access)
+            import evdev  # devices extra; needs read access to /dev/input (root or the input group)
         except ImportError as exc:
-            raise CardReadError(f"magstripe reader {device_path}: the evdev package is not installed") from exc
+            raise error(f"{what} {device_path}: the evdev package is not installed") from exc
         try:
             self._dev = evdev.InputDevice(device_path)
         except OSError as exc:
-            raise CardReadError(f"magstripe reader {device_path}: {exc.strerror}") from exc
+            raise error(f"{what} {device_path}: {exc.strerror}") from exc
         self._ev_key = evdev.ecodes.EV_KEY
         if grab:
             self._dev.grab()
         self._decoder = KeycodeDecoder()
-        self.lrc = lrc
-        self.check_luhn = check_luhn
-        self.path = device_path
+        self._events = self._dev.async_read_loop()
+        self.path, self.what, self.error = device_path, what, error
 
-    async def read_swipe(self) -> SwipeData:
-        async for event in self._dev.async_read_loop():
+    async def read_line(self) -> str:
+        async for event in self._events:
             if event.type != self._ev_key:
                 continue
             line = self._decoder.feed(event.code, event.value)
             if line is not None and line.strip():
-                return _parse_logged(line, self.lrc, self.check_luhn)
-        raise CardReadError(f"magstripe reader {self.path} closed")
+                return line
+        raise self.error(f"{self.what} {self.path} closed")
 
     def close(self) -> None:
         try:
@@ -294,6 +294,23 @@ class EvdevMagstripeReader:
         except OSError:
             pass
         self._dev.close()
+
+
+class EvdevMagstripeReader:
+    """A keyboard-wedge magstripe reader on ``/dev/input/event*``."""
+
+    def __init__(self, device_path: str, *, lrc: bool | None = None, check_luhn: bool = True,
+                 grab: bool = True) -> None:
+        self._lines = EvdevLines(device_path, what="magstripe reader", grab=grab, error=CardReadError)
+        self.lrc = lrc
+        self.check_luhn = check_luhn
+        self.path = device_path
+
+    async def read_swipe(self) -> SwipeData:
+        return _parse_logged(await self._lines.read_line(), self.lrc, self.check_luhn)
+
+    def close(self) -> None:
+        self._lines.close()
 
 
 def _parse_logged(text: str, lrc: bool | None, check_luhn: bool) -> SwipeData:

@@ -2,8 +2,9 @@
 
 Scanners:
 
-* :class:`WedgeQrScanner`: a keyboard-wedge scanner (Enter-terminated lines, the
-  same key-event decoder as the magstripe reader) or lines pushed by tests;
+* :class:`WedgeQrScanner`: lines or key events pushed by tests or a scripted terminal
+  (the same key-event decoder as the magstripe reader);
+* :class:`EvdevQrScanner`: a keyboard-wedge scanner on ``/dev/input/event*``;
 * :class:`SerialQrScanner`: a USB-CDC / RS-232 scanner through pyserial (any
   ``serial_for_url`` URL: ``/dev/ttyACM0``, ``loop://`` in tests).
 
@@ -78,6 +79,23 @@ class WedgeQrScanner:
         code = _clean(await self._lines.get())
         log.info("code scanned", extra=kv(length=len(code)))
         return code
+
+
+class EvdevQrScanner:
+    """A keyboard-wedge QR scanner on ``/dev/input/event*`` (evdev, grabbed)."""
+
+    def __init__(self, device_path: str, *, grab: bool = True) -> None:
+        from .magstripe import EvdevLines
+
+        self._lines = EvdevLines(device_path, what="QR scanner", grab=grab, error=QrCodeError)
+
+    async def read_code(self) -> str:
+        code = _clean(await self._lines.read_line())
+        log.info("code scanned", extra=kv(length=len(code)))
+        return code
+
+    def close(self) -> None:
+        self._lines.close()
 
 
 class SerialQrScanner:

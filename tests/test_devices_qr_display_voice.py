@@ -143,3 +143,11 @@ def test_selftest_primitives(tmp_path) -> None:
     bad = check_serial("/dev/nonexistent-tty")
     assert not bad.ok and "nonexistent" in bad.detail
     assert not check_input_device(str(tmp_path / "event9")).ok
+
+
+def test_evdev_scanner_missing_device(tmp_path) -> None:
+    pytest.importorskip("evdev", reason="evdev (devices extra) not installed")
+    from terminal_bridge.qr import EvdevQrScanner
+
+    with pytest.raises(QrCodeError, match=r"QR scanner .*event7: No such file or directory"):
+        EvdevQrScanner(str(tmp_path / "event7"))
