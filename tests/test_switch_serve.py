@@ -4,7 +4,9 @@ entry points ``posswitch serve`` / ``posswitch demo`` as subprocesses."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,14 +26,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def test_serve_runs_from_config(tmp_path):
+@contextlib.asynccontextmanager
+async def _environment(tmp_path):
+    """HSM, card issuer and wallet simulators in this loop plus a switch config file pointing at them."""
     from hsm_sim import lmk
     from hsm_sim.server import start_hsm
     from issuer_sim.accounts import parse
     from issuer_sim.server import start_issuer
-    from switch.config import load_config
+    from issuer_sim.wallets import parse_wallets, start_wallets
     from switch.hsm_client import HsmClient
-    from switch.serve import run
     from switch.testbed import TEST_IMK_AC, _pvv
 
     hsm_server, hsm_port = await start_hsm("127.0.0.1", 0)
@@ -44,8 +47,6 @@ async def test_serve_runs_from_config(tmp_path):
         "accounts": [{"pan": card.pan, "expiry": card.expiry, "balance": 100000, "psn": card.psn,
                       "pin": {"method": "pvv", "pvki": "1", "pvv": _pvv(card.pan, card.pin)}}],
     }), hsm=hsm)
-    from issuer_sim.wallets import parse_wallets, start_wallets
-
     wallets = await start_wallets(parse_wallets({"wallet_users": [{"code_prefix": "134500000001", "balance": 10000}]}))
     tmk = crypto.set_odd_parity(bytes(range(16, 32)))
     port = _free_port()
@@ -73,6 +74,8 @@ path = "{tmp_path / 'switch.db'}"
 pan_hash_key = "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F"
 [metrics]
 enabled = false
+[logging]
+level = "INFO"
 [[merchants]]
 merchant_id = "898310048140001"
 [[terminals]]
@@ -80,31 +83,63 @@ terminal_id = "00000001"
 merchant_id = "898310048140001"
 tmk_under_lmk = "{lmk.encrypt_under_lmk(tmk, 'TMK')}"
 """)
-    cfg = load_config(cfg_path)
-    stop = asyncio.Event()
-    task = asyncio.create_task(run(cfg, stop, drain=2.0))
     term = SimTerminal("127.0.0.1", port, "00000001", "898310048140001", tmk)
     try:
-        for _ in range(100):
-            try:
-                await term.connect()
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
-        assert (await term.sign_on()).rc == "00"
-        reply = await term.sale(card, 1000, entry="swipe", pin=card.pin)
-        assert reply.rc == "00" and reply.mac_ok
-        # no BIN matches: the default route takes it and the issuer does not know the card
-        assert (await term.sale(SimCard(pan="5100000000000008"), 10, entry="keyed")).rc == "14"
-        assert (await term.qr_sale("134500000001123456", 700)).rc == "00"
+        yield cfg_path, term, card
     finally:
         await term.close()
-        stop.set()
-        await asyncio.wait_for(task, 10)
         await issuer.close(close_ledger=True)
         await wallets.close(close_ledger=True)
         await hsm.close()
         await hsm_server.close()
+
+
+async def _connect(term: SimTerminal) -> None:
+    for _ in range(200):
+        try:
+            await term.connect()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise AssertionError("the switch did not start listening")
+
+
+async def test_serve_runs_from_config(tmp_path):
+    from switch.config import load_config
+    from switch.serve import run
+
+    async with _environment(tmp_path) as (cfg_path, term, card):
+        stop = asyncio.Event()
+        task = asyncio.create_task(run(load_config(cfg_path), stop, drain=2.0))
+        try:
+            await _connect(term)
+            assert (await term.sign_on()).rc == "00"
+            reply = await term.sale(card, 1000, entry="swipe", pin=card.pin)
+            assert reply.rc == "00" and reply.mac_ok
+            # no BIN matches: the default route takes it and the issuer does not know the card
+            assert (await term.sale(SimCard(pan="5100000000000008"), 10, entry="keyed")).rc == "14"
+            assert (await term.qr_sale("134500000001123456", 700)).rc == "00"
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+
+
+async def test_serve_process_stops_cleanly_on_sigterm(tmp_path):
+    async with _environment(tmp_path) as (cfg_path, term, card):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "switch.cli", "serve", "--config", str(cfg_path), cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            await _connect(term)
+            assert (await term.sign_on()).rc == "00"
+            assert (await term.sale(card, 500, entry="contactless")).rc == "00"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(proc.communicate(), 20)
+        log = err.decode()
+        assert proc.returncode == 0, log[-2000:]
+        assert "listening" in log and "shutting down" in log and "stopped" in log
+        assert card.pan not in log  # PANs are masked in the switch's logs
 
 
 def _run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
