@@ -357,3 +357,48 @@ async def test_printer_failure_keeps_the_approval(stack: Stack, tmp_path: Path) 
         with contextlib.suppress(OSError):
             full.close()
         full._device = False  # closed; keep escpos' __del__ from flushing into /dev/full again
+
+
+async def test_power_cut_while_waiting_for_the_answer(stack: Stack, tmp_path: Path) -> None:
+    """``posswitch terminal`` is SIGKILLed after its 0200 went out: the next run reverses it first."""
+    import json
+    import os
+    import sys
+
+    from terminal_bridge.state import StateStore
+
+    proxy = await Proxy(stack.port).start()
+    proxy.mode = "drop"
+    card = stack.card("cup", 0)
+    state = tmp_path / "t.json"
+    (tmp_path / "s1.txt").write_text(f"signon\nsale 1.00 swipe=;{card.pan}={card.expiry}1010000000000? pin={PIN}\n")
+    (tmp_path / "s2.txt").write_text(f"sale 2.00 swipe=;{card.pan}={card.expiry}1010000000000? pin={PIN}\n")
+    env = {**os.environ, "POSSWITCH_TMK": testbed.test_tmk(0).hex()}
+    root = Path(__file__).resolve().parents[1]
+
+    def cli(port: int, script: str) -> list[str]:
+        return [sys.executable, "-m", "switch.cli", "terminal", "--switch", f"127.0.0.1:{port}", "--terminal-id",
+                terminal_id(0), "--merchant-id", MERCHANT_ID, "--state", str(state), "--script", str(tmp_path / script)]
+
+    proc = await asyncio.create_subprocess_exec(*cli(proxy.port, "s1.txt"), cwd=root, env=env,
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        for _ in range(1000):
+            if "0200" in proxy.seen:
+                break
+            await asyncio.sleep(0.02)
+        assert "0200" in proxy.seen
+        proc.kill()  # SIGKILL: no chance to clean up
+        await proc.wait()
+    finally:
+        await proxy.stop()
+    st = StateStore(state, testbed.test_tmk(0)).load(terminal_id(0), MERCHANT_ID)
+    assert st.pending_reversal is not None and st.pending_reversal.sent and st.pending_reversal.reason == "98"
+    stan = st.pending_reversal.request["11"]
+    proc = await asyncio.create_subprocess_exec(*cli(stack.port, "s2.txt"), cwd=root, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    lines = [json.loads(x) for x in out.decode().splitlines() if x.startswith("{")]
+    assert proc.returncode == 0 and lines[-1]["op"] == "sale" and lines[-1]["ok"], (out, err)
+    row = await stack.journal.find_by_trace(terminal_id(0), MERCHANT_ID, 1, stan)
+    assert row is not None and row.state == "reversed" and row.amount == 100

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from terminal_bridge.state import (
     BatchRecord,
@@ -123,3 +125,23 @@ def test_sigkill_mid_write_leaves_a_consistent_state(tmp_path: Path) -> None:
         assert st.next_stan >= 3
         assert len(st.records) == st.next_stan  # one record per saved version: never half a write
         assert [r.amount for r in st.records] == list(range(1, st.next_stan + 1))
+
+_digits = st.text("0123456789", min_size=13, max_size=19)
+_record = st.builds(BatchRecord, kind=st.sampled_from(["sale", "void", "refund", "qr_sale"]),
+                    amount=st.integers(1, 10**12 - 1), stan=st.text("0123456789", min_size=6, max_size=6),
+                    batch=st.integers(1, 999999), rrn=st.text("0123456789", min_size=12, max_size=12),
+                    auth_code=st.text(min_size=0, max_size=6), date=st.just("1122"), entry=st.just("051"),
+                    card_org=st.sampled_from(["CUP", "VIS", ""]), pan=_digits | st.just(""),
+                    voided=st.booleans(), qr_code=st.text("0123456789", max_size=18))
+
+
+@settings(max_examples=40, deadline=None)
+@given(records=st.lists(_record, max_size=5), stan=st.integers(1, 999999), pan=_digits,
+       reason=st.sampled_from(["98", "A0", "06"]), note=st.text(max_size=20))
+def test_any_state_round_trips(tmp_path_factory: pytest.TempPathFactory, records, stan, pan, reason, note) -> None:
+    path = tmp_path_factory.mktemp("prop") / "t.json"
+    state = TerminalState("TERM0001", "898310048990001", next_stan=stan, records=records, last_mac_error=note,
+                          pending_reversal=PendingReversal({"t": "0200", "2": pan, "11": "000001"}, reason, True))
+    StateStore(path, TMK).save(state)
+    assert pan not in path.read_text() or pan in "".join(r.stan + r.rrn + r.qr_code for r in records) + note
+    assert StateStore(path, TMK).load("TERM0001", "898310048990001") == state
