@@ -317,3 +317,44 @@ def test_property_target_sees_exactly_the_planned_frames(payloads, drop, dup, ch
         assert got == expected
 
     asyncio.run(scenario())
+
+
+def test_rule_specs_from_the_command_line() -> None:
+    from switch.testing.faultproxy import FaultPlan, add_rule_spec
+
+    plan = FaultPlan("up")
+    d = add_rule_spec(plan, "delay:50")
+    assert (d.action, d.delay, d.count, d.match) == ("delay", 0.05, None, None)
+    r = add_rule_spec(plan, "drop:2@0200,0400")
+    pos = bytes(11) + bytes.fromhex("0400") + bytes(8)
+    assert (r.action, r.count) == ("drop", 2) and r.match(pos) and not r.match(bytes(11) + b"\x08\x00")
+    h = add_rule_spec(plan, "duplicate:*@0210", dialect="h2h")
+    assert h.count is None and h.match(b"0210....") and not h.match(b"0200....")
+    c = add_rule_spec(plan, "cut:20")
+    assert (c.action, c.after_bytes, c.count) == ("cut", 20, 1)
+    s = add_rule_spec(plan, "split:3")
+    assert (s.chunk, s.count) == (3, None)
+    assert add_rule_spec(plan, "reorder").count == 1
+    for bad, msg in (("explode", "unknown action"), ("drop:x", "not a number"), ("drop@02", "4 digits")):
+        with pytest.raises(ValueError, match=msg):
+            add_rule_spec(plan, bad)
+
+
+async def test_command_line_proxy_runs_as_a_process(rec):
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "switch.testing.faultproxy", "--listen", "127.0.0.1:0", "--target",
+        f"127.0.0.1:{rec.port}", "--up", "drop:1", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+        assert line.startswith("faultproxy listening on 127.0.0.1:")
+        port = int(line.split()[3].rsplit(":", 1)[1])
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(frame(b"gone") + frame(b"kept"))
+        assert await read_frames(r, 1) == [b"Ekept"]
+        w.close()
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
+    assert b"action=drop" in await proc.stderr.read()

@@ -25,18 +25,26 @@ frame and send it after the next frame of that direction, or after ``max_hold_ms
 the frame in ``chunk``-byte writes ``gap_ms`` apart).  ``cut_all()`` cuts every live connection;
 ``refuse = True`` closes new connections at once (a host that is down).  The proxy never logs
 message contents (they carry PANs), only directions, actions and sizes.
+
+From a shell (e.g. in front of ``posswitch serve`` for manual chaos with ``posswitch terminal``)::
+
+    python -m switch.testing.faultproxy --listen 127.0.0.1:6000 --target 127.0.0.1:5000 \
+        --up duplicate@0200 --down delay:300 --down drop:1@0210
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import logging
+import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from switch.logsafe import kv
+from switch.logsafe import configure_logging, kv
 
 log = logging.getLogger("switch.testing.faultproxy")
 
@@ -410,4 +418,83 @@ class FaultProxy:
         await self.stop()
 
 
-__all__ = ["FaultProxy", "FaultPlan", "Rule", "pos_mti", "h2h_mti", "UP", "DOWN", "ACTIONS"]
+def add_rule_spec(plan: FaultPlan, spec: str, dialect: str = "pos") -> Rule:
+    """Program ``plan`` from a command-line spec ``ACTION[:N][@MTI,MTI..]``.
+
+    ``N`` is the action's number: milliseconds for ``delay`` (every matching frame), bytes to let through
+    for ``cut``, chunk size for ``split`` (2 ms apart), frame count for ``drop``/``duplicate``/``reorder``
+    (``*`` = every matching frame).  ``@0200,0400`` restricts the rule to those MTIs (POS or H2H
+    dialect).  Examples: ``delay:50``, ``drop:1@0210``, ``cut:0@0210``, ``duplicate@0200``, ``split:1``.
+    """
+    body, _, mtis = spec.partition("@")
+    action, _, arg = body.partition(":")
+    if action not in ACTIONS:
+        raise ValueError(f"fault spec {spec!r}: unknown action {action!r} (one of {', '.join(ACTIONS)})")
+    match = None
+    if mtis:
+        codes = mtis.split(",")
+        if not all(len(c) == 4 and c.isdigit() for c in codes):
+            raise ValueError(f"fault spec {spec!r}: MTIs after @ must be 4 digits, comma-separated")
+        match = pos_mti(*codes) if dialect == "pos" else h2h_mti(*codes)
+    if arg and arg != "*" and not arg.isdigit():
+        raise ValueError(f"fault spec {spec!r}: {arg!r} is not a number")
+    n = None if arg == "*" else int(arg) if arg else None
+    if action == "delay":
+        return plan.delay(float(n or 0), match=match)
+    if action == "cut":
+        return plan.cut(n or 0, match=match)
+    if action == "split":
+        return plan.split(n or 1, gap_ms=2.0, count=None, match=match)
+    count = None if arg == "*" else (n or 1)
+    if action == "drop":
+        return plan.drop(count, match=match)
+    if action == "duplicate":
+        return plan.duplicate(count, match=match)
+    return plan.reorder(count, match=match)
+
+
+def _hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m switch.testing.faultproxy --listen H:P --target H:P [--up SPEC].. [--down SPEC]..``"""
+    p = argparse.ArgumentParser(prog="python -m switch.testing.faultproxy",
+                                description="fault-injecting TCP proxy (2-byte length framing)")
+    p.add_argument("--listen", type=_hostport, default=("127.0.0.1", 0), metavar="HOST:PORT")
+    p.add_argument("--target", type=_hostport, required=True, metavar="HOST:PORT")
+    p.add_argument("--dialect", choices=("pos", "h2h"), default="pos", help="how @MTI filters read a frame")
+    p.add_argument("--up", action="append", default=[], metavar="SPEC", help="client -> target fault (repeatable)")
+    p.add_argument("--down", action="append", default=[], metavar="SPEC", help="target -> client fault")
+    p.add_argument("--raw", action="store_true", help="not framed: every received chunk is one unit")
+    args = p.parse_args(argv)
+    configure_logging("INFO")
+
+    async def run() -> None:
+        proxy = FaultProxy(*args.target, framed=not args.raw)
+        try:
+            for spec in args.up:
+                add_rule_spec(proxy.up, spec, args.dialect)
+            for spec in args.down:
+                add_rule_spec(proxy.down, spec, args.dialect)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+        port = await proxy.start(*args.listen)
+        print(f"faultproxy listening on {args.listen[0]}:{port} -> {args.target[0]}:{args.target[1]}", flush=True)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await proxy.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+__all__ = ["FaultProxy", "FaultPlan", "Rule", "pos_mti", "h2h_mti", "add_rule_spec", "UP", "DOWN", "ACTIONS"]
+
+if __name__ == "__main__":
+    sys.exit(main())
