@@ -402,3 +402,30 @@ async def test_power_cut_while_waiting_for_the_answer(stack: Stack, tmp_path: Pa
     assert proc.returncode == 0 and lines[-1]["op"] == "sale" and lines[-1]["ok"], (out, err)
     row = await stack.journal.find_by_trace(terminal_id(0), MERCHANT_ID, 1, stan)
     assert row is not None and row.state == "reversed" and row.amount == 100
+
+
+@pytest.mark.filterwarnings("ignore:.*TripleDES.*")
+async def test_contactless_sale_over_simulated_rf(stack: Stack, tmp_path: Path) -> None:
+    """Tap through nfcpy's ``udp:`` RF simulation (ISO-DEP card and reader in software) to the switch."""
+    import socket
+
+    pytest.importorskip("nfc", reason="nfcpy (devices extra) is not installed")
+    from terminal_bridge.drivers.nfc_udp import NfcUdpCard, NfcUdpTransport
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    card = stack.card("cup", 2)
+    soft = SoftCard(CardProfile(pan=card.pan, expiry=card.expiry + "31"), contactless=True)
+    served = NfcUdpCard(soft, port).start()
+    transport = await asyncio.to_thread(NfcUdpTransport, port)
+    try:
+        app = make_app(stack.port, tmp_path / "t.json")
+        res = await app.sale(1999, card=Tap(transport))
+        assert res.ok, res
+        row = await journal_row(stack, app, res.stan)
+        assert row.payment_method == "contactless" and row.amount == 1999
+        assert soft.log[0][5:19] == b"2PAY.SYS.DDF01"  # the card was reached over the RF link
+    finally:
+        transport.close()
+        served.stop()
