@@ -4,8 +4,7 @@ The protocol only feeds ``_fastcore.framing.FrameSplitter`` (compiled) and hands
 the server; it never decodes or logs per message.  Per-connection limits: maximum frame length (a longer
 length prefix closes the connection), requests in flight (reading pauses at the limit and
 resumes when replies go out) and an idle timeout.  Replies are written as they complete;
-``write`` coalesces nothing itself because each reply is one ``transport.write`` of the whole
-frame, which uvloop sends without copying when the socket is writable.  Frames beyond the
+replies completed in the same event-loop turn are coalesced into one ``transport.write``.  Frames beyond the
 in-flight limit wait in a small backlog (reading is paused meanwhile), so a pipelining terminal
 never has more than ``max_in_flight`` requests being processed.
 """
@@ -40,7 +39,8 @@ class Limits:
 
 class TerminalProtocol(asyncio.Protocol):
     __slots__ = ("server", "limits", "transport", "peer", "in_flight", "closed",
-                 "_splitter", "_paused", "_eof", "_backlog", "peak_in_flight", "_idle", "_last_rx", "_loop")
+                 "_splitter", "_paused", "_eof", "_backlog", "peak_in_flight", "_out",
+                 "_flush_scheduled", "_idle", "_last_rx", "_loop")
 
     def __init__(self, server: SwitchServer, limits: Limits) -> None:
         self.server = server
@@ -54,6 +54,8 @@ class TerminalProtocol(asyncio.Protocol):
         self._eof = False
         self._backlog: collections.deque[tuple[bytes, int]] = collections.deque()
         self.peak_in_flight = 0
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
         self._idle: asyncio.TimerHandle | None = None
         self._last_rx = 0.0
         self._loop = asyncio.get_running_loop()
@@ -107,8 +109,8 @@ class TerminalProtocol(asyncio.Protocol):
     def eof_received(self) -> bool:
         # half-close: let in-flight replies go out, then close
         self._eof = True
-        if self.in_flight == 0 and not self._backlog and self.transport is not None:
-            self.transport.close()
+        if self.in_flight == 0 and not self._backlog:
+            self.close()
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -127,13 +129,28 @@ class TerminalProtocol(asyncio.Protocol):
         self.in_flight -= 1
         if self._backlog or self._paused:
             self._drain_backlog()
-        if self.in_flight == 0 and not self._backlog and self.transport is not None and not self.transport.is_closing() \
-                and (self.server.draining or self._eof):
-            self.transport.close()
+        if self.in_flight == 0 and not self._backlog and (self.server.draining or self._eof):
+            self.close()
 
     def write(self, data: bytes) -> None:
-        if not self.closed and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        """Queue a reply; replies completed in the same loop turn leave in one ``transport.write``."""
+        if self.closed:
+            return
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        transport = self.transport
+        if not self.closed and transport is not None and not transport.is_closing():
+            transport.write(data)
 
     def protocol_error(self, reason: str, offset: int) -> None:
         """Unrecoverable stream error: log it with the offset and drop this connection only."""
@@ -144,6 +161,7 @@ class TerminalProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def close(self) -> None:
+        self._flush()  # queued replies go out before the FIN
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
