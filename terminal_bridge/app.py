@@ -311,7 +311,9 @@ class TerminalApp:
         stored = {k: v for k, v in req.items() if k not in REVERSAL_DROP}
         if card is not None and card.emv is not None:
             stored["55"] = build_field55(card.emv.tags, "reversal").hex().upper()
-        self.state.pending_reversal = PendingReversal(stored, "98", sent=False)
+        # "sent" from the start: a crash between this fsync and the send costs one reversal answered 25;
+        # a connect failure (known not sent) drops the record below
+        self.state.pending_reversal = PendingReversal(stored, "98", sent=True)
         self.save()
 
     async def send_pending_reversal(self) -> Result | None:
@@ -475,9 +477,6 @@ class TerminalApp:
             self.save()
         base = Result(op, False, amount=int(doc.get("4", "0") or 0), stan=doc["11"])
         try:
-            if reverses:
-                self.state.pending_reversal.sent = True  # type: ignore[union-attr]
-                self.save()
             reply = await self.client.exchange(body)
             check_reply(doc, reply)
         except NetworkError as exc:
@@ -599,9 +598,10 @@ class TerminalApp:
 
     def _approved(self, kind: str, res: Result, card: _Card, reply: Reply, amount: int, **extra: Any) -> None:
         org = reply.doc.get("63", "")[:3] or "CUP"
+        entry = extra.pop("entry", "") or card.data.entry_mode.value + "0"
         rec = BatchRecord(kind=kind, amount=amount, stan=res.stan, batch=self.state.batch, rrn=res.rrn,
                           auth_code=res.auth_code, date=self._clock().strftime("%m%d"),
-                          entry=card.data.entry_mode.value + "0", card_org=org, pan=card.data.pan,
+                          entry=entry, card_org=org, pan=card.data.pan,
                           expiry=card.data.expiry, qr_code=card.qr_code, **extra)
         if card.emv is not None:
             rec.tc_field55 = build_field55(card.emv.tags, "tc_upload").hex().upper()
@@ -634,7 +634,7 @@ class TerminalApp:
             self._card_fields(doc, c, pin_block)
             res, reply = await self._online("sale", doc, c, reverses=True)
             if res.ok and reply is not None:
-                self._approved("qr_sale" if c.qr_code else "sale", res, c, reply, amount)
+                self._approved("qr_sale" if c.qr_code else "sale", res, c, reply, amount, entry=doc.get("22", ""))
             return await self._after(res)
 
     async def balance(self, card: CardInput | None = None, pin: str | None = None) -> Result:
@@ -705,7 +705,7 @@ class TerminalApp:
             res, reply = await self._online("void", doc, c, reverses=True)
             if res.ok and reply is not None:
                 orig.voided = True
-                self._approved("void", res, c, reply, orig.amount, orig_stan=orig.stan)
+                self._approved("void", res, c, reply, orig.amount, orig_stan=orig.stan, entry=doc.get("22", ""))
             return await self._after(res)
 
     async def refund(self, amount: int, rrn: str, orig_date: str, card: CardInput | None = None,
@@ -733,7 +733,7 @@ class TerminalApp:
             self._card_fields(doc, c, pin_block)
             res, reply = await self._online("refund", doc, c, reverses=False)
             if res.ok and reply is not None:
-                self._approved("refund", res, c, reply, amount, orig_stan=orig_trace or "")
+                self._approved("refund", res, c, reply, amount, orig_stan=orig_trace or "", entry=doc.get("22", ""))
             return await self._after(res)
 
     async def qr_sale(self, amount: int, code: str | None = None) -> Result:
