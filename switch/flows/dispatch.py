@@ -56,6 +56,7 @@ class Processor:
     def __init__(self, services: Services) -> None:
         self.services = services
         self._table: dict[tuple[str, ...], Entry] = {}
+        self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         from switch import signon
         from switch.flows import financial, refund, reversal, settlement
 
@@ -139,10 +140,12 @@ class Processor:
     def _finish(self, ctx: Context, body: bytes | None) -> tuple[bytes, int]:
         m = self.services.metrics
         if m is not None:
-            try:
-                m.observe_transaction(ctx.txn_type, ctx.reply.get("39", ""), time.perf_counter() - ctx.started)
-            except Exception:  # metrics never break a transaction
-                pass
+            key = (ctx.txn_type, ctx.reply.get("39", ""))
+            children = self._metric_children.get(key)
+            if children is None:  # cached label children: no label lookup per message
+                children = self._metric_children[key] = (m.transactions.labels(*key), m.e2e_latency.labels(key[0]))
+            children[0].inc()
+            children[1].observe(time.perf_counter() - ctx.started)
         if body is None:
             ctx.reply.pop("64", None)
             body = wire.encode(ctx.reply)

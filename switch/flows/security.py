@@ -17,14 +17,15 @@ class Security:
     def __init__(self, hsm: Any, metrics: Any = None) -> None:
         self.hsm = hsm
         self.metrics = metrics
+        self._children: dict[str, Any] = {}
 
     def _observe(self, command: str, t0: float) -> None:
         m = self.metrics
         if m is not None:
-            try:
-                m.hsm_latency.labels(command).observe(time.perf_counter() - t0)
-            except Exception:
-                pass
+            child = self._children.get(command)
+            if child is None:  # label lookups are not free: one per command, cached
+                child = self._children[command] = m.hsm_latency.labels(command)
+            child.observe(time.perf_counter() - t0)
 
     async def verify_mac(self, term: Any, data: bytes, mac: bytes) -> bool:
         t0 = time.perf_counter()

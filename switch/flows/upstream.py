@@ -10,6 +10,7 @@ reach the terminal ahead of its journal row.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -67,8 +68,15 @@ def payment_method(req: dict[str, str]) -> str:
     return _METHOD.get(f22, "keyed")
 
 
+@functools.lru_cache(maxsize=4096)
+def _batch_of_60(f60: str) -> int:
+    batch = f60[2:8]
+    return int(batch) if batch.isdigit() else 0
+
+
 def batch_of(req: dict[str, str]) -> int:
-    return int(wire.Field60.parse(req.get("60")).batch or 0)
+    """60.2 batch number of a request (parsed once per distinct field 60 value)."""
+    return _batch_of_60(req.get("60") or "")
 
 
 def claim(ctx: Context) -> tuple[tuple[Any, ...], asyncio.Future[Any] | None]:
