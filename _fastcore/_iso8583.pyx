@@ -31,8 +31,18 @@ from iso8583.decoder import DecodeError
 from iso8583.encoder import EncodeError
 
 from _fastcore import _iso8583_py as _ref
+from _fastcore._iso8583_py import FieldNotInSpecDecodeError, FieldNotInSpecEncodeError
 
-__all__ = ["Codec", "DecodeError", "EncodeError", "decode", "encode", "invalidate"]
+__all__ = [
+    "Codec",
+    "DecodeError",
+    "EncodeError",
+    "FieldNotInSpecDecodeError",
+    "FieldNotInSpecEncodeError",
+    "decode",
+    "encode",
+    "invalidate",
+]
 
 
 cdef extern from *:
@@ -1051,8 +1061,10 @@ def encode(doc_dec, spec):
 cdef class Codec:
     """A codec bound to one spec: ``decode(data) -> fields``, ``encode(fields) -> bytes``.
 
-    Same validation and exceptions as :func:`decode` / :func:`encode`; ``decode`` builds no
-    ``doc_enc`` and ``encode`` does not modify ``fields``.  The compiled table is checked
+    Same validation and exceptions as :func:`decode` / :func:`encode`, except that a field
+    missing from the spec raises ``FieldNotInSpecDecodeError``/``FieldNotInSpecEncodeError``
+    (an ``iso8583`` error naming the field that is also a ``KeyError``) where pyiso8583 raises
+    a bare ``KeyError``.  ``decode`` builds no ``doc_enc``; ``encode`` does not modify ``fields``.  The compiled table is checked
     against the spec's dict version tags on every call, like the module-level functions.
     """
 
@@ -1082,7 +1094,7 @@ cdef class Codec:
                     return r
                 if self._stale(t):
                     return self.decode(data)
-        return _ref.decode(data, self.spec)[0]
+        return _ref._decode(data, self.spec, True)[0]
 
     def encode(self, fields):
         cdef _Table t
@@ -1097,7 +1109,7 @@ cdef class Codec:
                     return self.encode(fields)
         if not isinstance(fields, dict):
             raise TypeError(f"Decoded ISO8583 data must be dict, not {fields.__class__.__name__}")
-        return bytes(_ref.encode(dict(fields), self.spec)[0])
+        return bytes(_ref._encode(dict(fields), self.spec, True)[0])
 
     cdef bint _stale(self, _Table t):
         """A field dict changed since compiling: recompile (the caller retries once)."""

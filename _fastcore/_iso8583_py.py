@@ -23,14 +23,41 @@ from typing import Any
 from iso8583.decoder import DecodeError
 from iso8583.encoder import EncodeError
 
-__all__ = ["Codec", "DecodeError", "EncodeError", "decode", "encode", "invalidate"]
+__all__ = [
+    "Codec",
+    "DecodeError",
+    "EncodeError",
+    "FieldNotInSpecDecodeError",
+    "FieldNotInSpecEncodeError",
+    "decode",
+    "encode",
+    "invalidate",
+]
 
 DecodedDict = MutableMapping[str, str]
 EncodedDict = dict[str, dict[str, bytes]]
 SpecDict = Mapping[str, Mapping[str, Any]]
 FieldSpec = Mapping[str, Any]
 
-_BITMAP_OFFSETS = ((0, range(1, 65)), (64, range(65, 129)), (128, range(129, 193)))
+_NOT_IN_SPEC = "Field is not defined in the specification"
+
+
+class FieldNotInSpecDecodeError(DecodeError, KeyError):
+    """``Codec.decode``: the bitmap names a field the spec lacks (pyiso8583 raises a bare KeyError).
+
+    A ``DecodeError`` naming the field and position, and still a ``KeyError`` for code written
+    against pyiso8583.
+    """
+
+    __str__ = BaseException.__str__
+
+
+class FieldNotInSpecEncodeError(EncodeError, KeyError):
+    """``Codec.encode``: the document has a field the spec lacks (pyiso8583: a bare KeyError)."""
+
+    __str__ = BaseException.__str__
+
+
 
 
 # --------------------------------------------------------------------------- encode
@@ -38,6 +65,10 @@ _BITMAP_OFFSETS = ((0, range(1, 65)), (64, range(65, 129)), (128, range(129, 193
 
 def encode(doc_dec: DecodedDict, spec: SpecDict) -> tuple[bytearray, EncodedDict]:
     """Serialise ``doc_dec`` per ``spec``; returns ``(bytearray, doc_enc)`` like ``iso8583.encode``."""
+    return _encode(doc_dec, spec, False)
+
+
+def _encode(doc_dec: DecodedDict, spec: SpecDict, strict: bool) -> tuple[bytearray, EncodedDict]:
     if not isinstance(doc_dec, dict):
         raise TypeError(f"Decoded ISO8583 data must be dict, not {doc_dec.__class__.__name__}")
 
@@ -80,7 +111,13 @@ def encode(doc_dec: DecodedDict, spec: SpecDict) -> tuple[bytearray, EncodedDict
         fields.remove(65)
 
     for key in [str(i) for i in sorted(fields)]:
-        out += _encode_field(doc_dec, doc_enc, key, spec[key])
+        try:
+            fspec = spec[key]
+        except KeyError:
+            if strict:  # Codec: a clean EncodeError (still a KeyError) instead of a bare KeyError
+                raise FieldNotInSpecEncodeError(_NOT_IN_SPEC, doc_dec, doc_enc, key) from None
+            raise
+        out += _encode_field(doc_dec, doc_enc, key, fspec)
     return out, doc_enc
 
 
@@ -247,6 +284,10 @@ def _encode_text(
 
 def decode(data: bytes | bytearray, spec: SpecDict) -> tuple[dict[str, str], EncodedDict]:
     """Parse one message per ``spec``; returns ``(doc_dec, doc_enc)`` like ``iso8583.decode``."""
+    return _decode(data, spec, False)
+
+
+def _decode(data: bytes | bytearray, spec: SpecDict, strict: bool) -> tuple[dict[str, str], EncodedDict]:
     if not isinstance(data, (bytes, bytearray)):
         raise TypeError(f"Encoded ISO8583 data must be bytes or bytearray, not {data.__class__.__name__}")
 
@@ -262,18 +303,38 @@ def decode(data: bytes | bytearray, spec: SpecDict) -> tuple[dict[str, str], Enc
     idx = _decode_bitmap(data, doc_dec, doc_enc, idx, key, spec[key], 0, False, fields)
     if 1 in fields:
         key = "1"
-        idx = _decode_bitmap(data, doc_dec, doc_enc, idx, key, spec[key], 64, False, fields)
+        fspec = _decode_spec_of(data, doc_dec, doc_enc, idx, key, spec, strict)
+        idx = _decode_bitmap(data, doc_dec, doc_enc, idx, key, fspec, 64, False, fields)
         fields.remove(1)
     if 65 in fields:  # the secondary bitmap is extended with the tertiary one
         idx = _decode_bitmap(data, doc_dec, doc_enc, idx, key, spec[key], 128, True, fields)
         fields.remove(65)
 
     for key in [str(i) for i in sorted(fields)]:
-        idx = _decode_field(data, doc_dec, doc_enc, idx, key, spec[key])
+        fspec = _decode_spec_of(data, doc_dec, doc_enc, idx, key, spec, strict)
+        idx = _decode_field(data, doc_dec, doc_enc, idx, key, fspec)
 
     if idx != len(data):
         raise DecodeError("Extra data after last field", data, doc_dec, doc_enc, idx, key)
     return doc_dec, doc_enc
+
+
+def _decode_spec_of(
+    s: bytes | bytearray,
+    doc_dec: dict[str, str],
+    doc_enc: EncodedDict,
+    idx: int,
+    key: str,
+    spec: SpecDict,
+    strict: bool,
+) -> FieldSpec:
+    """``spec[key]``; for ``Codec`` (``strict``) a missing field is a DecodeError naming it."""
+    try:
+        return spec[key]
+    except KeyError:
+        if strict:
+            raise FieldNotInSpecDecodeError(_NOT_IN_SPEC, s, doc_dec, doc_enc, idx, key) from None
+        raise
 
 
 def _decode_type(
@@ -466,9 +527,11 @@ def invalidate(spec: SpecDict | None = None) -> None:
 class Codec:
     """A codec bound to one spec: ``decode(data) -> fields``, ``encode(fields) -> bytes``.
 
-    Same validation and exceptions as :func:`decode` / :func:`encode`; ``decode``
-    skips building ``doc_enc`` (in the compiled twin) and ``encode`` does not
-    modify ``fields``.
+    Same validation and exceptions as :func:`decode` / :func:`encode`, except that a
+    field missing from the spec raises :class:`FieldNotInSpecDecodeError` /
+    :class:`FieldNotInSpecEncodeError` (a ``DecodeError``/``EncodeError`` naming the field
+    that is also a ``KeyError``) where pyiso8583 raises a bare ``KeyError``.  ``decode``
+    skips building ``doc_enc`` (in the compiled twin); ``encode`` does not modify ``fields``.
     """
 
     __slots__ = ("spec",)
@@ -477,12 +540,12 @@ class Codec:
         self.spec = spec
 
     def decode(self, data: bytes | bytearray) -> dict[str, str]:
-        return decode(data, self.spec)[0]
+        return _decode(data, self.spec, True)[0]
 
     def encode(self, fields: Mapping[str, str]) -> bytes:
         if not isinstance(fields, dict):
             raise TypeError(f"Decoded ISO8583 data must be dict, not {fields.__class__.__name__}")
-        return bytes(encode(dict(fields), self.spec)[0])
+        return bytes(_encode(dict(fields), self.spec, True)[0])
 
     def __repr__(self) -> str:
         return f"<Codec spec={id(self.spec):#x} (pure)>"

@@ -21,6 +21,18 @@ encode = _impl.encode
 decode = _impl.decode
 invalidate = _impl.invalidate
 Codec = _impl.Codec
+FieldNotInSpecDecodeError = _impl.FieldNotInSpecDecodeError
+FieldNotInSpecEncodeError = _impl.FieldNotInSpecEncodeError
 IMPLEMENTATION: str = implementation_of(_impl)
 
-__all__ = ["IMPLEMENTATION", "Codec", "DecodeError", "EncodeError", "decode", "encode", "invalidate"]
+__all__ = [
+    "IMPLEMENTATION",
+    "Codec",
+    "DecodeError",
+    "EncodeError",
+    "FieldNotInSpecDecodeError",
+    "FieldNotInSpecEncodeError",
+    "decode",
+    "encode",
+    "invalidate",
+]
