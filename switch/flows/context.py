@@ -53,6 +53,18 @@ PR_SIGN_ON_AGAIN = 3
 ECHO_FIELDS = ("2", "3", "4", "11", "14", "22", "25", "41", "42", "49", "60")
 
 
+_clock: list[Any] = [-1, ("000000", "0101")]
+
+
+def _local_time() -> tuple[str, str]:
+    """(hhmmss, MMDD) of the host's local time, formatted once per second."""
+    now = int(time.time())
+    if now != _clock[0]:
+        t = time.localtime(now)
+        _clock[0], _clock[1] = now, (time.strftime("%H%M%S", t), time.strftime("%m%d", t))
+    return _clock[1]  # type: ignore[no-any-return]
+
+
 @dataclass(slots=True)
 class Context:
     req: dict[str, str]
@@ -81,9 +93,7 @@ class Context:
             pan = pan_of(req)
             if pan:
                 reply["2"] = pan
-        now = time.localtime()
-        reply["12"] = time.strftime("%H%M%S", now)
-        reply["13"] = time.strftime("%m%d", now)
+        reply["12"], reply["13"] = _local_time()
         reply["32"] = self.services.acquirer_id
         reply["39"] = rc
         self.reply = reply
