@@ -519,6 +519,7 @@ class TerminalApp:
                 rev = await self.send_pending_reversal()
                 base.reversal_sent = bool(rev and rev.ok)
             return base, None
+        done = None
         if card is not None and card.emv is not None:
             done = await self._second_ac(card, rc, reply.doc.get("55"))
             if done is not None and done.reversal_reason and reverses:
@@ -536,6 +537,8 @@ class TerminalApp:
         if reverses:
             self.state.pending_reversal = None
         self.save()
+        if card is not None and getattr(done, "script_results", b""):
+            base.detail["script_advice"] = await self._script_advice(doc, reply, card, done)
         base.ok = rc in APPROVED
         text = RC_TEXT.get(rc, RESPONSE_CODES.get(rc, ""))
         base.message = text
@@ -547,6 +550,32 @@ class TerminalApp:
             self.state.last_mac_error = "host answered A0 (MAC error)"
             self.save()
         return base, reply
+
+    async def _script_advice(self, req: dict[str, str], reply: Reply, card: _Card, done: Any) -> str:
+        """0620 script result advice (60.3 951, §6): DF31 from the card after issuer scripts ran.
+
+        Best effort: the answer (or ``NET``) is returned and logged; an advice is never reversed.
+        """
+        assert self._mak is not None
+        f60 = F.parse_field60(req["60"])
+        doc = self._base("0620", req.get("3"), "00", "951")
+        doc["60"] = F.build_field60("00", self.state.batch, "951", f60.read_capability, f60.ic_condition)
+        doc.update({f: req[f] for f in ("2", "4", "22", "23", "49") if f in req})
+        doc["37"] = reply.doc.get("37", "0" * 12)
+        if reply.doc.get("38", "").strip():
+            doc["38"] = reply.doc["38"]
+        doc["55"] = done.tc_field55.hex().upper()
+        doc["61"] = F.build_field61(f60.batch, req["11"], self._clock().strftime("%m%d"))
+        self.save()
+        try:
+            answer = await self.client.exchange(encode_maced(doc, self._mak, self.config.mac_algorithm))
+            check_reply(doc, answer)
+        except (NetworkError, ReplyError) as exc:
+            log.warning("script advice not delivered", extra=kv(tid=self.tid, stan=doc["11"], error=str(exc)))
+            return "NET"
+        log.info("script advice", extra=kv(tid=self.tid, stan=doc["11"], rc=answer.rc,
+                                           df31=done.script_results.hex().upper()))
+        return answer.rc
 
     async def _second_ac(self, card: _Card, rc: str | None, f55: str | None) -> Any:
         assert card.kernel is not None and card.emv is not None

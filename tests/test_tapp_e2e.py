@@ -429,3 +429,22 @@ async def test_contactless_sale_over_simulated_rf(stack: Stack, tmp_path: Path) 
     finally:
         transport.close()
         served.stop()
+
+
+async def test_issuer_script_results_go_up_in_a_0620(stack: Stack, tmp_path: Path) -> None:
+    card = stack.card("cup", 3)
+    # APPLICATION BLOCK with a static (wrong) MAC: the card refuses it and reports that in DF31
+    script = bytes.fromhex("7112" "9F180400000001" "8609" "841E000004" "11223344")
+    stack.issuers["cup"].host.config.accounts[card.pan].scripts = (script,)
+    proxy = await Proxy(stack.port).start()
+    try:
+        app = make_app(proxy.port, tmp_path / "t.json")
+        res = await app.sale(600, card=card_input("chip", card, {}), pin=PIN)
+        assert res.ok and res.detail["script_advice"] == "00", res
+        sale_req, advice = proxy.requests[-2], proxy.requests[-1]
+        assert proxy.seen[-1] == "0620" and advice["60"][8:11] == "951" and "64" in advice
+        assert advice["61"][6:12] == sale_req["11"] and advice["37"] == res.rrn
+        df31 = emv_tlv.decode(bytes.fromhex(advice["55"]))["DF31"]
+        assert df31[0] >> 4 == 1 and df31[1:5] == bytes.fromhex("00000001")  # script 00000001 failed
+    finally:
+        await proxy.stop()
