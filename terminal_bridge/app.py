@@ -203,6 +203,7 @@ class TerminalApp:
         self._mak: bytes | None = None
         self._tdk: bytes | None = None
         self._lock = asyncio.Lock()
+        self._fallback_allowed = False  # the last chip read failed: a chip card may be swiped (60.5 = 2)
         if self.state.keys is not None and self.state.signed_on:
             try:
                 self._install(self.state.keys)
@@ -398,10 +399,12 @@ class TerminalApp:
             t2 = swipe.track2
             if t2 is None:
                 raise CardReadError("track 2 not read", track=2)
-            if t2.chip_card and not card.fallback:
+            fallback = card.fallback or (t2.chip_card and self._fallback_allowed)
+            if t2.chip_card and not fallback:
                 raise CardReadError("chip card: please insert the card (请插卡)")
+            self._fallback_allowed = False
             data = CardData(EntryMode.MAGSTRIPE, t2.pan, t2.expiry, track2=t2.raw)
-            return _Card(data, fallback=card.fallback)
+            return _Card(data, fallback=fallback)
         contactless = isinstance(card, Tap)
         target = card.card
         transport = target if hasattr(target, "transmit") else DirectTransport(target)
@@ -597,8 +600,13 @@ class TerminalApp:
                 log.warning("re-sign-on failed", extra=kv(error=repr(exc)))
         return result
 
-    def _card_error(self, op: str, exc: Exception) -> Result:
+    def _card_error(self, op: str, exc: Exception, card: CardInput | None = None) -> Result:
+        """A card that could not be read; after a chip failure the next swipe of a chip card is a fallback."""
         log.warning("card read failed", extra=kv(tid=self.tid, op=op, error=str(exc)))
+        if isinstance(card, Insert) and isinstance(exc, CardReadError):
+            self._fallback_allowed = True
+            return Result(op, False, "CARD", f"读卡失败，请刷卡: {exc}", detail={"fallback_allowed": True},
+                          display=self.show("读卡失败，请刷卡", str(exc)[:32]))
         return Result(op, False, "CARD", f"读卡失败: {exc}", display=self.show("读卡失败，请重试", str(exc)[:32]))
 
     def _receipt(self, kind: str, res: Result, card: _Card, reply: Reply, amount: int) -> Receipt:
@@ -657,7 +665,7 @@ class TerminalApp:
                     await asyncio.to_thread(c.kernel.first_generate_ac, c.emv,  # type: ignore[union-attr]
                                             pin_entered=pin_block is not None)
             except (DeviceError, QrCodeError, ValueError) as exc:
-                return self._card_error("sale", exc)
+                return self._card_error("sale", exc, card)
             doc["60"] = self._f60("22", "000", c)
             doc.update({"4": f"{amount:012d}", "25": "00", "49": "156"})
             self._card_fields(doc, c, pin_block)
@@ -680,7 +688,7 @@ class TerminalApp:
                     await asyncio.to_thread(c.kernel.first_generate_ac, c.emv,  # type: ignore[union-attr]
                                             pin_entered=pin_block is not None)
             except (DeviceError, ValueError) as exc:
-                return self._card_error("balance", exc)
+                return self._card_error("balance", exc, card)
             doc["60"] = self._f60("01", "000", c)
             doc.update({"25": "00", "49": "156"})
             self._card_fields(doc, c, pin_block)
@@ -722,7 +730,7 @@ class TerminalApp:
                         raise CardReadError("card differs from the original transaction's card")
                 pin_block = await self._pin(c, pin, orig.amount)
             except (DeviceError, ValueError) as exc:
-                return self._card_error("void", exc)
+                return self._card_error("void", exc, card)
             doc["60"] = self._f60("23", "000", c)
             doc.update({"4": f"{orig.amount:012d}", "25": "00", "49": "156", "37": orig.rrn or "0" * 12,
                         "61": F.build_field61(orig.batch, orig.stan)})
@@ -751,7 +759,7 @@ class TerminalApp:
                 c = await self._read_card(card, amount, "20", int(doc["11"]), generate_ac=False)
                 pin_block = await self._pin(c, pin, amount)
             except (DeviceError, ValueError) as exc:
-                return self._card_error("refund", exc)
+                return self._card_error("refund", exc, card)
             local = next((r for r in self.state.records if r.rrn == rrn and r.kind in ("sale", "qr_sale")), None)
             if local is not None and orig_trace is None:
                 orig_trace, orig_batch = local.stan, local.batch

@@ -30,6 +30,7 @@ from switch.logsafe import configure_logging, mask_pan
 
 from .app import Devices, TerminalApp, TerminalConfig, software_devices
 from .diagnostics import format_report, self_test
+from .receipt import lines_for
 from .scripted import Command, ScriptError, ScriptRunner, parse_amount, parse_script
 
 MENU = ("1 消费 sale   2 余额 balance   3 撤销 void   4 退货 refund   5 扫码 QR sale\n"
@@ -138,6 +139,8 @@ async def interactive(runner: ScriptRunner, ask: Callable[[str], str], secret: C
             out(f"输入错误 {exc}")
             continue
         failures += 0 if res.ok else 1
+        if res.receipt is not None and software:  # the slip the printer got, for the person at the screen
+            out("\n".join(text for _style, text in lines_for(res.receipt, "customer")))
         out(res.message if res.operation == "diagnose" else
             f"{'成功' if res.ok else '失败'} {res.operation} rc={res.rc} {res.message}"
             + (f" trace={res.stan}" if res.stan else "") + (f" rrn={res.rrn}" if res.rrn else ""))

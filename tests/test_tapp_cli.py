@@ -121,6 +121,8 @@ async def test_interactive_menu(stack: Stack, tmp_path: Path) -> None:
     assert results[0].startswith("成功 sign_on") and results[1].startswith("成功 sale rc=00")
     assert "无效选择 invalid choice" in printed and any(p.startswith("输入错误") for p in printed)
     assert app.state.records[0].amount == 888
+    slip = next(p for p in printed if "持卡人存根" in p)  # the customer copy is shown on screen
+    assert "RMB 8.88" in slip and card.pan not in slip and card.pan[-4:] in slip
 
 
 class StatusPrinter:

@@ -448,3 +448,29 @@ async def test_issuer_script_results_go_up_in_a_0620(stack: Stack, tmp_path: Pat
         assert df31[0] >> 4 == 1 and df31[1:5] == bytes.fromhex("00000001")  # script 00000001 failed
     finally:
         await proxy.stop()
+
+
+class MuteChip:
+    """A chip whose application does not answer (every command: 6F00)."""
+
+    def atr(self) -> bytes:
+        return bytes.fromhex("3B6500002063CBA000")
+
+    def reset(self) -> bytes:
+        return self.atr()
+
+    def process(self, apdu: bytes) -> bytes:
+        return b"\x6f\x00"
+
+
+async def test_chip_failure_allows_one_fallback_swipe(stack: Stack, tmp_path: Path) -> None:
+    app = make_app(stack.port, tmp_path / "t.json")
+    card = stack.card("cup", 0)
+    chip_swipe = Swipe(f";{card.pan}={card.expiry}2010000000000?")  # service code 201: chip card
+    failed = await app.sale(100, card=Insert(MuteChip()), pin=PIN)
+    assert not failed.ok and failed.rc == "CARD" and failed.display[0] == "读卡失败，请刷卡"
+    res = await app.sale(100, card=chip_swipe, pin=PIN)
+    assert res.ok, res
+    assert (await journal_row(stack, app, res.stan)).payment_method == "fallback"
+    again = await app.sale(100, card=chip_swipe, pin=PIN)  # the permission is used up
+    assert not again.ok and "请插卡" in again.message
