@@ -615,3 +615,18 @@ async def test_completion_void(stack):
     assert _ledger(stack).balance(card.pan) == balance
     settle = await term.settle()
     assert settlement_balanced(settle) is True
+
+
+async def test_reversal_of_a_void_restores_the_sale(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 2)
+    before = _ledger(stack).balance(card.pan)
+    sale = await term.sale(card, 1200, entry="contactless")
+    void = await term.void(card, sale)
+    assert void.rc == "00"
+    assert _ledger(stack).balance(card.pan) == before
+    rev = await term.reversal(void, "98")
+    assert rev.rc == "00"
+    assert (await _row(stack, void.rrn)).state == "reversed"
+    assert (await _row(stack, sale.rrn)).state == "approved"
+    assert await _wait_for(lambda: _ledger(stack).balance(card.pan) == before - 1200)
