@@ -37,6 +37,8 @@ from .app import Insert, Result, Scan, Swipe, Tap, TerminalApp, TerminalConfig
 from .diagnostics import format_report, self_test
 from .drivers.softcard import CardProfile, SoftCard
 
+#: a Luhn-valid card whose BIN no issuer owns (the switch answers 15)
+UNKNOWN_BIN_SWIPE = ";9999990000000006=30121010000000000?"
 COMMANDS = ("signon", "sale", "balance", "void", "refund", "settle", "echo", "diagnose", "reversal")
 
 
@@ -196,12 +198,14 @@ async def run_script(app: TerminalApp, text: str, **kw: Any) -> list[Result]:
 
 async def drive_demo(app: TerminalApp, cards: list[Any], deadline: float, rng: random.Random, *,
                      qr_code: Callable[[], str] | None = None, stop: asyncio.Event | None = None,
-                     on_result: Callable[[str, Result], None] | None = None) -> Result:
+                     on_result: Callable[[str, Result], None] | None = None,
+                     wrong_pin_card: Any = None) -> Result:
     """Drive one terminal with a realistic mix until ``time.monotonic() >= deadline``, then settle.
 
     ``cards``: objects with ``.pan``, ``.expiry`` (YYMM) and ``.pin`` (e.g. ``switch.testbed`` cards);
     swipe sales use them as magstripe-only cards, chip and tap sales as software EMV cards with the same
-    PAN.  ``on_result(kind, result)`` sees every operation; the return value is the settlement result
+    PAN.  Declines: wrong PINs on ``wrong_pin_card`` only (keep it out of ``cards``: the issuer locks a
+    card after three wrong PINs), else a card of an unknown BIN (15).  ``on_result(kind, result)`` sees every operation; the return value is the settlement result
     (``result.detail["balanced"]``).  ``Result.rc`` / ``.approved`` / ``.mac_ok`` match what the demo's
     statistics read from ``switch.sim_terminal.Reply``.
     """
@@ -238,8 +242,12 @@ async def drive_demo(app: TerminalApp, cards: list[Any], deadline: float, rng: r
             kind = "refund"
             res = await app.refund(max(1, orig.amount // 3), orig.rrn, date,
                                    card=Swipe(f";{c.pan}={c.expiry}1010000000000?"))
+        elif wrong_pin_card is not None:  # a card of its own: three wrong PINs lock a card at the issuer
+            w = wrong_pin_card
+            kind = "decline wrong PIN"
+            res = await app.sale(amount, card=Swipe(f";{w.pan}={w.expiry}1010000000000?"), pin="999999")
         else:
-            kind, res = "decline wrong PIN", await app.sale(amount, card=swipe, pin="999999")
+            kind, res = "decline unknown BIN", await app.sale(amount, card=Swipe(UNKNOWN_BIN_SWIPE), pin=card.pin)
         report(kind, res)
         if kind.startswith("sale") and kind != "sale QR" and res.ok:
             sales.append((card, res))
