@@ -237,6 +237,41 @@ async def test_terminal_cut_after_request_is_journaled_consistently_then_reverse
     assert row["state"] == "reversed"
 
 
+async def test_terminal_gone_while_switch_processes_stays_consistent(rig):
+    """The whole request reaches the switch, then the terminal's connection closes before the reply.
+
+    Either the switch reverses the approval it cannot deliver, or it keeps it journaled as approved:
+    both are acceptable as long as journal and ledger agree.  The terminal's later 0400 ends in
+    "reversed" with the balance restored either way.
+    """
+    card = rig.stack.card("cup", 1)
+    before = rig.balance(card.pan)
+    rig.tproxy.up.cut(after_bytes=65535, match=pos_mti("0200"))
+    term = await rig.signed_on(1)
+    req = sale_request(term, card, 2468)
+    with pytest.raises(SimTerminalError):
+        await term.send(req, mac=True)
+
+    def settled_state() -> str | None:
+        rows = rig.journal_rows(term.tid, req["11"])
+        return rows[0]["state"] if len(rows) == 1 and rows[0]["state"] in ("approved", "reversed") else None
+
+    await until(settled_state, what="journal row approved or reversed")
+    await asyncio.sleep(0.3)
+    await rig.settled()
+    if settled_state() == "approved":
+        assert rig.balance(card.pan) == before - 2468 and len(rig.debits(card.pan)) == 1
+    else:
+        assert rig.balance(card.pan) == before and not rig.debits(card.pan)
+    await term.close()
+    await term.connect()
+    rev = await term.reversal(req)
+    assert rev.rc == "00"
+    await rig.settled()
+    assert settled_state() == "reversed"
+    assert rig.balance(card.pan) == before and not rig.debits(card.pan)
+
+
 async def test_terminal_cut_inside_request_leaves_no_trace_and_others_are_served(rig):
     card = rig.stack.card("cup", 3)
     before = rig.balance(card.pan)
