@@ -107,11 +107,11 @@ class TerminalProtocol(asyncio.Protocol):
             transport.resume_reading()
 
     def eof_received(self) -> bool:
-        # half-close: let in-flight replies go out, then close
+        # A terminal that closes its side is gone: replies it would get are not written, and the
+        # server reverses approvals that could not be delivered (see SwitchServer._handle).
         self._eof = True
-        if self.in_flight == 0 and not self._backlog:
-            self.close()
-        return True
+        self.closed = True
+        return False  # let the transport close
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

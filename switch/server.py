@@ -134,14 +134,18 @@ class SwitchServer:
             self._malformed(conn, frame, offset, exc)
             return
         try:
-            body, pr = await self.processor.process(req, frame.body)
+            body, pr, ctx = await self.processor.process(req, frame.body)
         except Exception:
             log.exception("request failed", extra=kv(peer=conn.peer, mti=req.get("t"), stan=req.get("11")))
             try:
-                body, pr = wire.encode(_error_reply(req, RC.SYSTEM_ERROR)), 0
+                body, pr, ctx = wire.encode(_error_reply(req, RC.SYSTEM_ERROR)), 0, None
             except Exception:
                 conn.protocol_error("cannot build an error reply", offset)
                 return
+        if conn.closed:  # the terminal is gone: it will never see this reply
+            if ctx is not None:
+                await self.processor.undelivered(ctx)
+            return
         conn.write(wire.frame_bytes(wire.swap_tpdu(frame.tpdu), wire.reply_header(frame.header, pr), body))
 
     def _malformed(self, conn: TerminalProtocol, frame: wire.Frame, offset: int, exc: BaseException) -> None:

@@ -81,18 +81,18 @@ class Stack:
     @classmethod
     async def start(cls, workdir: str | Path, *, terminals: int = 2, issuer_timeout: float = 3.0,
                     limits: Limits | None = None, metrics: bool = False, issuers: bool = True,
-                    key_mode: str = "003", qr_wait: float = 2.0) -> Stack:
+                    key_mode: str = "003", qr_wait: float = 2.0, pin_tries: int = 3) -> Stack:
         self = cls(Path(workdir))
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            await self._start(terminals, issuer_timeout, limits, metrics, issuers, key_mode, qr_wait)
+            await self._start(terminals, issuer_timeout, limits, metrics, issuers, key_mode, qr_wait, pin_tries)
         except BaseException:
             await self.stop()
             raise
         return self
 
     async def _start(self, n_terminals: int, issuer_timeout: float, limits: Limits | None, metrics: bool,
-                     issuers: bool, key_mode: str, qr_wait: float) -> None:
+                     issuers: bool, key_mode: str, qr_wait: float, pin_tries: int) -> None:
         from hsm_sim import lmk
         from hsm_sim.server import start_hsm
         from switch.hsm_client import HsmClient
@@ -115,13 +115,13 @@ class Stack:
             self.registry.add(terminal_id(i), MERCHANT_ID, lmk.encrypt_under_lmk(test_tmk(i), "TMK"),
                               key_mode=key_mode)
         if issuers:
-            await self._start_issuers(issuer_timeout)
+            await self._start_issuers(issuer_timeout, pin_tries)
         services = Services(self.registry, self.journal, Security(self.hsm, self.metrics), self.router,
                             metrics=self.metrics, issuer_timeout=issuer_timeout, qr_wait=qr_wait, qr_poll=0.1)
         self.server = SwitchServer(Processor(services), limits, self.metrics)
         self.port = await self.server.start("127.0.0.1", 0)
 
-    async def _start_issuers(self, issuer_timeout: float) -> None:
+    async def _start_issuers(self, issuer_timeout: float, pin_tries: int = 3) -> None:
         from hsm_sim import lmk
         from issuer_sim.accounts import parse
         from issuer_sim.server import start_issuer
@@ -140,7 +140,7 @@ class Stack:
                          "balance": LOW_BALANCE if k == LOW_BALANCE_CARD else 10_000_000,
                          "pin": {"method": "pvv", "pvki": "1", "pvv": _pvv(c.pan, c.pin)}}
                         for k, c in enumerate(cards)]
-            cfg = parse({"issuer": {"keys": keys}, "accounts": accounts})
+            cfg = parse({"issuer": {"keys": keys, "pin_tries": pin_tries}, "accounts": accounts})
             handle = await start_issuer(cfg, host="127.0.0.1", port=0, hsm=self.hsm,
                                         ledger=str(self.workdir / f"ledger-{name}.db"))
             self.issuers[name] = handle

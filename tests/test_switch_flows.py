@@ -630,3 +630,35 @@ async def test_reversal_of_a_void_restores_the_sale(stack):
     assert (await _row(stack, void.rrn)).state == "reversed"
     assert (await _row(stack, sale.rrn)).state == "approved"
     assert await _wait_for(lambda: _ledger(stack).balance(card.pan) == before - 1200)
+
+
+async def test_void_of_a_refunded_sale_is_refused(stack):
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 2)
+    sale = await term.sale(card, 900, entry="contactless")
+    assert (await term.refund(card, sale, 300)).rc == "00"
+    assert (await term.void(card, sale)).rc == "12"  # a full void would credit 900 on top of 300
+
+
+async def test_approval_for_a_vanished_terminal_is_reversed(stack):
+    from switch.flows import wire
+
+    term = await stack.connected_terminal(0)
+    card = stack.card("cup", 3)
+    before = _ledger(stack).balance(card.pan)
+    stack.issuers["cup"].faults.add(action="delay", delay=0.3, amount=2468, times=1)
+    doc = term._base("0200", "000000", "22")
+    doc.update({"4": "000000002468", "25": "00", "49": "156", "2": card.pan, "22": "072"})
+    body = term.encode(doc, mac=True)
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(wire.frame_bytes(term.tpdu, term.header, body))
+    await writer.drain()
+    for _ in range(250):  # the switch holds the request, the issuer answers 0.3 s later
+        if stack.server.tasks:
+            break
+        await asyncio.sleep(0.01)
+    writer.close()  # the terminal goes away before the approval arrives
+    assert await _wait_for(lambda: not stack.server.tasks)
+    rows = [r for r in await stack.journal.rows_between(0, 1e12) if r.amount == 2468]
+    assert [r.state for r in rows] == ["reversed"]
+    assert await _wait_for(lambda: _ledger(stack).balance(card.pan) == before)

@@ -75,8 +75,8 @@ class Processor:
             entry = table.get((mti,))
         return entry
 
-    async def process(self, req: dict[str, str], body: bytes) -> tuple[bytes, int]:
-        """Handle one request; returns the encoded reply body and header digit 6."""
+    async def process(self, req: dict[str, str], body: bytes) -> tuple[bytes, int, Context]:
+        """Handle one request; returns the encoded reply body, header digit 6 and the context."""
         svc = self.services
         ctx = Context(req, body, svc)
         entry = self.select(req)
@@ -137,7 +137,16 @@ class Processor:
             return self._finish(ctx, body_out[:-8] + reply_mac)
         return self._finish(ctx, None)
 
-    def _finish(self, ctx: Context, body: bytes | None) -> tuple[bytes, int]:
+    async def undelivered(self, ctx: Context) -> None:
+        """The reply could not be written: reverse an approval the terminal will never see."""
+        from switch.flows.reversal import reverse_undelivered
+
+        try:
+            await reverse_undelivered(ctx)
+        except Exception:
+            log.exception("reversal of an undelivered approval failed", extra=kv(rrn=ctx.reply.get("37")))
+
+    def _finish(self, ctx: Context, body: bytes | None) -> tuple[bytes, int, Context]:
         m = self.services.metrics
         if m is not None:
             key = (ctx.txn_type, ctx.reply.get("39", ""))
@@ -149,4 +158,4 @@ class Processor:
         if body is None:
             ctx.reply.pop("64", None)
             body = wire.encode(ctx.reply)
-        return body, ctx.processing_request
+        return body, ctx.processing_request, ctx

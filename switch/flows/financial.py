@@ -3,8 +3,8 @@
 Sale and pre-auth accept magstripe (35/36), chip (55) and contactless (22 = 07x, 60.4 = 6), with
 or without PIN (52, translated TPK → ZPK).  A void (sale void 23, pre-auth void 11, completion void
 21) must name an approved original of the same terminal and batch (RRN in 37 and/or 61 = batch +
-trace), for the full original amount: not found → 25, wrong amount → 64, other batch or already
-voided/reversed → 12.
+trace), for the full original amount: not found → 25, wrong amount → 64, other batch, already
+voided/reversed or (partly) refunded → 12.
 """
 
 from __future__ import annotations
@@ -73,6 +73,9 @@ async def _void(ctx: Context, txn_type: str, original_types: tuple[str, ...]) ->
         ctx.fail(RC.INVALID_TXN)
         return
     if int(orig.batch) != batch_of(req):
+        ctx.fail(RC.INVALID_TXN)
+        return
+    if await ctx.services.journal.refunded_total(orig.id):  # partly refunded: a full void would over-credit
         ctx.fail(RC.INVALID_TXN)
         return
     if _amount(req) != int(orig.amount):
