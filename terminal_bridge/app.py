@@ -710,40 +710,125 @@ class TerminalApp:
         return None
 
     async def void(self, stan: str, card: CardInput | None = None, pin: str | None = None) -> Result:
-        """Void 0200/200000 of a sale of the open batch, named by its trace (voucher) number."""
+        """Void 0200/200000 (60.1 23) of a sale of the open batch, named by its trace (voucher) number."""
         async with self._lock:
             orig = self.find_record(stan)
             if orig is None or orig.kind not in ("sale", "qr_sale") or orig.voided:
-                return Result("void", False, "25", f"原交易不存在 (trace {stan})", display=self.show("原交易不存在"))
-            blocked = await self._prepare("void")
+                return self._no_original("void", stan)
+            return await self._referenced("void", "0200", "200000", "23", "00", orig.amount, orig, card, pin)
+
+    async def preauth(self, amount: int, card: CardInput | None = None, pin: str | None = None) -> Result:
+        """Pre-authorisation 0100/030000 (60.1 10, 25 = 06): holds funds, not in the settlement totals."""
+        async with self._lock:
+            if amount <= 0:
+                return Result("preauth", False, "AMOUNT", "amount must be positive", display=self.show("金额错误"))
+            blocked = await self._prepare("preauth")
             if blocked:
                 return blocked
-            doc = self._base("0200", "200000", "23")
+            doc = self._base("0100", "030000", "10")
             try:
-                if orig.qr_code:
-                    c = _Card(CardData(EntryMode.QR, "", ""), qr_code=orig.qr_code)
-                elif card is None:  # card not presented: the stored PAN, keyed
-                    c = _Card(CardData(EntryMode.KEYED, orig.pan, orig.expiry))
-                else:
-                    c = await self._read_card(card, orig.amount, "20", int(doc["11"]), generate_ac=False)
-                    if c.data.pan != orig.pan:
-                        raise CardReadError("card differs from the original transaction's card")
-                pin_block = await self._pin(c, pin, orig.amount)
+                c = await self._read_card(card, amount, "03", int(doc["11"]), generate_ac=True)
+                if c.qr_code:
+                    raise CardReadError("a payment code cannot be pre-authorised")
+                pin_block = await self._pin(c, pin, amount)
+                if c.emv is not None:
+                    await asyncio.to_thread(c.kernel.first_generate_ac, c.emv,  # type: ignore[union-attr]
+                                            pin_entered=pin_block is not None)
             except (DeviceError, ValueError) as exc:
-                return self._card_error("void", exc, card)
-            doc["60"] = self._f60("23", "000", c)
-            doc.update({"4": f"{orig.amount:012d}", "25": "00", "49": "156", "37": orig.rrn or "0" * 12,
-                        "61": F.build_field61(orig.batch, orig.stan)})
-            if orig.auth_code.strip():
-                doc["38"] = orig.auth_code.ljust(6)
+                return self._card_error("preauth", exc, card)
+            doc["60"] = self._f60("10", "000", c)
+            doc.update({"4": f"{amount:012d}", "25": "06", "49": "156"})
             self._card_fields(doc, c, pin_block)
-            if c.data.entry_mode is EntryMode.KEYED:
-                doc.pop("14", None)
-            res, reply = await self._online("void", doc, c, reverses=True)
+            res, reply = await self._online("preauth", doc, c, reverses=True)
             if res.ok and reply is not None:
-                orig.voided = True
-                self._approved("void", res, c, reply, orig.amount, orig_stan=orig.stan, entry=doc.get("22", ""))
+                self._approved("preauth", res, c, reply, amount, entry=doc.get("22", ""))
             return await self._after(res)
+
+    async def preauth_void(self, stan: str, card: CardInput | None = None, pin: str | None = None) -> Result:
+        """Pre-auth void 0100/200000 (60.1 11) of a pre-authorisation of the open batch, by its trace."""
+        async with self._lock:
+            orig = self.find_record(stan)
+            if orig is None or orig.kind != "preauth" or orig.voided:
+                return self._no_original("preauth_void", stan)
+            return await self._referenced("preauth_void", "0100", "200000", "11", "06", orig.amount, orig, card,
+                                          pin, with_date=True)
+
+    async def completion(self, amount: int, stan: str | None = None, card: CardInput | None = None,
+                         pin: str | None = None, *, rrn: str = "", auth_code: str = "", orig_date: str = "",
+                         orig_trace: str = "000000", orig_batch: int = 0) -> Result:
+        """Pre-auth completion 0200/000000 (60.1 20): by the pre-auth's trace in the open batch, or by its
+        RRN + auth code + date (MMDD) (then ``card`` is needed); amount ≤ the pre-authorised amount."""
+        async with self._lock:
+            if amount <= 0:
+                return Result("completion", False, "AMOUNT", "amount must be positive", display=self.show("金额错误"))
+            if stan is not None:
+                orig = self.find_record(stan)
+                if orig is None or orig.kind != "preauth" or orig.voided:
+                    return self._no_original("completion", stan)
+            else:
+                if card is None or not (rrn and orig_date):
+                    return Result("completion", False, "CARD", "card, rrn and orig_date needed",
+                                  display=self.show("请刷卡/插卡"))
+                orig = BatchRecord("preauth", amount, f"{int(orig_trace):06d}", orig_batch, rrn, auth_code, orig_date,
+                                   "", "")
+            return await self._referenced("completion", "0200", "000000", "20", "06", amount, orig, card, pin,
+                                          with_date=True)
+
+    async def completion_void(self, stan: str, card: CardInput | None = None, pin: str | None = None) -> Result:
+        """Completion void 0200/200000 (60.1 21) of a completion of the open batch, by its trace."""
+        async with self._lock:
+            orig = self.find_record(stan)
+            if orig is None or orig.kind != "completion" or orig.voided:
+                return self._no_original("completion_void", stan)
+            return await self._referenced("completion_void", "0200", "200000", "21", "06", orig.amount, orig,
+                                          card, pin, with_date=True)
+
+    def _no_original(self, op: str, stan: str) -> Result:
+        return Result(op, False, "25", f"原交易不存在 (trace {stan})", display=self.show("原交易不存在"))
+
+    async def _referenced(self, op: str, mti: str, proc: str, type_code: str, condition: str, amount: int,
+                          orig: BatchRecord, card: CardInput | None, pin: str | None, *,
+                          with_date: bool = False) -> Result:
+        """A request naming an original (37 RRN, 38 auth code, 61 batch + trace [+ date]); reverses on no answer.
+
+        The card is read again (no cryptogram) and must be the original's; without a card the stored PAN
+        goes out keyed (22 = 01x).  Called with ``self._lock`` held.
+        """
+        blocked = await self._prepare(op)
+        if blocked:
+            return blocked
+        doc = self._base(mti, proc, type_code)
+        try:
+            if orig.qr_code:
+                c = _Card(CardData(EntryMode.QR, "", ""), qr_code=orig.qr_code)
+            elif card is None:  # card not presented: the stored PAN, keyed
+                if not orig.pan:
+                    raise CardReadError("present the card (no stored card number for this original)")
+                c = _Card(CardData(EntryMode.KEYED, orig.pan, orig.expiry))
+            else:
+                c = await self._read_card(card, amount, "20" if proc == "200000" else "00", int(doc["11"]),
+                                          generate_ac=False)
+                if orig.pan and c.data.pan != orig.pan:
+                    raise CardReadError("card differs from the original transaction's card")
+            pin_block = await self._pin(c, pin, amount)
+        except (DeviceError, ValueError) as exc:
+            return self._card_error(op, exc, card)
+        doc["60"] = self._f60(type_code, "000", c)
+        doc.update({"4": f"{amount:012d}", "25": condition, "49": "156", "37": orig.rrn or "0" * 12,
+                    "61": F.build_field61(orig.batch, orig.stan, orig.date if with_date else None)})
+        if orig.auth_code.strip():
+            doc["38"] = orig.auth_code.ljust(6)
+        self._card_fields(doc, c, pin_block)
+        if c.data.entry_mode is EntryMode.KEYED:
+            doc.pop("14", None)
+        res, reply = await self._online(op, doc, c, reverses=True)
+        if res.ok and reply is not None:
+            if op != "completion":
+                orig.voided = True
+            kind = {"void": "void", "preauth_void": "preauth_void", "completion": "completion",
+                    "completion_void": "completion_void"}[op]
+            self._approved(kind, res, c, reply, amount, orig_stan=orig.stan, entry=doc.get("22", ""))
+        return await self._after(res)
 
     async def refund(self, amount: int, rrn: str, orig_date: str, card: CardInput | None = None,
                      pin: str | None = None, orig_trace: str | None = None, orig_batch: int | None = None) -> Result:
@@ -788,7 +873,7 @@ class TerminalApp:
         for domestic in (True, False):
             mine = [r for r in self.state.records if r.domestic == domestic and r.batch == self.state.batch]
             debit = [r.amount for r in mine if r.kind in ("sale", "qr_sale", "completion")]
-            credit = [r.amount for r in mine if r.kind in ("void", "refund")]
+            credit = [r.amount for r in mine if r.kind in ("void", "refund", "completion_void")]
             halves.append(F.SettlementHalf(sum(debit), len(debit), sum(credit), len(credit)))
         return halves[0], halves[1]
 
@@ -845,7 +930,8 @@ class TerminalApp:
     async def _batch_upload(self, balanced: bool) -> int:
         records = [r for r in self.state.records if r.batch == self.state.batch]
         ic = [r for r in records if r.chip and r.tc_field55 and r.kind == "sale"]
-        mag = [] if balanced else [r for r in records if r not in ic and not r.qr_code]
+        mag = [] if balanced else [r for r in records if r not in ic and not r.qr_code
+                                   and r.kind not in ("preauth", "preauth_void")]
         count = 0
         for i in range(0, len(mag), 8):
             chunk = mag[i:i + 8]

@@ -11,6 +11,10 @@ line, ``#`` starts a comment; amounts are in yuan (``12.34``)::
     balance swipe=... pin=123456
     void $stan                          # $stan / $rrn / $date: of the last approved transaction
     refund 1.00 rrn=$rrn date=$date chip
+    preauth 50.00 chip pin=123456
+    completion 45.00 trace=$stan         # or rrn=... auth=... date=MMDD with a card
+    completion_void $stan
+    preauth_void TRACE
     settle
     echo
     diagnose
@@ -39,7 +43,8 @@ from .drivers.softcard import CardProfile, SoftCard
 
 #: a Luhn-valid card whose BIN no issuer owns (the switch answers 15)
 UNKNOWN_BIN_SWIPE = ";9999990000000006=30121010000000000?"
-COMMANDS = ("signon", "sale", "balance", "void", "refund", "settle", "echo", "diagnose", "reversal")
+COMMANDS = ("signon", "sale", "balance", "void", "refund", "preauth", "preauth_void", "completion", "completion_void",
+            "settle", "echo", "diagnose", "reversal")
 
 
 class ScriptError(ValueError):
@@ -120,7 +125,8 @@ class ScriptRunner:
         if last is None:
             return value
         date = last.receipt.when.strftime("%m%d") if last.receipt is not None else ""
-        return value.replace("$stan", last.stan).replace("$rrn", last.rrn).replace("$date", date)
+        return (value.replace("$stan", last.stan).replace("$rrn", last.rrn).replace("$date", date)
+                .replace("$auth", last.auth_code.strip()))
 
     def _card(self, cmd: Command) -> Any:
         o = cmd.options
@@ -151,6 +157,16 @@ class ScriptRunner:
                 raise ScriptError(f"line {cmd.line}: refund needs rrn=... and date=MMDD")
             res = await app.refund(parse_amount(self._arg(cmd, 0), cmd.line), o["rrn"], o["date"],
                                    card=self._card(cmd), pin=pin, orig_trace=o.get("trace"))
+        elif cmd.op == "preauth":
+            res = await app.preauth(parse_amount(self._arg(cmd, 0), cmd.line), card=self._card(cmd), pin=pin)
+        elif cmd.op == "preauth_void":
+            res = await app.preauth_void(self._arg(cmd, 0), card=self._card(cmd), pin=pin)
+        elif cmd.op == "completion":
+            res = await app.completion(parse_amount(self._arg(cmd, 0), cmd.line), o.get("trace"),
+                                       card=self._card(cmd), pin=pin, rrn=o.get("rrn", ""),
+                                       auth_code=o.get("auth", ""), orig_date=o.get("date", ""))
+        elif cmd.op == "completion_void":
+            res = await app.completion_void(self._arg(cmd, 0), card=self._card(cmd), pin=pin)
         elif cmd.op == "settle":
             res = await app.settle()
         elif cmd.op == "echo":
@@ -170,7 +186,8 @@ class ScriptRunner:
     @staticmethod
     def _arg(cmd: Command, i: int) -> str:
         if len(cmd.args) <= i:
-            raise ScriptError(f"line {cmd.line}: {cmd.op} needs {'an amount' if cmd.op != 'void' else 'a trace'}")
+            what = "a trace" if cmd.op.endswith("void") else "an amount"
+            raise ScriptError(f"line {cmd.line}: {cmd.op} needs {what}")
         return cmd.args[i]
 
     async def run(self, commands: list[Command]) -> list[Result]:

@@ -70,13 +70,17 @@ void $stan   # same batch, full amount, card not presented
 sale 5.00 chip={chip_card.pan} pin=123456
 refund 1.00 rrn=$rrn date=$date chip={chip_card.pan}
 balance tap={chip_card.pan} pin=123456
+preauth 30.00 chip={chip_card.pan} pin=123456
+completion 25.00 trace=$stan
+completion_void $stan
 settle
 """)
     state = tmp_path / "t.json"
     code, out, err = await run_cli("--switch", f"127.0.0.1:{stack.port}", "--terminal-id", terminal_id(0),
                                    "--merchant-id", MERCHANT_ID, "--state", str(state), "--script", str(script))
     lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-    assert [x["op"] for x in lines] == ["sign_on", "sale", "void", "sale", "refund", "balance", "settle"], (out, err)
+    assert [x["op"] for x in lines] == ["sign_on", "sale", "void", "sale", "refund", "balance",
+                                         "preauth", "completion", "completion_void", "settle"], (out, err)
     assert all(x["ok"] for x in lines) and code == 0, (out, err)
     assert lines[1]["amount"] == 1234 and lines[5]["balance"] > 0
     assert swipe_card.pan not in out + err and chip_card.pan not in out + err  # never a clear PAN on the console

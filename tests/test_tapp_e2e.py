@@ -474,3 +474,44 @@ async def test_chip_failure_allows_one_fallback_swipe(stack: Stack, tmp_path: Pa
     assert (await journal_row(stack, app, res.stan)).payment_method == "fallback"
     again = await app.sale(100, card=chip_swipe, pin=PIN)  # the permission is used up
     assert not again.ok and "请插卡" in again.message
+
+
+@pytest.mark.parametrize("kind", ["swipe", "chip"])
+async def test_preauth_family_and_settlement(stack: Stack, tmp_path: Path, kind: str) -> None:
+    app = make_app(stack.port, tmp_path / "t.json")
+    cards: dict = {}
+    card = stack.card("cup", 1)
+    pa = await app.preauth(5000, card=card_input(kind, card, cards), pin=PIN)
+    assert pa.ok and len(pa.auth_code.strip()) == 6, pa
+    row = await journal_row(stack, app, pa.stan)
+    assert row.txn_type == "preauth" and row.state == "approved"
+    over = await app.completion(6000, pa.stan)  # more than pre-authorised
+    assert not over.ok and over.rc == "64" and app.state.pending_reversal is None
+    comp = await app.completion(4500, pa.stan, card=card_input(kind, card, cards))
+    assert comp.ok, comp
+    assert "预授权完成" in receipt_text(app)
+    cv = await app.completion_void(comp.stan)
+    assert cv.ok, cv
+    assert (await journal_row(stack, app, comp.stan)).state == "voided"
+    pa2 = await app.preauth(3000, card=card_input(kind, card, cards), pin=PIN)
+    pv = await app.preauth_void(pa2.stan, card=card_input(kind, card, cards))
+    assert pv.ok and (await journal_row(stack, app, pa2.stan)).state == "voided"
+    assert not (await app.preauth_void(pa2.stan)).ok  # already voided: refused locally (25)
+    dom, _ = app.totals()
+    assert (dom.debit_amount, dom.debit_count, dom.credit_amount, dom.credit_count) == (4500, 1, 4500, 1)
+    settled = await app.settle()
+    assert settled.ok and settled.detail["balanced"] is True
+
+
+async def test_preauth_timeout_reverses_in_the_preauth_family(stack: Stack, tmp_path: Path) -> None:
+    proxy = await Proxy(stack.port).start()
+    try:
+        app = make_app(proxy.port, tmp_path / "t.json", read_timeout=1.0)
+        proxy.mode, proxy.mti = "drop", "0110"
+        res = await app.preauth(7000, card=swipe_of(stack.card("cup", 0)), pin=PIN)
+        assert not res.ok and res.reversal == "98" and res.reversal_sent
+        rev = proxy.requests[-1]
+        assert rev["t"] == "0400" and rev["3"] == "030000" and rev["60"][:2] == "10" and rev["25"] == "06"
+        assert (await journal_row(stack, app, res.stan)).state == "reversed"
+    finally:
+        await proxy.stop()
