@@ -516,7 +516,11 @@ class TerminalApp:
             base.message = "应答MAC校验错 reply MAC error"
             base.display = self.show("交易失败", "MAC校验错")
             if reverses:
-                self.state.pending_reversal.reason = "A0"  # type: ignore[union-attr]
+                rev_rec = self.state.pending_reversal
+                assert rev_rec is not None
+                rev_rec.reason = "A0"
+                if base.auth_code.strip():
+                    rev_rec.request["38"] = base.auth_code  # §7: the original's auth code when there is one
                 self.save()
                 base.reversal = "A0"
                 rev = await self.send_pending_reversal()
@@ -636,6 +640,9 @@ class TerminalApp:
     def _approved(self, kind: str, res: Result, card: _Card, reply: Reply, amount: int, **extra: Any) -> None:
         org = reply.doc.get("63", "")[:3] or "CUP"
         entry = extra.pop("entry", "") or card.data.entry_mode.value + "0"
+        if res.rc == "10" and reply.doc.get("4", "").isdigit():  # partial approval: the host's amount counts
+            amount = int(reply.doc["4"])
+            res.amount = amount
         rec = BatchRecord(kind=kind, amount=amount, stan=res.stan, batch=self.state.batch, rrn=res.rrn,
                           auth_code=res.auth_code, date=self._clock().strftime("%m%d"),
                           entry=entry, card_org=org, pan=card.data.pan,

@@ -224,6 +224,7 @@ async def test_bad_reply_mac_sends_a0_reversal(stack: Stack, tmp_path: Path) -> 
         sale_req, rev = proxy.requests[-3], proxy.requests[-2]
         assert rev["39"] == "A0" and rev["11"] == sale_req["11"] == res.stan and rev["4"] == sale_req["4"]
         assert not {"35", "52", "53", "26"} & rev.keys() and "64" in rev
+        assert rev["38"] == res.auth_code and len(res.auth_code.strip()) == 6  # the approval's auth code
         assert rev["60"] == sale_req["60"]
         assert app.state.pending_reversal is None and not app.state.need_sign_on
         row = await journal_row(stack, app, res.stan)
