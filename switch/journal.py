@@ -275,6 +275,7 @@ class Journal:
             )
         self.store: JournalStore = store
         self._key = bytes(pan_hash_key)
+        self._hmac = hmac.new(self._key, digestmod=hashlib.sha256)  # keyed once, copied per PAN
         self._rrn = RrnGenerator(store)
 
     @classmethod
@@ -313,7 +314,9 @@ class Journal:
     # -- helpers ----------------------------------------------------------------------------------------
     def pan_hash(self, pan: str) -> str:
         """HMAC-SHA256 of the PAN digits under the configured key (hex): equal PANs give equal hashes."""
-        return pan_hash(self._key, pan)
+        h = self._hmac.copy()
+        h.update(pan.strip().encode("ascii"))
+        return h.hexdigest()
 
     def next_rrn(self) -> str:
         """A fresh 12-digit RRN (field 37), unique for this journal."""

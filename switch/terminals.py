@@ -75,6 +75,16 @@ REGISTRY_MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX IF NOT EXISTS terminal_merchant ON terminal(merchant_id)",
         ],
     ),
+    (
+        2,
+        [
+            # bumped by every administrative change (CLI, provisioning), not by runtime state saves, so
+            # a running switch reloads only when an operator changed something
+            "CREATE TABLE IF NOT EXISTS registry_version (id INTEGER PRIMARY KEY CHECK (id = 1),"
+            " version INTEGER NOT NULL)",
+            "INSERT OR IGNORE INTO registry_version(id, version) VALUES (1, 0)",
+        ],
+    ),
 ]
 
 
@@ -222,10 +232,15 @@ class TerminalStore:
     def close(self) -> None:
         self.conn.close()
 
+    def version(self) -> int:
+        """Administrative change counter (see ``registry_version``)."""
+        return int(self.conn.execute("SELECT version FROM registry_version WHERE id = 1").fetchone()[0])
+
     def _tx(self, fn: Any, *args: Any) -> Any:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(self.conn, *args)
+            self.conn.execute("UPDATE registry_version SET version = version + 1 WHERE id = 1")
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
@@ -327,7 +342,7 @@ class TerminalRegistry:
         self._writer.start()
         self._terminals: dict[tuple[str, str], Terminal] = {}
         self._pending: set[concurrent.futures.Future[Any]] = set()
-        self._data_version = -1
+        self._version = -1
         self.reload()
 
     @classmethod
@@ -357,15 +372,18 @@ class TerminalRegistry:
 
     def reload(self) -> None:
         """Re-read every terminal from the database."""
-        self._data_version = self._store.conn.execute("PRAGMA data_version").fetchone()[0]
+        self._version = self._store.version()
         self._terminals = {(t.tid, t.mid): t for t in self._store.terminals()}
 
     def refresh_if_changed(self) -> bool:
-        """Reload when another connection (the CLI) committed since the last load; cheap, no fsync."""
+        """Reload when an administrative change (the CLI) was committed since the last load.
+
+        One indexed read of ``registry_version`` on this thread (no fsync, no thread hop); runtime saves
+        (sign-on keys, batch numbers) and journal writes to the same file do not trigger a reload.
+        """
         if self._pending:
             return False  # our own writes are in flight: the next call will see them committed
-        version = self._store.conn.execute("PRAGMA data_version").fetchone()[0]
-        if version == self._data_version:
+        if self._store.version() == self._version:
             return False
         self.reload()
         return True
@@ -414,20 +432,30 @@ class TerminalRegistry:
 
     # -- provisioning (synchronous, for start-up and tests) -------------------------------------------
     def add_merchant(self, mid: str, name: str = "", fee_profile: str = "default") -> None:
+        before = self._store.version()
         self._store.add_merchant(mid, name, fee_profile, update=True)
+        self._own_changes(before, 1)
 
     def add(
         self, tid: str, mid: str, tmk_under_lmk: str, key_mode: str = "003", mac_algorithm: str = "pos-ecb",
         batch: int = 1,
     ) -> Terminal:
         """Provision a terminal (its merchant is created when missing); returns the cached Terminal."""
+        before, bumps = self._store.version(), 1
         if self._store.merchant(mid) is None:
             self._store.add_merchant(mid, update=True)
+            bumps += 1
         self._store.add_terminal(tid, mid, tmk_under_lmk, key_mode, mac_algorithm, batch, update=True)
         t = self._store.get(tid, mid)
         assert t is not None
         self._terminals[(tid, mid)] = t
+        self._own_changes(before, bumps)
         return t
+
+    def _own_changes(self, before: int, bumps: int) -> None:
+        """Our provisioning bumped the version: no reload needed unless someone else changed it too."""
+        if self._version == before and self._store.version() == before + bumps:
+            self._version = before + bumps
 
     async def flush(self) -> None:
         """Wait until every background write is committed."""

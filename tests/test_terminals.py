@@ -102,6 +102,30 @@ async def test_get_notices_cli_changes_by_itself(tmp_path: Path, capsys: pytest.
         lazy.close()
 
 
+async def test_only_administrative_changes_trigger_a_reload(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "shared.db")
+    reg = TerminalRegistry.open(db, refresh_interval=0.0)
+    j = await Journal.open(db, b"k" * 32)  # the journal shares the file, as in `posswitch serve`
+    try:
+        reg.add(TID, MID, TMK)
+        reg.refresh_if_changed()
+        for i in range(5):
+            await j.record(dict(terminal_id=TID, merchant_id=MID, txn_type="sale", amount=i))
+        reg.set_batch(TID, MID, 9)
+        reg.set_working_keys(TID, MID, "UA" + "0" * 30, "UB" + "0" * 14)
+        await reg.flush()
+        assert reg.refresh_if_changed() is False  # journal writes and runtime saves: no reload
+        assert run_cli(capsys, "--db", db, "rotate-keys", TID, MID)[0] == 0
+        assert reg.refresh_if_changed() is True
+        assert reg.get(TID, MID).resign_required and reg.get(TID, MID).batch == 9
+        assert reg.refresh_if_changed() is False
+    finally:
+        await j.close()
+        await reg.flush()
+        reg.close()
+
+
 async def test_cli_changes_reach_the_running_registry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = str(tmp_path / "r.db")
     reg = TerminalRegistry.open(db)
@@ -164,7 +188,7 @@ def test_import_from_config_is_idempotent(tmp_path: Path, capsys: pytest.Capture
         store.close()
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("SELECT version FROM schema_version WHERE component='registry'").fetchone() == (1,)
+        assert conn.execute("SELECT version FROM schema_version WHERE component='registry'").fetchone() == (2,)
     finally:
         conn.close()
 
