@@ -254,7 +254,7 @@ async def drive_demo(app: TerminalApp, cards: list[Any], deadline: float, rng: r
             c, orig = sales.pop(rng.randrange(len(sales)))
             kind, res = "void", await app.void(orig.stan)
         elif r < 0.92 and sales:
-            c, orig = sales[rng.randrange(len(sales))]
+            c, orig = sales.pop(rng.randrange(len(sales)))  # a refunded sale is no longer voidable
             date = orig.receipt.when.strftime("%m%d") if orig.receipt is not None else time.strftime("%m%d")
             kind = "refund"
             res = await app.refund(max(1, orig.amount // 3), orig.rrn, date,

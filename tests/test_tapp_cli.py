@@ -229,6 +229,7 @@ async def test_drive_demo_mix_settles_balanced(stack: Stack, tmp_path: Path) -> 
     assert all(r.ok for k, r in seen if k.startswith("sale")), [(k, r.rc) for k, r in seen if not r.ok]
     assert settled.ok and settled.detail["balanced"] is True
     assert {r.rc for k, r in seen if k.startswith("decline")} <= {"15"}  # unknown BIN; no PIN lockouts
+    assert all(r.ok for k, r in seen if k in ("void", "refund")), [(k, r.rc) for k, r in seen if not r.ok]
     wrong: list[tuple[str, object]] = []
     app2 = make_app(stack.port, tmp_path / "second")
     await drive_demo(app2, cards, time.monotonic() + 0.5, random.Random(1), wrong_pin_card=stack.card("cup", 5),
