@@ -30,9 +30,12 @@ def check_printer_of(app: Any) -> SelfTestResult:
     if res.ok:
         return res
     zh = "打印机缺纸" if "paper" in res.detail else "打印机脱机"
-    if "no status" in res.detail:
+    detail = res.detail
+    if "no status" in detail:
         zh = "打印机无状态应答"
-    return SelfTestResult("printer", False, f"{zh} {res.detail}")
+        if detail.rstrip().endswith(":"):  # e.g. NotImplementedError() of a back-end that cannot read
+            detail = "no status channel (this printer back-end cannot answer DLE EOT)"
+    return SelfTestResult("printer", False, f"{zh} {detail}")
 
 
 def check_reader_of(app: Any, card: Any = None) -> SelfTestResult:
