@@ -538,6 +538,15 @@ class SqliteJournalStore:
             params.append(merchant_id)
         return await self._many(sql + " ORDER BY id", params)
 
+    def scan_trace_keys(self, add: Callable[[str, str, str], None]) -> None:
+        """Feed every (terminal, merchant, STAN) of the journal to ``add`` (blocking; start-up only)."""
+
+        def _scan(c: sqlite3.Connection) -> None:
+            for tid, mid, stan in c.execute("SELECT terminal_id, merchant_id, stan FROM txn"):
+                add(tid, mid, stan)
+
+        self.reader.call(_scan)
+
     def max_rrn_with_prefix(self, prefix: str) -> str | None:
         # called once per day by the RRN generator; runs on the reader thread
         sql = "SELECT MAX(rrn) FROM txn WHERE rrn LIKE ? AND length(rrn) = 12"

@@ -374,3 +374,40 @@ async def test_cancelled_callers_neither_lose_writes_nor_stop_the_journal(journa
     assert (await journal.get(txn)).state == "approved"
     # a write handed to the journal is kept even when its caller was cancelled
     assert len(await journal.in_flight()) == 50
+
+
+async def test_duplicate_check_filter_is_exact_across_restarts(tmp_path: Path) -> None:
+    path = str(tmp_path / "f.db")
+    j = await Journal.open(path, KEY)
+    try:
+        for i in range(1, 201):
+            await j.record(sale(stan=i, batch=1))
+        assert (await j.find_by_trace(TID, MID, 1, 150)).stan == "000150"
+        before = j.trace_lookups_skipped
+        assert await j.find_by_trace(TID, MID, 1, 999_999) is None
+        assert await j.find_by_trace("00000009", MID, None, 150) is None
+        assert j.trace_lookups_skipped >= before + 1  # answered without a database round trip
+    finally:
+        await j.close()
+    j2 = await Journal.open(path, KEY)  # a new process: the filter is rebuilt from the file
+    try:
+        found = [await j2.find_by_trace(TID, MID, 1, i) for i in range(1, 201)]
+        assert all(r is not None and int(r.stan) == i for i, r in enumerate(found, 1))
+        new = await j2.record(sale(stan=424242, batch=1))
+        assert (await j2.find_by_trace(TID, MID, 1, 424242)).id == new
+        await j2.update_state(new, "sent", stan=555)  # a key column rewritten: lookups stay exact
+        assert (await j2.find_by_trace(TID, MID, 1, 555)).id == new
+        assert await j2.find_by_trace(TID, MID, 1, 424242) is None
+    finally:
+        await j2.close()
+
+
+def test_trace_filter_false_positive_rate_is_low() -> None:
+    from switch.journal import TraceFilter
+
+    f = TraceFilter()
+    for i in range(30_000):
+        f.add(f"{i % 500:08d}", "898310048140001", f"{i:06d}")
+    assert all(f.might_contain(f"{i % 500:08d}", "898310048140001", f"{i:06d}") for i in range(0, 30_000, 7))
+    false_hits = sum(f.might_contain("99999999", "898310048140001", f"{i:06d}") for i in range(10_000))
+    assert false_hits < 10  # < 0.1 % at 30 000 keys (expected far less)
