@@ -111,6 +111,7 @@ class TxnRecord:
 #: columns a caller may set (everything but the primary key)
 COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TxnRecord) if f.name != "id")
 _COLUMN_SET = frozenset(COLUMNS)
+assert not {c.lower() for c in COLUMNS} & FORBIDDEN_KEYS
 
 
 @dataclass(slots=True)
@@ -163,11 +164,11 @@ class JournalStore(Protocol):
 
 
 def _check_fields(fields: Mapping[str, Any]) -> None:
-    for key in fields:
+    unknown = fields.keys() - _COLUMN_SET  # no forbidden name is a column: one set operation when all is well
+    for key in sorted(unknown):
         if key.lower() in FORBIDDEN_KEYS:
             raise JournalError(f"journal: field {key!r} must never be stored")
-        if key not in _COLUMN_SET:
-            raise JournalError(f"journal: unknown field {key!r}")
+        raise JournalError(f"journal: unknown field {key!r}")
     state = fields.get("state")
     if state is not None and state not in STATES:
         raise JournalError(f"journal: unknown state {state!r}")
