@@ -39,7 +39,7 @@ from switch.logsafe import kv, mask_pan
 from . import emv_tlv
 from .apdu import DirectTransport
 from .client import NetworkError, PosClient, Reply, ReplyError, check_reply, encode, encode_maced, mac_ok
-from .devices import CardData, CardReadError, DeviceError, EntryMode
+from .devices import CardData, CardReadError, DeviceError, EntryMode, SwipeData
 from .display import ConsoleDisplay
 from .emv import EmvKernel, EmvTransaction, TerminalParams, build_field55
 from .magstripe import FeedMagstripeReader
@@ -163,6 +163,7 @@ class Devices:
     qr: Any = None  # QrScanner
     voice: Any = None
     kind: str = "software"
+    reader_name: str = ""  # PC/SC reader name (substring) of ``chip``, for the self-test
 
 
 def software_devices(tmk: bytes, *, printer_url: str = "dummy:", display: Any = None) -> Devices:
@@ -204,6 +205,7 @@ class TerminalApp:
         self._tdk: bytes | None = None
         self._lock = asyncio.Lock()
         self._fallback_allowed = False  # the last chip read failed: a chip card may be swiped (60.5 = 2)
+        self._last_input: Any = None  # the card input of the current operation (for the fallback rule)
         if self.state.keys is not None and self.state.signed_on:
             try:
                 self._install(self.state.keys)
@@ -385,21 +387,26 @@ class TerminalApp:
     # ------------------------------------------------------------------ cards
     async def _read_card(self, card: CardInput | None, amount: int, txn_type: str, stan: int,
                          generate_ac: bool) -> _Card:
+        self._last_input = card
         if card is None:
-            card = await self._wait_for_card()
+            card = await self._wait_for_card()  # type: ignore[assignment]
+            self._last_input = card  # type: ignore[assignment]
         if isinstance(card, Scan):
             classify_payment_code(card.code)
             return _Card(CardData(EntryMode.QR, "", ""), qr_code=card.code)
-        if isinstance(card, Swipe):
-            reader = self.devices.magstripe
-            if not isinstance(reader, FeedMagstripeReader):
-                reader = FeedMagstripeReader(check_luhn=self.config.check_luhn)
-            reader.feed(card.text)
-            swipe = await reader.read_swipe()
+        if isinstance(card, Swipe | SwipeData):
+            if isinstance(card, Swipe):
+                reader = self.devices.magstripe
+                if not isinstance(reader, FeedMagstripeReader):
+                    reader = FeedMagstripeReader(check_luhn=self.config.check_luhn)
+                reader.feed(card.text)
+                swipe, forced = await reader.read_swipe(), card.fallback
+            else:
+                swipe, forced = card, False
             t2 = swipe.track2
             if t2 is None:
                 raise CardReadError("track 2 not read", track=2)
-            fallback = card.fallback or (t2.chip_card and self._fallback_allowed)
+            fallback = forced or (t2.chip_card and self._fallback_allowed)
             if t2.chip_card and not fallback:
                 raise CardReadError("chip card: please insert the card (请插卡)")
             self._fallback_allowed = False
@@ -414,18 +421,36 @@ class TerminalApp:
             emv.card.entry_mode = EntryMode.CONTACTLESS
         return _Card(emv.card, kernel=kernel, emv=emv if generate_ac else None)
 
-    async def _wait_for_card(self) -> CardInput:
+    async def _wait_for_card(self) -> CardInput | SwipeData:
+        """Real devices: whichever comes first, a swipe, an inserted or a tapped card ("请刷卡/插卡/挥卡")."""
         d = self.devices
+        self.show("请刷卡/插卡/挥卡", "swipe, insert or tap")
+        waits: dict[asyncio.Future[Any], str] = {}
         if d.magstripe is not None and not isinstance(d.magstripe, FeedMagstripeReader):
-            swipe = await d.magstripe.read_swipe()
-            if swipe.track2 is None:
-                raise CardReadError("track 2 not read", track=2)
-            return Swipe(";" + swipe.track2.raw + "?")
+            waits[asyncio.ensure_future(d.magstripe.read_swipe())] = "swipe"
         if d.chip is not None:
-            return Insert(d.chip())
+            waits[asyncio.ensure_future(asyncio.to_thread(d.chip))] = "chip"
         if d.contactless is not None:
-            return Tap(d.contactless())
-        raise CardReadError("no card reader configured")
+            waits[asyncio.ensure_future(asyncio.to_thread(d.contactless))] = "tap"
+        if not waits:
+            raise CardReadError("no card reader configured")
+        pending = set(waits)
+        errors: list[str] = []
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    if fut.exception() is not None:  # this reader gave up (no card, reader error)
+                        errors.append(f"{waits[fut]}: {fut.exception()}")
+                        continue
+                    value, how = fut.result(), waits[fut]
+                    if how == "swipe":
+                        return value
+                    return Insert(value) if how == "chip" else Tap(value)
+        finally:
+            for fut in pending:  # reader threads finish on their own timeout
+                fut.cancel()
+        raise CardReadError("no card read (" + "; ".join(errors) + ")")
 
     def _card_fields(self, doc: dict[str, str], card: _Card, pin_block: bytes | None) -> None:
         cd = card.data
@@ -607,6 +632,7 @@ class TerminalApp:
     def _card_error(self, op: str, exc: Exception, card: CardInput | None = None) -> Result:
         """A card that could not be read; after a chip failure the next swipe of a chip card is a fallback."""
         log.warning("card read failed", extra=kv(tid=self.tid, op=op, error=str(exc)))
+        card = card or self._last_input
         if isinstance(card, Insert) and isinstance(exc, CardReadError):
             self._fallback_allowed = True
             return Result(op, False, "CARD", f"读卡失败，请刷卡: {exc}", detail={"fallback_allowed": True},

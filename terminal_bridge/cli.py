@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reader", default="", help="PC/SC contact reader name (substring), real devices")
     p.add_argument("--contactless-reader", default=None, help="PC/SC contactless reader name, real devices")
     p.add_argument("--magstripe", default=None, help="evdev device of the magstripe reader, real devices")
+    p.add_argument("--card-wait", type=float, default=30.0, help="seconds to wait for a card, real devices")
     p.add_argument("--key-mode", choices=("001", "003", "004"), default="003")
     p.add_argument("--mac", choices=("pos-ecb", "x9.19", "x9.9"), default="pos-ecb")
     p.add_argument("--merchant-name", default="POSSWITCH TEST MERCHANT")
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _real_devices(args: argparse.Namespace, tmk: bytes) -> Devices:
-    from .apdu import PcscTransport
+    from .apdu import wait_for_card
     from .display import ConsoleDisplay
     from .pinpad import ConsolePinPad
     from .receipt import EscPosReceiptPrinter, open_printer
@@ -76,11 +77,11 @@ def _real_devices(args: argparse.Namespace, tmk: bytes) -> Devices:
         magstripe = EvdevMagstripeReader(args.magstripe)
     contactless = None
     if args.contactless_reader is not None:
-        def contactless() -> Any:
-            return PcscTransport(args.contactless_reader)
+        def contactless() -> Any:  # blocks (in a worker thread) until a card is in the field
+            return wait_for_card(args.contactless_reader, args.card_wait)
     return Devices(display=ConsoleDisplay(), pinpad=ConsolePinPad(tmk=tmk), printer=EscPosReceiptPrinter(escpos),
-                   escpos=escpos, magstripe=magstripe, chip=lambda: PcscTransport(args.reader),
-                   contactless=contactless, kind="real")
+                   escpos=escpos, magstripe=magstripe, chip=lambda: wait_for_card(args.reader, args.card_wait),
+                   contactless=contactless, kind="real", reader_name=args.reader)
 
 
 def make_app(args: argparse.Namespace, tmk: bytes) -> TerminalApp:

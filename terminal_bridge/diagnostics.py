@@ -40,10 +40,11 @@ def check_printer_of(app: Any) -> SelfTestResult:
 
 def check_reader_of(app: Any, card: Any = None) -> SelfTestResult:
     """``card``: a software card (applet) or transport to probe with SELECT PSE; else the PC/SC reader."""
+    if card is None and app.devices.kind == "real":  # do not wait for a card: is the reader there?
+        res = check_card_reader(app.devices.reader_name, "card reader")
+        return res if res.ok else SelfTestResult("card reader", False, f"读卡器未就绪 reader not ready: {res.detail}")
     if card is None and app.devices.chip is None:
-        if app.devices.kind == "software":
-            return SelfTestResult("card reader", True, "software card reader (cards given per transaction)")
-        return check_card_reader("", "card reader")
+        return SelfTestResult("card reader", True, "software card reader (cards given per transaction)")
     try:
         target = card if card is not None else app.devices.chip()
         transport = target if hasattr(target, "transmit") else DirectTransport(target)

@@ -235,3 +235,12 @@ async def test_drive_demo_mix_settles_balanced(stack: Stack, tmp_path: Path) -> 
     await drive_demo(app2, cards, time.monotonic() + 0.5, random.Random(1), wrong_pin_card=stack.card("cup", 5),
                      on_result=lambda kind, res: wrong.append((kind, res)))
     assert {r.rc for k, r in wrong if k.startswith("decline")} <= {"55", "75"}
+
+
+async def test_diagnose_real_devices_does_not_wait_for_a_card(stack: Stack, tmp_path: Path) -> None:
+    """With ``--devices real`` the reader check asks PC/SC for the reader, it never waits for a card."""
+    code, out, _ = await run_cli("--switch", f"127.0.0.1:{stack.port}", "--terminal-id", terminal_id(0),
+                                 "--merchant-id", MERCHANT_ID, "--devices", "real", "--reader", "NoSuchReader",
+                                 "--card-wait", "600", "--diagnose")
+    line = next(x for x in out.splitlines() if "card reader" in x)
+    assert code == 1 and line.startswith("FAIL") and "读卡器未就绪" in line and "NoSuchReader" in line

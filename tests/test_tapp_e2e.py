@@ -516,3 +516,49 @@ async def test_preauth_timeout_reverses_in_the_preauth_family(stack: Stack, tmp_
         assert (await journal_row(stack, app, res.stan)).state == "reversed"
     finally:
         await proxy.stop()
+
+
+class WedgeReader:
+    """A keyboard-wedge reader (MagstripeReader protocol) that is swiped after ``delay`` seconds, or never."""
+
+    def __init__(self, text: str | None, delay: float = 0.05) -> None:
+        self.text, self.delay = text, delay
+
+    async def read_swipe(self):
+        from terminal_bridge.magstripe import parse_swipe
+
+        if self.text is None:
+            await asyncio.Event().wait()  # nobody swipes
+        await asyncio.sleep(self.delay)
+        return parse_swipe(self.text)
+
+
+async def test_real_device_wait_takes_whichever_card_comes_first(stack: Stack, tmp_path: Path) -> None:
+    """``card=None``: the app waits on every reader (as with ``--devices real``) and takes the first card."""
+    import time
+
+    from terminal_bridge.apdu import DirectTransport
+    from terminal_bridge.devices import CardReadError
+
+    card = stack.card("cup", 0)
+    app = make_app(stack.port, tmp_path / "t.json")
+
+    def no_chip():
+        time.sleep(0.3)
+        raise CardReadError("PC/SC: no card inserted within 0.3 s")
+
+    app.devices.magstripe = WedgeReader(f";{card.pan}={card.expiry}1010000000000?")
+    app.devices.chip = no_chip
+    swiped = await app.sale(100, pin=PIN)
+    assert swiped.ok and (await journal_row(stack, app, swiped.stan)).payment_method == "swipe"
+
+    soft = SoftCard(CardProfile(pan=card.pan, expiry=card.expiry + "31"))
+    app.devices.magstripe = WedgeReader(None)
+    app.devices.chip = lambda: DirectTransport(soft)
+    inserted = await app.sale(200, pin=PIN)
+    assert inserted.ok and (await journal_row(stack, app, inserted.stan)).payment_method == "chip"
+
+    app.devices.chip = no_chip
+    app.devices.magstripe = None
+    none = await app.sale(300, pin=PIN)
+    assert not none.ok and none.rc == "CARD" and "no card inserted" in none.message
