@@ -662,3 +662,21 @@ async def test_approval_for_a_vanished_terminal_is_reversed(stack):
     rows = [r for r in await stack.journal.rows_between(0, 1e12) if r.amount == 2468]
     assert [r.state for r in rows] == ["reversed"]
     assert await _wait_for(lambda: _ledger(stack).balance(card.pan) == before)
+
+
+async def test_qr_sale_reversal_is_acknowledged_by_the_wallet(stack):
+    from switch.testbed import qr_code
+
+    term = await stack.connected_terminal(0)
+    sale = await term.qr_sale(qr_code("134500000001"), 2100)
+    assert sale.rc == "00"
+    rev = await term.reversal(sale, "98")
+    assert rev.rc == "00"
+    assert (await _row(stack, sale.rrn)).state == "reversed"
+    for _ in range(250):
+        if await stack.links["wallets"].pending_reversals() == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert await stack.links["wallets"].pending_reversals() == 0
+    kinds = [p.kind for p in stack.issuers["wallets"].ledger.postings() if p.rrn == sale.rrn]
+    assert "reversal" in kinds, kinds  # the wallet refunded the paid order
