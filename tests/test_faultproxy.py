@@ -358,3 +358,36 @@ async def test_command_line_proxy_runs_as_a_process(rec):
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)
     assert b"action=drop" in await proc.stderr.read()
+
+
+async def test_drop_bytes_inside_a_frame(proxy, rec):
+    rec.echo = False
+    proxy.up.drop_bytes(3, offset=4)
+    _, w = await open_client(proxy)
+    w.write(frame(b"abcdefgh") + frame(b"next"))
+    got = await rec.wait_bytes(len(frame(b"abcdefgh")) - 3 + len(frame(b"next")))
+    assert got == frame(b"abcdefgh")[:4] + frame(b"abcdefgh")[7:] + frame(b"next")
+    w.close()
+
+
+async def test_corrupt_flips_one_byte_of_matching_frames(proxy, rec):
+    rec.echo = False
+    rule = proxy.up.corrupt(-1, xor=0x01, count=None, match=lambda p: p.startswith(b"M"))
+    _, w = await open_client(proxy)
+    w.write(frame(b"MAC1") + frame(b"plain") + frame(b"M"))
+    got = await rec.wait_bytes(6 + 7 + 3)
+    assert got == frame(b"MAC0") + frame(b"plain") + frame(b"L")
+    assert rule.hits == 2
+    w.close()
+
+
+def test_byte_level_rule_specs_and_validation() -> None:
+    from switch.testing.faultproxy import FaultPlan, add_rule_spec
+
+    plan = FaultPlan("up")
+    d = add_rule_spec(plan, "drop_bytes:5@0200")
+    assert (d.action, d.nbytes, d.offset, d.count) == ("drop_bytes", 5, 2, 1)
+    c = add_rule_spec(plan, "corrupt:*")
+    assert (c.action, c.offset, c.count, c.xor) == ("corrupt", -1, None, 0xFF)
+    with pytest.raises(ValueError, match="xor"):
+        Rule("corrupt", xor=0)

@@ -287,6 +287,51 @@ async def test_terminal_cut_inside_request_leaves_no_trace_and_others_are_served
     assert rig.balance(card.pan) == before - 100
 
 
+async def test_corrupted_mac_is_refused_and_nothing_is_debited(rig):
+    card = rig.stack.card("cup", 0)
+    before = rig.balance(card.pan)
+    term = await rig.signed_on(0)
+    flipped = rig.tproxy.up.corrupt(-1, match=pos_mti("0200"))  # last byte = last MAC byte
+    reply = await term.sale(card, 321, pin=card.pin)
+    assert flipped.hits == 1
+    assert reply.rc == "A0" and reply.processing_request == "3"  # MAC error, sign on again
+    assert [r["state"] for r in rig.journal_rows(term.tid, reply.request["11"])] in ([], ["declined"])
+    assert rig.balance(card.pan) == before
+    assert (await term.sign_on()).approved
+    again = await term.sale(card, 321, pin=card.pin)
+    assert again.approved and again.mac_ok
+    assert rig.balance(card.pan) == before - 321
+
+
+async def test_bytes_lost_inside_a_request_hurt_only_that_connection(rig):
+    """Three bytes vanish inside one terminal's sale: that stream can no longer be framed.  The
+    switch may answer 30 or drop the connection; it never debits the mangled sale and keeps serving
+    the other terminal concurrently."""
+    card, other_card = rig.stack.card("cup", 1), rig.stack.card("cup", 2)
+    before = rig.balance(card.pan)
+    victim = await rig.signed_on(0)
+    other = await rig.signed_on(1, via_proxy=False)
+    victim.timeout = 1.5
+    rig.tproxy.up.drop_bytes(3, offset=40, match=pos_mti("0200"))
+    req = sale_request(victim, card, 777)
+
+    async def victim_sale() -> str:
+        try:
+            return (await victim.send(req, mac=True)).rc
+        except (SimTerminalError, TimeoutError):
+            return "no answer"
+
+    outcome, served = await asyncio.gather(victim_sale(), other.sale(other_card, 50, pin=other_card.pin))
+    assert outcome in ("30", "A0", "no answer"), outcome
+    assert served.approved and served.mac_ok
+    assert [r["state"] for r in rig.journal_rows(victim.tid, req["11"]) if r["state"] == "approved"] == []
+    assert rig.balance(card.pan) == before
+    # the victim reconnects and works again
+    await victim.close()
+    await victim.connect()
+    assert (await victim.sale(card, 10, pin=card.pin)).approved
+
+
 async def test_split_and_reordered_terminal_frames_are_processed(rig):
     card = rig.stack.card("cup", 0)
     before = rig.balance(card.pan)

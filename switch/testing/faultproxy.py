@@ -22,7 +22,8 @@ Faults: ``delay`` (hold frames back, order kept, like a slow link), ``drop`` (th
 ``cut`` (forward the first ``after_bytes`` bytes of the matching frame, length prefix included, then
 close both connections), ``duplicate`` (send the frame again right after itself), ``reorder`` (hold the
 frame and send it after the next frame of that direction, or after ``max_hold_ms``), ``split`` (send
-the frame in ``chunk``-byte writes ``gap_ms`` apart).  ``cut_all()`` cuts every live connection;
+the frame in ``chunk``-byte writes ``gap_ms`` apart), ``drop_bytes`` (remove bytes inside a frame, so
+the receiver loses the framing) and ``corrupt`` (flip the bits of one byte, e.g. the MAC).  ``cut_all()`` cuts every live connection;
 ``refuse = True`` closes new connections at once (a host that is down).  The proxy never logs
 message contents (they carry PANs), only directions, actions and sizes.
 
@@ -52,7 +53,7 @@ Match = Callable[[bytes], bool]
 
 UP = "up"
 DOWN = "down"
-ACTIONS = ("delay", "drop", "cut", "duplicate", "reorder", "split")
+ACTIONS = ("delay", "drop", "cut", "duplicate", "reorder", "split", "drop_bytes", "corrupt")
 
 
 def pos_mti(*mtis: str) -> Match:
@@ -80,6 +81,9 @@ class Rule:
     chunk: int = 1  # split
     gap: float = 0.0  # split, seconds between chunks
     max_hold: float = 1.0  # reorder
+    offset: int = 0  # drop_bytes / corrupt: position in the frame (length prefix included; < 0 from the end)
+    nbytes: int = 1  # drop_bytes
+    xor: int = 0xFF  # corrupt
     hits: int = 0
     fired: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -88,6 +92,8 @@ class Rule:
             raise ValueError(f"unknown fault action {self.action!r}; expected one of {', '.join(ACTIONS)}")
         if self.count is not None and self.count < 1:
             raise ValueError(f"count must be >= 1 or None, got {self.count}")
+        if not 0 < self.xor < 256 or self.nbytes < 1:
+            raise ValueError(f"bad parameters for {self.action}: xor must be 1..255 and nbytes >= 1")
         if self.delay < 0 or self.gap < 0 or self.after_bytes < 0 or self.chunk < 1 or self.copies < 1:
             raise ValueError(f"bad parameters for {self.action}: negative delay/gap/after_bytes or chunk/copies < 1")
 
@@ -144,6 +150,15 @@ class FaultPlan:
               match: Match | None = None) -> Rule:
         """Send matching frames in ``chunk``-byte writes, ``gap_ms`` apart."""
         return self.add(Rule("split", count, match, chunk=chunk, gap=gap_ms / 1000.0))
+
+    def drop_bytes(self, nbytes: int = 1, *, offset: int = 0, match: Match | None = None) -> Rule:
+        """Remove ``nbytes`` bytes at ``offset`` of the next matching frame: the receiver loses framing."""
+        return self.add(Rule("drop_bytes", 1, match, offset=offset, nbytes=nbytes))
+
+    def corrupt(self, offset: int = -1, *, xor: int = 0xFF, count: int | None = 1,
+                match: Match | None = None) -> Rule:
+        """XOR the byte at ``offset`` of matching frames (``-1`` = last byte, e.g. the MAC)."""
+        return self.add(Rule("corrupt", count, match, offset=offset, xor=xor))
 
     def clear(self) -> None:
         self.rules.clear()
@@ -212,6 +227,15 @@ class _Pipe:
             return
         if action == "delay":
             self._out(frame, delay=rule.delay)
+        elif action == "drop_bytes":
+            at = rule.offset % len(frame) if rule.offset < 0 else min(rule.offset, len(frame))
+            self._out(frame[:at] + frame[at + rule.nbytes:])
+        elif action == "corrupt":
+            if -len(frame) <= rule.offset < len(frame):
+                mangled = bytearray(frame)
+                mangled[rule.offset] ^= rule.xor
+                frame = bytes(mangled)
+            self._out(frame)
         elif action == "duplicate":
             for _ in range(1 + rule.copies):
                 self._out(frame)
@@ -423,7 +447,8 @@ def add_rule_spec(plan: FaultPlan, spec: str, dialect: str = "pos") -> Rule:
 
     ``N`` is the action's number: milliseconds for ``delay`` (every matching frame), bytes to let through
     for ``cut``, chunk size for ``split`` (2 ms apart), frame count for ``drop``/``duplicate``/``reorder``
-    (``*`` = every matching frame).  ``@0200,0400`` restricts the rule to those MTIs (POS or H2H
+    (``*`` = every matching frame); ``drop_bytes:N`` removes N bytes right after the length prefix,
+    ``corrupt[:N]`` flips the last byte (the MAC) of N frames.  ``@0200,0400`` restricts the rule to those MTIs (POS or H2H
     dialect).  Examples: ``delay:50``, ``drop:1@0210``, ``cut:0@0210``, ``duplicate@0200``, ``split:1``.
     """
     body, _, mtis = spec.partition("@")
@@ -445,11 +470,15 @@ def add_rule_spec(plan: FaultPlan, spec: str, dialect: str = "pos") -> Rule:
         return plan.cut(n or 0, match=match)
     if action == "split":
         return plan.split(n or 1, gap_ms=2.0, count=None, match=match)
+    if action == "drop_bytes":
+        return plan.drop_bytes(n or 1, offset=2, match=match)  # right after the length prefix
     count = None if arg == "*" else (n or 1)
     if action == "drop":
         return plan.drop(count, match=match)
     if action == "duplicate":
         return plan.duplicate(count, match=match)
+    if action == "corrupt":
+        return plan.corrupt(-1, count=count, match=match)  # the last byte: the MAC of a MACed message
     return plan.reorder(count, match=match)
 
 
