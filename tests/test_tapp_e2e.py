@@ -237,7 +237,7 @@ async def test_bad_reply_mac_sends_a0_reversal(stack: Stack, tmp_path: Path) -> 
 async def test_timeout_sends_98_reversal(stack: Stack, tmp_path: Path) -> None:
     proxy = await Proxy(stack.port).start()
     try:
-        app = make_app(proxy.port, tmp_path / "t.json", read_timeout=1.0)
+        app = make_app(proxy.port, tmp_path / "t.json", read_timeout=2.0)
         cards: dict = {}
         proxy.mode = "drop"
         res = await app.sale(2500, card=card_input("chip", stack.card("cup", 0), cards), pin=PIN)
@@ -267,7 +267,7 @@ async def test_card_declines_after_online_approval_sends_06(stack: Stack, tmp_pa
 async def test_network_down_keeps_reversal_and_sends_it_first_after_restart(stack: Stack, tmp_path: Path) -> None:
     state = tmp_path / "t.json"
     proxy = await Proxy(stack.port).start()
-    app = make_app(proxy.port, state, read_timeout=1.0)
+    app = make_app(proxy.port, state, read_timeout=2.0)
     assert (await app.sign_on()).ok
     proxy.mode = "drop"
 
@@ -507,7 +507,7 @@ async def test_preauth_family_and_settlement(stack: Stack, tmp_path: Path, kind:
 async def test_preauth_timeout_reverses_in_the_preauth_family(stack: Stack, tmp_path: Path) -> None:
     proxy = await Proxy(stack.port).start()
     try:
-        app = make_app(proxy.port, tmp_path / "t.json", read_timeout=1.0)
+        app = make_app(proxy.port, tmp_path / "t.json", read_timeout=2.0)
         proxy.mode, proxy.mti = "drop", "0110"
         res = await app.preauth(7000, card=swipe_of(stack.card("cup", 0)), pin=PIN)
         assert not res.ok and res.reversal == "98" and res.reversal_sent
