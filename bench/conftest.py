@@ -25,15 +25,20 @@ class RatioTable:
     def record(self, group: str, name: str, baseline: float, mean: float) -> None:
         self.rows.append((group, name, baseline, mean))
 
-    def record_benchmark(self, group: str, name: str, benchmark: Any, baseline_name: str) -> None:
-        """Remember ``benchmark``'s median; add a row once ``baseline_name`` of ``group`` is known."""
+    def record_benchmark(
+        self, group: str, name: str, benchmark: Any, baseline_name: str, stat: str = "min"
+    ) -> None:
+        """Remember ``benchmark``'s ``stat`` (``min`` by default: on a shared machine load only
+        ever adds time, so the minimum is the steadiest estimate); add a row once
+        ``baseline_name`` of ``group`` is known."""
         stats = getattr(benchmark, "stats", None)
         if stats is None:  # --benchmark-disable: nothing was measured
             return
-        self.timings[(group, name)] = stats.stats.median
+        value = getattr(stats.stats, stat)
+        self.timings[(group, name)] = value
         base = self.timings.get((group, baseline_name))
         if base is not None and name != baseline_name:
-            self.record(group, name, base, stats.stats.median)
+            self.record(group, name, base, value)
 
     def lines(self) -> list[str]:
         out: list[str] = []
@@ -57,6 +62,6 @@ def ratio_table() -> RatioTable:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if RATIOS.rows:
-        terminalreporter.write_sep("=", "speed ratios (median; ratio = baseline / this)")
+        terminalreporter.write_sep("=", "speed ratios (ratio = baseline / this, same run)")
         for line in RATIOS.lines():
             terminalreporter.write_line(line)
