@@ -1,0 +1,1 @@
+"""Transaction processing: one module per flow family (financial, refund, reversal, settlement, QR, security)."""
