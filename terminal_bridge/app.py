@@ -166,12 +166,13 @@ class Devices:
     reader_name: str = ""  # PC/SC reader name (substring) of ``chip``, for the self-test
 
 
-def software_devices(tmk: bytes, *, printer_url: str = "dummy:", display: Any = None) -> Devices:
+def software_devices(tmk: bytes, *, printer_url: str = "dummy:", display: Any = None,
+                     check_luhn: bool = True) -> Devices:
     """Headless devices: console display, scripted PIN pad, ESC/POS printer (``dummy:`` keeps bytes)."""
     escpos = open_printer(printer_url)
     return Devices(display=display or ConsoleDisplay(), pinpad=ScriptedPinPad(tmk=tmk),
                    printer=EscPosReceiptPrinter(escpos), escpos=escpos,
-                   magstripe=FeedMagstripeReader(check_luhn=True), kind="software")
+                   magstripe=FeedMagstripeReader(check_luhn=check_luhn), kind="software")
 
 
 @dataclass
@@ -194,7 +195,7 @@ class TerminalApp:
         self.config = config
         self.tid = config.terminal_id.ljust(8)[:8]
         self.mid = config.merchant_id.ljust(15)[:15]
-        self.devices = devices or software_devices(config.tmk)
+        self.devices = devices or software_devices(config.tmk, check_luhn=config.check_luhn)
         self.client = PosClient(config.host, config.port, connect_timeout=config.connect_timeout,
                                 read_timeout=config.read_timeout, connect_retries=config.connect_retries,
                                 retry_delay=config.retry_delay)
