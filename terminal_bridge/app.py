@@ -987,6 +987,29 @@ class TerminalApp:
         await self._send_0320(doc)
         return count
 
+    async def sign_off(self) -> Result:
+        """0820/002 sign-off: the host stops accepting MACed requests; the next operation signs on first."""
+        async with self._lock:
+            if self.state.pending_reversal is not None and self.state.pending_reversal.sent and self._mak:
+                res = await self.send_pending_reversal()  # never leave a reversal behind a sign-off
+                if res is not None and not res.ok:
+                    res.operation = "sign_off"
+                    return res
+            doc = self._base("0820", None, "00", "002")
+            self.save()
+            try:
+                reply = await self.client.exchange(encode(doc))
+                check_reply(doc, reply)
+            except (NetworkError, ReplyError) as exc:
+                return self._network_failure("sign_off", exc)
+            if reply.rc != "00":
+                return Result("sign_off", False, reply.rc, f"sign-off refused: {reply.rc}",
+                              display=self.show("签退失败", reply.rc))
+            self.state.signed_on = False
+            self._mak = self._tdk = None
+            self.save()
+            return Result("sign_off", True, "00", "签退成功", display=self.show("签退成功"))
+
     async def echo(self) -> Result:
         """0820/301 echo test (network check, no MAC)."""
         doc = self._base("0820", None, "00", "301")

@@ -43,7 +43,7 @@ from .drivers.softcard import CardProfile, SoftCard
 
 #: a Luhn-valid card whose BIN no issuer owns (the switch answers 15)
 UNKNOWN_BIN_SWIPE = ";9999990000000006=30121010000000000?"
-COMMANDS = ("signon", "sale", "balance", "void", "refund", "preauth", "preauth_void", "completion", "completion_void",
+COMMANDS = ("signon", "signoff", "sale", "balance", "void", "refund", "preauth", "preauth_void", "completion", "completion_void",
             "settle", "echo", "diagnose", "reversal")
 
 
@@ -146,6 +146,8 @@ class ScriptRunner:
         pin = o.get("pin")
         if cmd.op == "signon":
             res = await app.sign_on()
+        elif cmd.op == "signoff":
+            res = await app.sign_off()
         elif cmd.op == "sale":
             res = await app.sale(parse_amount(self._arg(cmd, 0), cmd.line), card=self._card(cmd), pin=pin)
         elif cmd.op == "balance":

@@ -212,6 +212,20 @@ async def test_host_request_to_sign_on_again_is_obeyed(stack: Stack, tmp_path: P
     assert (await app.sale(100, card=swipe_of(stack.card("cup", 0)), pin=PIN)).ok
 
 
+async def test_sign_off_then_the_next_sale_signs_on_first(stack: Stack, tmp_path: Path) -> None:
+    proxy = await Proxy(stack.port).start()
+    try:
+        app = make_app(proxy.port, tmp_path / "t.json")
+        assert (await app.sign_on()).ok
+        off = await app.sign_off()
+        assert off.ok and not app.signed_on and not app.state.signed_on
+        assert not stack.registry.get(app.tid, app.mid).signed_on  # the host knows
+        res = await app.sale(100, card=swipe_of(stack.card("cup", 0)), pin=PIN)
+        assert res.ok and proxy.seen[-3:] == ["0820", "0800", "0200"]
+    finally:
+        await proxy.stop()
+
+
 async def test_bad_reply_mac_sends_a0_reversal(stack: Stack, tmp_path: Path) -> None:
     proxy = await Proxy(stack.port).start()
     try:
