@@ -34,6 +34,7 @@ FS_CHINESE_MODE = b"\x1c\x26"  # FS &: Kanji/Chinese mode on, for printers that 
 TXN_NAMES = {
     "sale": ("消费", "SALE"), "void": ("消费撤销", "VOID"), "refund": ("退货", "REFUND"),
     "preauth": ("预授权", "PRE-AUTH"), "completion": ("预授权完成", "AUTH COMPLETE"),
+    "preauth_void": ("预授权撤销", "AUTH VOID"), "completion_void": ("预授权完成撤销", "COMPLETE VOID"),
     "balance": ("余额查询", "BALANCE"), "qr_sale": ("扫码消费", "QR SALE"),
 }
 ENTRY_NAMES = {
@@ -88,7 +89,7 @@ def lines_for(r: Receipt, copy: str = "merchant") -> list[tuple[str, str]]:
     txn_zh, txn_en = TXN_NAMES.get(r.txn_type, (r.txn_type, r.txn_type.upper()))
     entry_zh, entry_en = _entry(r.entry_mode)
     ok = r.result == "approved"
-    sign = "-" if r.txn_type in ("void", "refund") else ""
+    sign = "-" if r.txn_type in ("void", "refund", "completion_void") else ""
     out: list[tuple[str, str]] = [
         ("title", "银联POS签购单"), ("title", "POS SALES SLIP"), ("", f"{COPIES[copy][0]} {COPIES[copy][1]}"),
         ("", "-" * 32),

@@ -212,3 +212,15 @@ def test_native_qr_on_receipt() -> None:
     stored = [d for c, d in cmds if c == b"\x1d(k" and d[:2] == b"\x31\x50"]  # cn=49 fn=80: store data
     assert len(stored) == 1 and stored[0][3:].decode("utf-8") == url
     assert any(c == b"\x1d(k" and d[:2] == b"\x31\x51" for c, d in cmds)  # fn=81: print
+
+
+@pytest.mark.parametrize(("txn_type", "label", "amount"), [
+    ("preauth_void", "预授权撤销 AUTH VOID", "RMB 1234.56"),
+    ("completion_void", "预授权完成撤销 COMPLETE VOID", "RMB -1234.56"),
+    ("completion", "预授权完成 AUTH COMPLETE", "RMB 1234.56"),
+])
+def test_pre_auth_family_names(txn_type: str, label: str, amount: str) -> None:
+    import dataclasses
+
+    text = "\n".join(t for _, t in lines_for(dataclasses.replace(R, txn_type=txn_type), "customer"))
+    assert f"交易类型(TRANS TYPE): {label}" in text and amount in text
