@@ -3,12 +3,16 @@
 One TCP connection (or a small pool) carries many requests at once.  payShield answers
 in order per connection, so replies are matched to requests FIFO; the message header
 (``header_len`` digits, 4 by default) carries a cycling request number that is checked on
-every reply, so a desynchronised stream is detected instead of mismatched.
+every reply, so a desynchronised stream is detected instead of mismatched, and an answer that never
+comes costs only its own request.
 
 Writes are coalesced: requests issued during one event-loop turn leave in a single
 ``transport.write``.  A request that outlives ``timeout`` fails with :class:`HsmTimeout`
-but keeps its slot in the in-order queue (its late reply is read and dropped); a
-connection whose oldest request is overdue by ``4 x timeout`` is considered hung and is
+but keeps its slot in the in-order queue: a late reply is matched to it and dropped.  As the
+HSM answers in order, a reply whose header belongs to a later request proves the answers of
+the requests before it lost: they fail with :class:`HsmUnavailable` (or have already timed
+out) and only they are affected.  A connection that has not
+answered anything for ``3 x timeout`` after a request timed out is considered hung and is
 closed.  A lost connection fails what was in flight with :class:`HsmUnavailable`; the
 next request reconnects (after a failed connect, requests fail fast for
 ``reconnect_delay`` seconds instead of each trying again).
@@ -160,6 +164,10 @@ class _Connection(asyncio.Protocol):
         self.seq = 0
         self.loop = asyncio.get_running_loop()
         self.watchdog: asyncio.TimerHandle | None = None
+        #: headers of given-up requests skipped in the queue (their late answers are dropped)
+        self.forgotten: collections.deque[bytes] = collections.deque(maxlen=256)
+        #: loop time of the first request timeout since the last reply (None: none)
+        self.first_timeout_at: float | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -172,21 +180,37 @@ class _Connection(asyncio.Protocol):
             log.error("hsm reply framing error", extra=kv(reason=str(exc)))
             self._fail_all(f"framing error: {exc}", close=True)
             return
+        if frames:
+            self.first_timeout_at = None  # the peer is alive
         hl = self.client.header_len
         inflight = self.inflight
         for frame in frames:
-            if not inflight:
-                self._fail_all("unsolicited reply", close=True)
-                return
-            header, command, fut, _ = inflight.popleft()
-            if frame[:hl] != header or len(frame) < hl + 4:
-                log.error("hsm reply out of sequence", extra=kv(command=command))
-                self._fail_all("reply out of sequence", close=True)
-                if not fut.done():
-                    fut.set_exception(HsmUnavailable(command, "reply out of sequence"))
-                return
-            if not fut.done():
-                fut.set_result(frame[hl:])
+            header = frame[:hl]
+            if len(frame) >= hl + 4:
+                if inflight and inflight[0][0] == header:  # the normal case: the oldest request
+                    fut = inflight.popleft()[2]
+                    if not fut.done():
+                        fut.set_result(frame[hl:])
+                    continue
+                k = next((i for i, e in enumerate(inflight) if e[0] == header), -1)
+                if k > 0:
+                    # the HSM answers in order: the requests before this one will get no answer
+                    for _ in range(k):
+                        lost_header, command, fut, _ = inflight.popleft()
+                        self.forgotten.append(lost_header)
+                        if not fut.done():
+                            fut.set_exception(HsmUnavailable(command, "answer lost (a later request was answered)"))
+                    fut = inflight.popleft()[2]
+                    if not fut.done():
+                        fut.set_result(frame[hl:])
+                    continue
+                if hl and header in self.forgotten:  # late answer to a request given up earlier
+                    log.warning("hsm stale reply dropped", extra=kv(header=header.decode("latin-1")))
+                    continue
+            command = inflight[0][1] if inflight else "??"
+            log.error("hsm reply out of sequence", extra=kv(command=command))
+            self._fail_all("reply out of sequence", close=True)
+            return
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -228,17 +252,24 @@ class _Connection(asyncio.Protocol):
         if self.closed:
             return
         now = self.loop.time()
-        for entry in self.inflight:
+        timeout = self.client.timeout
+        inflight = self.inflight
+        for entry in inflight:
             if entry[3] > now:
                 break
             fut = entry[2]
             if not fut.done():
                 fut.set_exception(HsmTimeout(entry[1]))
-        if self.inflight and now - self.inflight[0][3] > 3 * self.client.timeout:
-            log.warning("hsm connection hung, closing", extra=kv(in_flight=len(self.inflight)))
+                if self.first_timeout_at is None:
+                    self.first_timeout_at = now
+        if self.first_timeout_at is not None and now - self.first_timeout_at > 3 * timeout:
+            log.warning("hsm connection hung, closing", extra=kv(in_flight=len(inflight)))
             self._fail_all("connection hung", close=True)
             return
-        if self.inflight:
+        # requests given up long ago whose answers never came: forget them
+        while inflight and inflight[0][2].done() and now - inflight[0][3] > 3 * timeout:
+            self.forgotten.append(inflight.popleft()[0])
+        if inflight:
             self._arm_watchdog()
 
     def _fail_all(self, reason: str, close: bool = False) -> None:

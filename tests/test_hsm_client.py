@@ -21,7 +21,7 @@ from switch.hsm_client import HsmClient, HsmError, HsmTimeout, HsmUnavailable, a
 
 class ScriptedHsm(asyncio.Protocol):
     """A peer that answers B2 echoes, holding replies until ``hold`` requests arrived, delaying
-    ``SL`` requests and, with ``bad_header``, answering with a wrong header."""
+    ``SL`` requests, never answering ``DR`` and, with ``bad_header``, answering with a wrong header."""
 
     def __init__(self, hold: int = 1, delay: float = 0.0, bad_header: bool = False, silent: bool = False) -> None:
         self.hold, self.delay, self.bad_header, self.silent = hold, delay, bad_header, silent
@@ -44,6 +44,8 @@ class ScriptedHsm(asyncio.Protocol):
             header, cmd, body = frame[:4], frame[4:6], frame[6:]
             if self.bad_header:
                 header = b"9999"
+            if cmd == b"DR":  # this answer is lost on the way
+                continue
             reply = header + cmd[:1] + bytes([cmd[1] + 1]) + b"00" + body[4:]
             self.pending.append(len(reply).to_bytes(2, "big") + reply)
             if cmd == b"SL":
@@ -304,3 +306,29 @@ def test_mixed_pipelined_requests_each_get_their_own_answer(kinds: list[str]) ->
             assert got == want, (i, kind, got)
 
     asyncio.run(run())
+
+
+async def test_a_lost_answer_costs_only_its_own_request() -> None:
+    """The answer to DR never comes; the answer to the next request proves it lost."""
+    server, port, peers = await scripted()
+    try:
+        async with await HsmClient.connect("127.0.0.1", port, timeout=5) as c:
+            lost, ok = await asyncio.gather(c.request("DR", b"0001x"), c.echo(b"ok"), return_exceptions=True)
+            assert isinstance(lost, HsmUnavailable) and lost.command == "DR" and "lost" in str(lost)
+            assert ok == b"ok"
+            assert await c.echo(b"again") == b"again" and len(peers) == 1  # same connection
+    finally:
+        server.close()
+
+
+async def test_a_lost_answer_after_its_timeout_does_not_hit_the_next_request() -> None:
+    server, port, peers = await scripted()
+    try:
+        async with await HsmClient.connect("127.0.0.1", port, timeout=0.2) as c:
+            with pytest.raises(HsmTimeout):
+                await c.request("DR", b"0001x")
+            assert await c.echo(b"next") == b"next"
+            assert await asyncio.gather(*(c.echo(b"%d" % i) for i in range(20))) == [b"%d" % i for i in range(20)]
+            assert len(peers) == 1 and c.is_up
+    finally:
+        server.close()

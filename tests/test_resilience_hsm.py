@@ -136,11 +136,6 @@ async def test_slow_hsm_answers_arrive_in_order(rig):
     assert all(r.approved and r.mac_ok for r in replies), [r.rc for r in replies]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hsm_client: a request that timed out keeps its slot in the in-flight queue; when the HSM's next "
-    "reply arrives its header does not match that stale head, the client declares the stream out of "
-    "sequence and fails the NEXT, innocent request too (HsmUnavailable -> 96 at the terminal) before "
-    "reconnecting. Reported to hsm: drop/skip timed-out heads, or reconnect at the timeout itself"))
 async def test_one_lost_hsm_answer_costs_only_its_own_request(rig):
     stack, proxy = rig
     card = stack.card("cup", 0)
