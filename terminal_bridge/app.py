@@ -25,6 +25,7 @@ Python API (scripted use, tests, the demo)::
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime
 import logging
 from dataclasses import dataclass, field
@@ -207,6 +208,7 @@ class TerminalApp:
         self._lock = asyncio.Lock()
         self._fallback_allowed = False  # the last chip read failed: a chip card may be swiped (60.5 = 2)
         self._last_input: Any = None  # the card input of the current operation (for the fallback rule)
+        self._voice_pool: concurrent.futures.ThreadPoolExecutor | None = None
         if self.state.keys is not None and self.state.signed_on:
             try:
                 self._install(self.state.keys)
@@ -225,11 +227,20 @@ class TerminalApp:
         return list(lines)
 
     def say(self, prompt: str) -> None:
-        if self.devices.voice is not None:
+        """Voice prompt on a worker thread (rendering and playback block); failures are logged only."""
+        voice = self.devices.voice
+        if voice is None:
+            return
+
+        def speak() -> None:
             try:
-                self.devices.voice.say(prompt)
+                voice.say(prompt)
             except DeviceError as exc:
-                log.warning("voice failed", extra=kv(error=str(exc)))
+                log.warning("voice failed", extra=kv(prompt=prompt, error=str(exc)))
+
+        if self._voice_pool is None:  # one worker: prompts are spoken in the order they were asked for
+            self._voice_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="voice")
+        self._voice_pool.submit(speak)
 
     @property
     def signed_on(self) -> bool:
@@ -346,6 +357,7 @@ class TerminalApp:
             self.state.pending_reversal = None
             self.save()
             log.info("reversal done", extra=kv(tid=self.tid, stan=doc.get("11"), reason=rev.reason, rc=reply.rc))
+            self.say("reversal")
             return Result("reversal", True, reply.rc, "冲正成功", stan=doc.get("11", ""), reversal=rev.reason,
                           reversal_sent=True, display=self.show("冲正成功"))
         if reply.rc == "A0":
@@ -426,6 +438,7 @@ class TerminalApp:
         """Real devices: whichever comes first, a swipe, an inserted or a tapped card ("请刷卡/插卡/挥卡")."""
         d = self.devices
         self.show("请刷卡/插卡/挥卡", "swipe, insert or tap")
+        self.say("insert_card")
         waits: dict[asyncio.Future[Any], str] = {}
         if d.magstripe is not None and not isinstance(d.magstripe, FeedMagstripeReader):
             waits[asyncio.ensure_future(d.magstripe.read_swipe())] = "swipe"

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contactless-reader", default=None, help="PC/SC contactless reader name, real devices")
     p.add_argument("--magstripe", default=None, help="evdev device of the magstripe reader, real devices")
     p.add_argument("--card-wait", type=float, default=30.0, help="seconds to wait for a card, real devices")
+    p.add_argument("--voice", action="store_true", help="voice prompts (espeak-ng; played with aplay on real devices)")
+    p.add_argument("--voice-cache", default=".voice-cache", help="rendered prompts (a recorded KEY.wav there wins)")
     p.add_argument("--key-mode", choices=("001", "003", "004"), default="003")
     p.add_argument("--mac", choices=("pos-ecb", "x9.19", "x9.9"), default="pos-ecb")
     p.add_argument("--merchant-name", default="POSSWITCH TEST MERCHANT")
@@ -93,6 +95,10 @@ def make_app(args: argparse.Namespace, tmk: bytes) -> TerminalApp:
                          read_timeout=args.read_timeout, connect_retries=args.retries)
     devices = (_real_devices(args, tmk) if args.devices == "real"
                else software_devices(tmk, printer_url=args.printer))
+    if args.voice:
+        from .voice import CommandPlayer, EspeakVoice, NullPlayer
+
+        devices.voice = EspeakVoice(args.voice_cache, player=CommandPlayer() if args.devices == "real" else NullPlayer())
     return TerminalApp(cfg, state_path=args.state, devices=devices)
 
 

@@ -576,3 +576,25 @@ async def test_real_device_wait_takes_whichever_card_comes_first(stack: Stack, t
     app.devices.magstripe = None
     none = await app.sale(300, pin=PIN)
     assert not none.ok and none.rc == "CARD" and "no card inserted" in none.message
+
+
+async def test_voice_prompts_follow_the_outcome(stack: Stack, tmp_path: Path) -> None:
+    import shutil
+    import wave
+
+    from terminal_bridge.voice import EspeakVoice, NullPlayer
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    app = make_app(stack.port, tmp_path / "t.json")
+    player = NullPlayer()
+    app.devices.voice = voice = EspeakVoice(tmp_path / "voice", player=player)
+    assert (await app.sale(100, card=swipe_of(stack.card("cup", 0)), pin=PIN)).ok
+    assert not (await app.sale(100, card=swipe_of(stack.card("cup", 0)), pin="000000")).ok
+    for _ in range(500):  # prompts are rendered and played in worker threads
+        if len(player.played) >= 2:
+            break
+        await asyncio.sleep(0.02)
+    assert player.played == [voice.prompt_path("approved"), voice.prompt_path("declined")]
+    with wave.open(str(player.played[0])) as w:
+        assert w.getnframes() / w.getframerate() > 0.3  # a real spoken prompt, not an empty file
