@@ -332,3 +332,27 @@ async def test_a_lost_answer_after_its_timeout_does_not_hit_the_next_request() -
             assert len(peers) == 1 and c.is_up
     finally:
         server.close()
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=40))
+def test_random_lost_answers_hit_only_their_own_requests(drops: list[bool]) -> None:
+    """Any pattern of lost answers (the last request always answered): echoes succeed, lost ones fail."""
+
+    async def run() -> None:
+        server, port, peers = await scripted()
+        try:
+            async with await HsmClient.connect("127.0.0.1", port, timeout=5) as c:
+                calls = [c.request("DR", b"0001x") if d else c.echo(b"%d" % i) for i, d in enumerate(drops)]
+                calls.append(c.echo(b"last"))
+                results = await asyncio.gather(*calls, return_exceptions=True)
+                for i, d in enumerate(drops):
+                    if d:
+                        assert isinstance(results[i], HsmUnavailable), results[i]
+                    else:
+                        assert results[i] == b"%d" % i
+                assert results[-1] == b"last" and len(peers) == 1
+        finally:
+            server.close()
+
+    asyncio.run(run())
