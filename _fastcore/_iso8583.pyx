@@ -510,11 +510,8 @@ cdef inline bytes _b(const char* s, Py_ssize_t n):
     return PyBytes_FromStringAndSize(s, n)
 
 
-cdef dict _ENTRY = {"len": b"", "data": b""}
-
-
 cdef inline dict _enc_entry(bytes ln, bytes data):
-    """A ``{"len": ln, "data": data}`` entry of ``doc_enc`` (copying a template is cheapest)."""
+    """A ``{"len": ln, "data": data}`` entry of ``doc_enc`` (cheaper than copying a template)."""
     cdef dict d = {}
     PyDict_SetItem(d, _LEN, ln)
     PyDict_SetItem(d, _DATA, data)
