@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reader", default="", help="PC/SC contact reader name (substring), real devices")
     p.add_argument("--contactless-reader", default=None, help="PC/SC contactless reader name, real devices")
     p.add_argument("--magstripe", default=None, help="evdev device of the magstripe reader, real devices")
+    p.add_argument("--qr-scanner", default=None, help="QR scanner: serial URL (/dev/ttyACM0, loop://) or "
+                   "evdev:/dev/input/eventN, real devices")
     p.add_argument("--card-wait", type=float, default=30.0, help="seconds to wait for a card, real devices")
     p.add_argument("--voice", action="store_true", help="voice prompts (espeak-ng; played with aplay on real devices)")
     p.add_argument("--voice-cache", default=".voice-cache", help="rendered prompts (a recorded KEY.wav there wins)")
@@ -81,7 +83,13 @@ def _real_devices(args: argparse.Namespace, tmk: bytes) -> Devices:
     if args.contactless_reader is not None:
         def contactless() -> Any:  # blocks (in a worker thread) until a card is in the field
             return wait_for_card(args.contactless_reader, args.card_wait)
-    return Devices(display=ConsoleDisplay(), pinpad=ConsolePinPad(tmk=tmk), printer=EscPosReceiptPrinter(escpos),
+    qr = None
+    if args.qr_scanner:
+        from .qr import EvdevQrScanner, SerialQrScanner
+
+        qr = (EvdevQrScanner(args.qr_scanner[6:]) if args.qr_scanner.startswith("evdev:")
+              else SerialQrScanner(args.qr_scanner))
+    return Devices(display=ConsoleDisplay(), pinpad=ConsolePinPad(tmk=tmk), printer=EscPosReceiptPrinter(escpos), qr=qr,
                    escpos=escpos, magstripe=magstripe, chip=lambda: wait_for_card(args.reader, args.card_wait),
                    contactless=contactless, kind="real", reader_name=args.reader)
 
@@ -135,7 +143,13 @@ async def interactive(runner: ScriptRunner, ask: Callable[[str], str], secret: C
             if words[0] in ("sale", "refund"):
                 parse_amount(words[1], 0)
             if choice == "5":
-                words.append("qr=" + (await asyncio.to_thread(ask, "请扫码 scan payment code: ")).strip())
+                scanner = runner.app.devices.qr
+                if not software and scanner is not None:  # the customer shows the code to the scanner
+                    runner.app.show("请出示付款码", "show your payment code")
+                    code = await scanner.read_code()
+                else:
+                    code = await asyncio.to_thread(ask, "请扫码 scan payment code: ")
+                words.append("qr=" + code.strip())
             elif words[0] in ("sale", "balance", "void", "refund"):
                 words += await _card_words(ask, secret, software, words[0])
             cmd = Command(0, words[0], [w for w in words[1:] if "=" not in w and w not in ("chip", "tap")],

@@ -244,3 +244,21 @@ async def test_diagnose_real_devices_does_not_wait_for_a_card(stack: Stack, tmp_
                                  "--card-wait", "600", "--diagnose")
     line = next(x for x in out.splitlines() if "card reader" in x)
     assert code == 1 and line.startswith("FAIL") and "读卡器未就绪" in line and "NoSuchReader" in line
+
+
+async def test_menu_qr_sale_reads_the_scanner(stack: Stack, tmp_path: Path) -> None:
+    """Real-device menu: choice 5 takes the code from the QR scanner (a pyserial loop:// port here)."""
+    from switch.testbed import qr_code
+    from terminal_bridge.qr import SerialQrScanner
+
+    app = make_app(stack.port, tmp_path)
+    app.devices.qr = scanner = SerialQrScanner("loop://")
+    code = qr_code("134500000001")
+    scanner.port.write(code.encode() + b"\r")
+    answers = iter(["5", "3.00", "0"])
+    printed: list[str] = []
+    rc = await interactive(ScriptRunner(app), lambda _p: next(answers, "0"), lambda _p: "", printed.append,
+                           software=False)
+    assert rc == 0 and any(p.startswith("成功 sale rc=00") for p in printed), printed
+    assert app.state.records[-1].qr_code == code and app.state.records[-1].amount == 300
+    scanner.close()
