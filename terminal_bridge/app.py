@@ -209,6 +209,7 @@ class TerminalApp:
         self._fallback_allowed = False  # the last chip read failed: a chip card may be swiped (60.5 = 2)
         self._last_input: Any = None  # the card input of the current operation (for the fallback rule)
         self._voice_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._opened: Any = None  # a transport the app opened from a reader (closed after the operation)
         if self.state.keys is not None and self.state.signed_on:
             try:
                 self._install(self.state.keys)
@@ -400,10 +401,13 @@ class TerminalApp:
     # ------------------------------------------------------------------ cards
     async def _read_card(self, card: CardInput | None, amount: int, txn_type: str, stan: int,
                          generate_ac: bool) -> _Card:
+        self._release_card()
         self._last_input = card
         if card is None:
             card = await self._wait_for_card()  # type: ignore[assignment]
             self._last_input = card  # type: ignore[assignment]
+            if isinstance(card, Insert | Tap):  # opened here: closed when the operation is over
+                self._opened = card.card
         if isinstance(card, Scan):
             classify_payment_code(card.code)
             return _Card(CardData(EntryMode.QR, "", ""), qr_code=card.code)
@@ -433,6 +437,15 @@ class TerminalApp:
         if contactless:
             emv.card.entry_mode = EntryMode.CONTACTLESS
         return _Card(emv.card, kernel=kernel, emv=emv if generate_ac else None)
+
+    def _release_card(self) -> None:
+        """Close a reader connection the app opened itself (real devices); callers' transports stay open."""
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            try:
+                opened.close()
+            except Exception as exc:  # noqa: BLE001 - a reader that fails to close must not fail the sale
+                log.warning("card reader close failed", extra=kv(error=repr(exc)))
 
     async def _wait_for_card(self) -> CardInput | SwipeData:
         """Real devices: whichever comes first, a swipe, an inserted or a tapped card ("请刷卡/插卡/挥卡")."""
@@ -636,6 +649,7 @@ class TerminalApp:
 
     async def _after(self, result: Result) -> Result:
         """Act on the host's processing request once the operation is over."""
+        self._release_card()
         if self.state.need_sign_on and self.state.pending_reversal is None:
             try:
                 await self.sign_on()
@@ -646,6 +660,7 @@ class TerminalApp:
     def _card_error(self, op: str, exc: Exception, card: CardInput | None = None) -> Result:
         """A card that could not be read; after a chip failure the next swipe of a chip card is a fallback."""
         log.warning("card read failed", extra=kv(tid=self.tid, op=op, error=str(exc)))
+        self._release_card()
         card = card or self._last_input
         if isinstance(card, Insert) and isinstance(exc, CardReadError):
             self._fallback_allowed = True

@@ -547,11 +547,28 @@ class WedgeReader:
         return parse_swipe(self.text)
 
 
+class ClosingTransport:
+    """DirectTransport that remembers being closed."""
+
+    def __init__(self, card) -> None:
+        from terminal_bridge.apdu import DirectTransport
+
+        self.inner, self.closed = DirectTransport(card), False
+
+    def transmit(self, apdu: bytes) -> bytes:
+        return self.inner.transmit(apdu)
+
+    def atr(self) -> bytes:
+        return self.inner.atr()
+
+    def close(self) -> None:
+        self.closed = True
+
+
 async def test_real_device_wait_takes_whichever_card_comes_first(stack: Stack, tmp_path: Path) -> None:
     """``card=None``: the app waits on every reader (as with ``--devices real``) and takes the first card."""
     import time
 
-    from terminal_bridge.apdu import DirectTransport
     from terminal_bridge.devices import CardReadError
 
     card = stack.card("cup", 0)
@@ -567,10 +584,17 @@ async def test_real_device_wait_takes_whichever_card_comes_first(stack: Stack, t
     assert swiped.ok and (await journal_row(stack, app, swiped.stan)).payment_method == "swipe"
 
     soft = SoftCard(CardProfile(pan=card.pan, expiry=card.expiry + "31"))
+    opened: list[ClosingTransport] = []
+
+    def insert() -> ClosingTransport:
+        opened.append(ClosingTransport(soft))
+        return opened[-1]
+
     app.devices.magstripe = WedgeReader(None)
-    app.devices.chip = lambda: DirectTransport(soft)
+    app.devices.chip = insert
     inserted = await app.sale(200, pin=PIN)
     assert inserted.ok and (await journal_row(stack, app, inserted.stan)).payment_method == "chip"
+    assert len(opened) == 1 and opened[0].closed  # the app closes the reader connection it opened
 
     app.devices.chip = no_chip
     app.devices.magstripe = None
