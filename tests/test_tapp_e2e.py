@@ -508,9 +508,11 @@ async def test_preauth_family_and_settlement(stack: Stack, tmp_path: Path, kind:
     cv = await app.completion_void(comp.stan)
     assert cv.ok, cv
     assert (await journal_row(stack, app, comp.stan)).state == "voided"
+    assert "预授权完成撤销" in receipt_text(app) and "RMB -45.00" in receipt_text(app)
     pa2 = await app.preauth(3000, card=card_input(kind, card, cards), pin=PIN)
     pv = await app.preauth_void(pa2.stan, card=card_input(kind, card, cards))
     assert pv.ok and (await journal_row(stack, app, pa2.stan)).state == "voided"
+    assert "预授权撤销" in receipt_text(app)
     assert not (await app.preauth_void(pa2.stan)).ok  # already voided: refused locally (25)
     dom, _ = app.totals()
     assert (dom.debit_amount, dom.debit_count, dom.credit_amount, dom.credit_count) == (4500, 1, 4500, 1)
