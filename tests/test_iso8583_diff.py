@@ -225,3 +225,34 @@ def test_decode_matches_pyiso8583_on_random_specs(iso8583_impl: Any, data: st.Da
 @given(raw=st.binary(max_size=64))
 def test_decode_of_random_bytes_matches(iso8583_impl: Any, spec_name: str, raw: bytes) -> None:
     check_decode(iso8583_impl, raw, SHIPPED[spec_name])
+
+
+@given(data=st.data())
+def test_cached_tables_follow_spec_edits(iso8583_impl: Any, data: st.DataObject) -> None:
+    """Compile (cache) a spec, edit it in place at random, and compare again: no stale table."""
+    spec = copy.deepcopy(data.draw(st.sampled_from([iso8583.specs.default, iso8583.specs.default_ascii, POS_SPEC])))
+    doc = data.draw(documents(spec, valid_bias=1000))
+    codec = iso8583_impl.Codec(spec)
+    check_encode(iso8583_impl, doc, spec)  # warms the module-level cache
+    codec.encode(dict(doc)) if outcome(iso8583.encode, dict(doc), spec)[0] == "ok" else None
+    for _ in range(data.draw(st.integers(1, 3))):
+        key = data.draw(st.sampled_from(sorted(doc.keys() & spec.keys() - {"t"}) or ["2"]))
+        edit = data.draw(st.integers(0, 4)) if key in spec else 2
+        if edit == 0:
+            spec[key]["max_len"] = data.draw(st.integers(0, 30))
+        elif edit == 1:
+            spec[key]["data_enc"] = data.draw(st.sampled_from(["b", "ascii", "cp500", "gbk"]))
+        elif edit == 2:
+            spec[key] = data.draw(field_specs())
+        elif edit == 3:
+            spec[key]["len_type"] = data.draw(st.integers(0, 3))
+            spec[key]["len_enc"] = data.draw(st.sampled_from(LEN_ENCODINGS))
+        else:
+            spec.pop(key, None)
+        ref = check_encode(iso8583_impl, doc, spec)
+        mine = outcome(codec.encode, dict(doc))
+        if ref[0] == "ok":
+            assert mine == ("ok", bytes, bytes(ref[2]))
+            check_decode(iso8583_impl, bytes(ref[2]), spec)
+        elif ref[1] is not KeyError:
+            assert mine[:3] == ref[:3]
