@@ -624,3 +624,20 @@ async def test_voice_prompts_follow_the_outcome(stack: Stack, tmp_path: Path) ->
     assert player.played == [voice.prompt_path("approved"), voice.prompt_path("declined")]
     with wave.open(str(player.played[0])) as w:
         assert w.getnframes() / w.getframerate() > 0.3  # a real spoken prompt, not an empty file
+
+
+@pytest.mark.parametrize("algorithm", ["x9.19", "x9.9"])
+async def test_mac_algorithm_per_terminal_profile(stack: Stack, tmp_path: Path, algorithm: str) -> None:
+    from hsm_sim import lmk
+
+    tid, tmk = {"x9.19": "MACX9190", "x9.9": "MACX9900"}[algorithm], testbed.test_tmk(77)
+    stack.registry.add(tid, MERCHANT_ID, lmk.encrypt_under_lmk(tmk, "TMK"), key_mode="003", mac_algorithm=algorithm)
+    cfg = TerminalConfig("127.0.0.1", stack.port, tid, MERCHANT_ID, tmk, mac_algorithm=algorithm)
+    app = TerminalApp(cfg, state_path=tmp_path / "t.json")
+    app.devices.display = ConsoleDisplay(out=open("/dev/null", "w"))  # noqa: SIM115
+    res = await app.sale(1000, card=swipe_of(stack.card("cup", 0)), pin=PIN)
+    assert res.ok and res.reversal is None, res  # the switch checked our MAC and we checked its MAC
+    wrong = TerminalApp(TerminalConfig("127.0.0.1", stack.port, tid, MERCHANT_ID, tmk, mac_algorithm="pos-ecb"))
+    wrong.devices.display = app.devices.display
+    bad = await wrong.sale(1000, card=swipe_of(stack.card("cup", 0)), pin=PIN)
+    assert not bad.ok and bad.rc == "A0"  # the host refuses a MAC made with another algorithm
