@@ -201,7 +201,15 @@ class TerminalApp:
                                 read_timeout=config.read_timeout, connect_retries=config.connect_retries,
                                 retry_delay=config.retry_delay)
         self._store = StateStore(state_path, config.tmk) if state_path is not None else None
-        self.state = self._store.load(self.tid, self.mid) if self._store else TerminalState(self.tid, self.mid)
+        if self._store is not None:
+            self._store.lock()  # one terminal process per state file
+            try:
+                self.state = self._store.load(self.tid, self.mid)
+            except BaseException:
+                self._store.unlock()
+                raise
+        else:
+            self.state = TerminalState(self.tid, self.mid)
         self._clock = clock or datetime.datetime.now
         self._mak: bytes | None = None
         self._tdk: bytes | None = None
@@ -217,6 +225,15 @@ class TerminalApp:
                 log.warning("stored keys refused", extra=kv(tid=self.tid, error=str(exc)))
                 self.state.signed_on = False
                 self.state.need_sign_on = True
+
+    def close(self) -> None:
+        """Release the state file and the voice worker (the state itself is always saved already)."""
+        self._release_card()
+        if self._store is not None:
+            self._store.unlock()
+        if self._voice_pool is not None:
+            self._voice_pool.shutdown(wait=False)
+            self._voice_pool = None
 
     # ------------------------------------------------------------------ small helpers
     def save(self) -> None:

@@ -378,6 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - bad URL, unreadable state file, device missing
         print(f"posswitch terminal: {exc}", file=sys.stderr)
         return 2
+    try:
+        return _run(args, app)
+    finally:
+        app.close()
+
+
+def _run(args: argparse.Namespace, app: TerminalApp) -> int:
     runner = ScriptRunner(app, card_pan=args.card_pan, out=print)
     if args.diagnose:
         checks = asyncio.run(self_test(app))

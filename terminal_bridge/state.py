@@ -17,6 +17,7 @@ derived from the TMK.  Track data, PIN blocks and clear keys are never written.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import hmac
 import json
@@ -133,7 +134,29 @@ class StateStore:
     def __init__(self, path: str | os.PathLike[str], tmk: bytes) -> None:
         self.path = Path(path)
         self.tmp_path = self.path.with_name(self.path.name + ".tmp")
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
         self._key = storage_key(tmk)
+        self._lock_fd: int | None = None
+
+    # ------------------------------------------------------------------ one process per state file
+    def lock(self) -> None:
+        """Take the state file for this process (``FILE.lock``, ``flock``); a second terminal process on
+        the same file is refused.  The kernel releases the lock when the process dies."""
+        if self._lock_fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateError(f"state file {self.path} is in use by another terminal process") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
 
     # ------------------------------------------------------------------ load
     def load(self, terminal_id: str, merchant_id: str) -> TerminalState:

@@ -23,6 +23,7 @@ from terminal_bridge.app import NETWORK_MESSAGE, Insert, Scan, Swipe, Tap, Termi
 from terminal_bridge.client import decode
 from terminal_bridge.display import ConsoleDisplay
 from terminal_bridge.drivers.softcard import CardProfile, SoftCard
+from terminal_bridge.state import StateError
 
 pytestmark = pytest.mark.timeout(120)
 PIN = "123456"
@@ -301,6 +302,9 @@ async def test_network_down_keeps_reversal_and_sends_it_first_after_restart(stac
     again = await app.sale(100, card=swipe_of(stack.card("cup", 0)), pin=PIN)
     assert not again.ok and again.rc == "NET" and app.state.pending_reversal is not None
     # power cut: a new process on the same state file, network back (straight to the switch)
+    with pytest.raises(StateError, match="in use by another terminal process"):
+        make_app(stack.port, state)  # while the first one still runs
+    app.close()  # (what the kernel does for a process that dies)
     app2 = make_app(stack.port, state)
     assert app2.state.pending_reversal is not None and app2.state.pending_reversal.request["11"] == stan
     res2 = await app2.sale(200, card=swipe_of(stack.card("cup", 0)), pin=PIN)

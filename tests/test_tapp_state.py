@@ -145,3 +145,13 @@ def test_any_state_round_trips(tmp_path_factory: pytest.TempPathFactory, records
     StateStore(path, TMK).save(state)
     assert pan not in path.read_text() or pan in "".join(r.stan + r.rrn + r.qr_code for r in records) + note
     assert StateStore(path, TMK).load("TERM0001", "898310048990001") == state
+
+
+def test_one_process_per_state_file(tmp_path: Path) -> None:
+    first, second = StateStore(tmp_path / "t.json", TMK), StateStore(tmp_path / "t.json", TMK)
+    first.lock()
+    with pytest.raises(StateError, match="in use by another terminal process"):
+        second.lock()
+    first.unlock()
+    second.lock()  # free again
+    second.unlock()
