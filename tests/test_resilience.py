@@ -484,3 +484,39 @@ async def test_random_faults_keep_journal_and_ledger_consistent(rig, seed):
     assert sum(before[c.pan] - rig.balance(c.pan) for c in cards) == sum(approved.values())
     assert len(outcomes) == 18 and set(outcomes) - {"00", "98", "cut"} == set(), outcomes
     assert "00" in outcomes and sum(r.hits for r in rules) > 0  # both paths were exercised
+
+
+async def test_void_answer_lost_keeps_the_sale_and_undoes_the_void(rig):
+    """The issuer approves the void but its answer is lost: 98 to the terminal, the link reverses the
+    void upstream (0420), so the sale's debit stands again and the journal still shows it approved."""
+    card = rig.stack.card("cup", 1)
+    before = rig.balance(card.pan)
+    term = await rig.signed_on(0)
+    sale = await term.sale(card, 2500, pin=card.pin)
+    assert sale.approved
+    rig.iproxy.down.drop(match=h2h_mti("0210"))
+    void = await term.void(card, sale)
+    assert void.rc == "98"
+    await rig.settled()
+    assert rig.reversals_up.hits >= 1
+    assert rig.balance(card.pan) == before - 2500 and len(rig.debits(card.pan)) == 1
+    assert [r["state"] for r in rig.journal_rows(term.tid, sale.request["11"])] == ["approved"]
+    assert [r["state"] for r in rig.journal_rows(term.tid, void.request["11"])] == ["reversed"]
+    again = await term.void(card, sale)  # the terminal may try the void again: it works now
+    assert again.approved
+    assert rig.balance(card.pan) == before
+
+
+async def test_preauth_answer_lost_releases_the_hold(rig):
+    card = rig.stack.card("cup", 2)
+    ledger = rig.issuer.ledger
+    available = ledger.available(card.pan)
+    rig.iproxy.down.drop(match=h2h_mti("0110"))
+    term = await rig.signed_on(0)
+    reply = await term.preauth(card, 5000, pin=card.pin)
+    assert reply.rc == "98"
+    await rig.settled()
+    assert rig.reversals_up.hits >= 1
+    assert ledger.available(card.pan) == available  # the hold the issuer placed is released
+    [row] = rig.journal_rows(term.tid, reply.request["11"])
+    assert row["state"] == "reversed"
