@@ -50,6 +50,7 @@ class Proxy:
         self.port = 0
         self.seen: list[str] = []
         self.requests: list[dict[str, str]] = []
+        self.raw: list[bytes] = []  # request bodies as sent (no length, TPDU or header)
 
     async def start(self) -> Proxy:
         self.server = await asyncio.start_server(self._conn, "127.0.0.1", self.port)
@@ -68,6 +69,7 @@ class Proxy:
             req = await cr.readexactly(int.from_bytes(head, "big"))
             self.seen.append(req[11:13].hex())
             self.requests.append(decode(req[11:]))
+            self.raw.append(bytes(req[11:]))
             uw.write(head + req)
             head = await ur.readexactly(2)
             rep = bytearray(await ur.readexactly(int.from_bytes(head, "big")))
@@ -645,3 +647,36 @@ async def test_mac_algorithm_per_terminal_profile(stack: Stack, tmp_path: Path, 
     wrong.devices.display = app.devices.display
     bad = await wrong.sale(1000, card=swipe_of(stack.card("cup", 0)), pin=PIN)
     assert not bad.ok and bad.rc == "A0"  # the host refuses a MAC made with another algorithm
+
+
+@pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")  # psec's TDES use
+async def test_wire_bytes_against_independent_libraries(stack: Stack, tmp_path: Path) -> None:
+    """The 0200 as sent: pyiso8583 decodes it with POS_SPEC, psec verifies its X9.19 MAC and its PIN block."""
+    import iso8583
+    import psec
+
+    from _fastcore import crypto
+    from _fastcore.spec import POS_SPEC
+    from hsm_sim import lmk
+
+    tid, tmk = "WIRE0001", testbed.test_tmk(78)
+    stack.registry.add(tid, MERCHANT_ID, lmk.encrypt_under_lmk(tmk, "TMK"), key_mode="003", mac_algorithm="x9.19")
+    proxy = await Proxy(stack.port).start()
+    try:
+        cfg = TerminalConfig("127.0.0.1", proxy.port, tid, MERCHANT_ID, tmk, mac_algorithm="x9.19")
+        app = TerminalApp(cfg, state_path=tmp_path / "t.json")
+        app.devices.display = ConsoleDisplay(out=open("/dev/null", "w"))  # noqa: SIM115
+        card = stack.card("cup", 0)
+        res = await app.sale(4321, card=swipe_of(card), pin=PIN)
+        assert res.ok, res
+        body = proxy.raw[-1]
+        doc, _ = iso8583.decode(bytearray(body), POS_SPEC)  # pyiso8583, not our codec
+        assert (doc["t"], doc["3"], doc["4"], doc["11"], doc["41"]) == ("0200", "000000", "000000004321", res.stan, tid)
+        assert doc["35"] == f"{card.pan}D{card.expiry}1010000000000" and doc["22"] == "021"
+        mak = crypto.tdes_ecb_decrypt(tmk, bytes.fromhex(app.state.keys.mak))
+        assert psec.mac.generate_retail_mac(mak, mak, body[:-8], padding=1) == body[-8:]
+        pik = crypto.tdes_ecb_decrypt(tmk, bytes.fromhex(app.state.keys.pik))
+        clear = psec.des.decrypt_tdes_ecb(pik, bytes.fromhex(doc["52"]))
+        assert psec.pinblock.decode_pinblock_iso_0(clear, card.pan) == PIN
+    finally:
+        await proxy.stop()
