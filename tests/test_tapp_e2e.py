@@ -404,7 +404,7 @@ async def test_power_cut_while_waiting_for_the_answer(stack: Stack, tmp_path: Pa
     proc = await asyncio.create_subprocess_exec(*cli(proxy.port, "s1.txt"), cwd=root, env=env,
                                                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     try:
-        for _ in range(1000):
+        for _ in range(3000):
             if "0200" in proxy.seen:
                 break
             await asyncio.sleep(0.02)
@@ -623,7 +623,7 @@ async def test_voice_prompts_follow_the_outcome(stack: Stack, tmp_path: Path) ->
     app.devices.voice = voice = EspeakVoice(tmp_path / "voice", player=player)
     assert (await app.sale(100, card=swipe_of(stack.card("cup", 0)), pin=PIN)).ok
     assert not (await app.sale(100, card=swipe_of(stack.card("cup", 0)), pin="000000")).ok
-    for _ in range(500):  # prompts are rendered and played in worker threads
+    for _ in range(1500):  # prompts are rendered and played in worker threads
         if len(player.played) >= 2:
             break
         await asyncio.sleep(0.02)
