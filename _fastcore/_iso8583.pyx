@@ -20,7 +20,7 @@ from cpython.bytearray cimport PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Copy, PyDict_GetItemWithError, PyDict_SetItem
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF
+from cpython.ref cimport Py_XDECREF, Py_XINCREF
 from libc.stdint cimport uint16_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset
@@ -923,12 +923,17 @@ cdef inline int _slot_of_key(str key):
 cdef object _fast_encode(_Table t, dict doc, bint compat):
     """Encoded bytes (compat: (bytearray, doc_enc)); None when the reference must decide.
 
-    In compat mode, ``doc["p"]`` and ``doc["1"]`` are written only once the reference would
-    have written them too (after the header, MTI and key checks).
+    In compat mode ``doc["p"]``/``doc["1"]`` are written only on success: the document is left
+    as the reference finds it when this gives up (pyiso8583 writes them before the field loop, but
+    no other key is added in between, so the resulting dict, key order included, is the same).
+    The values are held (incref'd) while encoding: a text codec may run Python code.
     """
     cdef PyObject* vals[NSLOTS]
+    cdef int held[NSLOTS]
+    cdef int nheld = 0
+    cdef bint secondary = False
     cdef uint64_t bm[3]
-    cdef object key, value, slot_obj, pbytes, sbytes, tbytes
+    cdef object key, value, pbytes, sbytes, tbytes, out
     cdef int slot, i, w
     cdef Buf b
     cdef dict doc_enc = {} if compat else None
@@ -945,25 +950,29 @@ cdef object _fast_encode(_Table t, dict doc, bint compat):
             if slot == 0:
                 continue
             return None
-        vals[slot] = <PyObject*>value
+        if nheld < NSLOTS:
+            Py_XINCREF(<PyObject*>value)
+            vals[slot] = <PyObject*>value
+            held[nheld] = slot
+            nheld += 1
         if slot <= 192:
             bm[(slot - 1) >> 6] |= (<uint64_t>1) << (63 - ((slot - 1) & 63))
-    if vals[T] == NULL:
-        return None
-    if not t.f[H].present or not t.f[H].fast:
-        return None
-    if not t.f[T].present or not t.f[T].fast or not _fresh(&t.f[T]):
-        return None
-    if not t.f[P].present or not t.f[P].fast or not _fresh(&t.f[P]):
-        return None
-    if bm[2]:
-        bm[1] |= (<uint64_t>1) << 63
-    if bm[1]:
-        bm[0] |= (<uint64_t>1) << 63
-        if not t.f[1].present or not t.f[1].fast or not _fresh(&t.f[1]):
-            return None
     buf_init(&b)
     try:
+        if vals[T] == NULL:
+            return None
+        if not t.f[H].present or not t.f[H].fast:
+            return None
+        if not t.f[T].present or not t.f[T].fast or not _fresh(&t.f[T]):
+            return None
+        if not t.f[P].present or not t.f[P].fast or not _fresh(&t.f[P]):
+            return None
+        if bm[2]:
+            bm[1] |= (<uint64_t>1) << 63
+        if bm[1]:
+            bm[0] |= (<uint64_t>1) << 63
+            if not t.f[1].present or not t.f[1].fast or not _fresh(&t.f[1]):
+                return None
         if t.header:
             if vals[H] == NULL:
                 return None
@@ -985,25 +994,21 @@ cdef object _fast_encode(_Table t, dict doc, bint compat):
         # bitmaps
         ptext = _bitmap_text(bm[0])
         pbytes = _bitmap_bytes(&t.f[P], bm[0], ptext)
-        if compat:
-            doc["p"] = ptext
         if pbytes is None:
             return None
         if bm[1]:
             stext = _bitmap_text(bm[1])
             sbytes = _bitmap_bytes(&t.f[1], bm[1], stext)
-            if compat:
-                doc["1"] = stext
             if sbytes is None:
                 return None
             if bm[2]:
                 ttext = _bitmap_text(bm[2])
                 tbytes = _bitmap_bytes(&t.f[1], bm[2], ttext)
-                if compat:
-                    doc["1"] = stext + ttext
                 if tbytes is None:
                     return None
                 sbytes = sbytes + tbytes
+                stext = stext + ttext
+        secondary = bm[1] != 0
         if compat:
             doc_enc["p"] = _enc_entry(_EMPTY, pbytes)
             if bm[1]:
@@ -1027,10 +1032,16 @@ cdef object _fast_encode(_Table t, dict doc, bint compat):
                 if _put_field(t, slot, &b, <object>vals[slot], doc_enc) < 0:
                     return None
         if compat:
-            return PyByteArray_FromStringAndSize(b.p, b.n), doc_enc
+            out = PyByteArray_FromStringAndSize(b.p, b.n)
+            doc["p"] = ptext
+            if secondary:
+                doc["1"] = stext
+            return out, doc_enc
         return _b(b.p, b.n)
     finally:
         buf_free(&b)
+        for i in range(nheld):
+            Py_XDECREF(vals[held[i]])
 
 
 def encode(doc_dec, spec):
