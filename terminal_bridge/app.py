@@ -146,6 +146,7 @@ class TerminalConfig:
     read_timeout: float = 30.0
     connect_retries: int = 2
     retry_delay: float = 0.5
+    reversal_attempts: int = 3  # immediate 0400 tries after a timeout / bad MAC / card decline
     operator: str = "01"
     check_luhn: bool = True
 
@@ -385,6 +386,18 @@ class TerminalApp:
         return Result("reversal", False, reply.rc, f"reversal not accepted: {reply.rc}", reversal=rev.reason,
                       display=self.show("冲正失败", reply.rc))
 
+    async def _reverse_now(self) -> Result | None:
+        """Send the pending reversal right away: up to ``reversal_attempts`` tries while the network fails
+        (``retry_delay`` apart); what is still pending goes out before the next operation."""
+        res = None
+        for attempt in range(max(1, self.config.reversal_attempts)):
+            if attempt:
+                await asyncio.sleep(self.config.retry_delay)
+            res = await self.send_pending_reversal()
+            if res is None or res.ok or res.rc != "NET":
+                break
+        return res
+
     async def _prepare(self, op: str) -> Result | None:
         """Before any transaction: pending reversal first, then a sign-on when needed.  None = go ahead."""
         if self.state.pending_reversal is not None and self.state.pending_reversal.sent and self._mak is not None:
@@ -560,7 +573,7 @@ class TerminalApp:
                 await self._second_ac(card, None, None)
             if reverses and exc.sent:
                 res.reversal = "98"
-                rev = await self.send_pending_reversal()
+                rev = await self._reverse_now()
                 res.reversal_sent = bool(rev and rev.ok)
             return res, None
         except ReplyError as exc:  # garbage for this request: treat like no answer
@@ -568,7 +581,7 @@ class TerminalApp:
                          display=self.show("交易失败", "应答报文错误"))
             if reverses:
                 res.reversal = "98"
-                rev = await self.send_pending_reversal()
+                rev = await self._reverse_now()
                 res.reversal_sent = bool(rev and rev.ok)
             return res, None
         self._host_requests(reply)
@@ -592,7 +605,7 @@ class TerminalApp:
                     rev_rec.request["38"] = base.auth_code  # §7: the original's auth code when there is one
                 self.save()
                 base.reversal = "A0"
-                rev = await self.send_pending_reversal()
+                rev = await self._reverse_now()
                 base.reversal_sent = bool(rev and rev.ok)
             return base, None
         done = None
@@ -607,7 +620,7 @@ class TerminalApp:
                 base.message = "卡片拒绝 card declined after online approval"
                 base.display = self.show("交易失败", "卡片拒绝")
                 base.reversal = done.reversal_reason
-                rev = await self.send_pending_reversal()
+                rev = await self._reverse_now()
                 base.reversal_sent = bool(rev and rev.ok)
                 return base, None
         if reverses:

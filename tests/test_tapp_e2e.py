@@ -51,6 +51,7 @@ class Proxy:
         self.seen: list[str] = []
         self.requests: list[dict[str, str]] = []
         self.raw: list[bytes] = []  # request bodies as sent (no length, TPDU or header)
+        self.cut: dict[str, int] = {}  # request MTI -> how many of them to cut off (connection closed, not forwarded)
 
     async def start(self) -> Proxy:
         self.server = await asyncio.start_server(self._conn, "127.0.0.1", self.port)
@@ -67,9 +68,13 @@ class Proxy:
         try:
             head = await cr.readexactly(2)
             req = await cr.readexactly(int.from_bytes(head, "big"))
-            self.seen.append(req[11:13].hex())
+            mti = req[11:13].hex()
+            self.seen.append(mti)
             self.requests.append(decode(req[11:]))
             self.raw.append(bytes(req[11:]))
+            if self.cut.get(mti, 0) > 0:
+                self.cut[mti] -= 1
+                return
             uw.write(head + req)
             head = await ur.readexactly(2)
             rep = bytearray(await ur.readexactly(int.from_bytes(head, "big")))
@@ -266,6 +271,20 @@ async def test_timeout_sends_98_reversal(stack: Stack, tmp_path: Path) -> None:
         assert rev["39"] == "98" and rev["11"] == res.stan and rev["2"] == stack.card("cup", 0).pan
         tags = emv_tlv.decode(bytes.fromhex(rev["55"]))
         assert set(tags) <= {"95", "9F1E", "9F10", "9F36", "DF31"} and "9F36" in tags  # §11 reversal tag set
+    finally:
+        await proxy.stop()
+
+
+async def test_reversal_is_retried_at_once_while_the_line_fails(stack: Stack, tmp_path: Path) -> None:
+    proxy = await Proxy(stack.port).start()
+    try:
+        app = make_app(proxy.port, tmp_path / "t.json", read_timeout=2.0)
+        assert (await app.sign_on()).ok
+        proxy.mode, proxy.cut = "drop", {"0400": 2}  # the answer is lost, then two 0400s are cut off
+        res = await app.sale(1100, card=swipe_of(stack.card("cup", 0)), pin=PIN)
+        assert res.reversal == "98" and res.reversal_sent and app.state.pending_reversal is None
+        assert proxy.seen[-4:] == ["0200", "0400", "0400", "0400"]  # 3 attempts (TerminalConfig.reversal_attempts)
+        assert (await journal_row(stack, app, res.stan)).state == "reversed"
     finally:
         await proxy.stop()
 
