@@ -18,7 +18,7 @@ produces pyiso8583's exact result or exception.
 
 from cpython.bytearray cimport PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_Copy, PyDict_GetItemWithError, PyDict_SetItem
+from cpython.dict cimport PyDict_SetItem
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_XDECREF, Py_XINCREF
 from libc.stdint cimport uint16_t, uint64_t
@@ -86,10 +86,8 @@ cdef extern from "Python.h":
 cdef extern from *:
     """
     static inline int fc_clz64(unsigned long long x) { return __builtin_clzll(x); }
-    static inline int fc_popcount64(unsigned long long x) { return __builtin_popcountll(x); }
     """
     int fc_clz64(unsigned long long x)
-    int fc_popcount64(unsigned long long x)
     dict _PyDict_NewPresized(Py_ssize_t minused)
 
 
