@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from iso8583.decoder import DecodeError
 from iso8583.encoder import EncodeError
+from iso8583.tools import pp  # pyiso8583's pretty printer, so `import ... as iso8583` swaps fully
 
 from ._compat import implementation_of, load
 
@@ -35,4 +36,5 @@ __all__ = [
     "decode",
     "encode",
     "invalidate",
+    "pp",
 ]

@@ -262,3 +262,28 @@ def test_fuzz_mutated_frames_only_raise_decode_errors(iso8583_impl: Any, spec: A
     finally:
         tracemalloc.stop()
     assert grown < 200_000, f"decode of bad frames leaks: {grown} bytes"
+
+
+@pytest.mark.c_extension
+def test_compiled_fast_path_covers_ordinary_messages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Valid messages never reach the pure-Python fallback (a slow path would hide behind parity)."""
+    compiled = pytest.importorskip("_fastcore._iso8583")
+
+    class NoFallback:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"fell back to the reference for {name}")
+
+    frames = [bytes.fromhex((VECTORS / f"{n}.hex").read_text())[13:] for n in
+              ("mac1_frame", "signon_0800_frame", "signon_0810_frame", "sale_0200_chip_frame")]
+    ref_docs = [iso8583.decode(f, POS_SPEC)[0] for f in frames]
+    sale = {k: v for k, v in SALE_0200.items() if k != "23"}
+    cases = [(DEFAULT, SALE_0200), (ASCII, SALE_0200), (POS_SPEC, sale), *((POS_SPEC, d) for d in ref_docs)]
+    expected = [(iso8583.encode(dict(d), s), s, d) for s, d in cases]
+    monkeypatch.setattr(compiled, "_ref", NoFallback())
+    for (raw, enc), spec, doc in expected:
+        assert compiled.encode(dict(doc), spec) == (raw, enc)
+        assert compiled.decode(bytes(raw), spec) == iso8583.decode(bytes(raw), spec)
+        codec = compiled.Codec(spec)
+        assert codec.encode(doc) == bytes(raw)
+        assert codec.decode(raw) == iso8583.decode(bytes(raw), spec)[0]
+
