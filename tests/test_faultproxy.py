@@ -391,3 +391,19 @@ def test_byte_level_rule_specs_and_validation() -> None:
     assert (c.action, c.offset, c.count, c.xor) == ("corrupt", -1, None, 0xFF)
     with pytest.raises(ValueError, match="xor"):
         Rule("corrupt", xor=0)
+
+
+async def test_pause_refuses_connections_and_resume_listens_on_the_same_port(proxy, rec):
+    r, w = await open_client(proxy)
+    port = proxy.port
+    await proxy.pause()
+    assert await asyncio.wait_for(r.read(), 5.0) == b""  # live connection cut
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port)  # nobody listens: connection refused
+    await proxy.resume()
+    assert proxy.port == port
+    r2, w2 = await open_client(proxy)
+    w2.write(frame(b"back"))
+    assert await read_frames(r2, 1) == [b"Eback"]
+    w.close()
+    w2.close()

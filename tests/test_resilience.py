@@ -197,13 +197,12 @@ async def test_issuer_down_answers_quickly_then_recovers(rig):
     card = rig.stack.card("cup", 1)
     before = rig.balance(card.pan)
     term = await rig.signed_on(0)
-    rig.iproxy.refuse = True
-    rig.iproxy.cut_all()
+    await rig.iproxy.pause()  # the issuer host is down: connections refused
     await until(lambda: not rig.link.is_up, what="link down")
     reply = await term.sale(card, 800, pin=card.pin)
     assert reply.rc in ("91", "92")  # issuer unavailable / link down: nothing sent upstream
     assert rig.balance(card.pan) == before
-    rig.iproxy.refuse = False
+    await rig.iproxy.resume()
     await until(lambda: rig.link.is_up, what="link back up")
     reply = await term.sale(card, 800, pin=card.pin)
     assert reply.approved

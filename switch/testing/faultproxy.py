@@ -24,7 +24,8 @@ close both connections), ``duplicate`` (send the frame again right after itself)
 frame and send it after the next frame of that direction, or after ``max_hold_ms``), ``split`` (send
 the frame in ``chunk``-byte writes ``gap_ms`` apart), ``drop_bytes`` (remove bytes inside a frame, so
 the receiver loses the framing) and ``corrupt`` (flip the bits of one byte, e.g. the MAC).  ``cut_all()`` cuts every live connection;
-``refuse = True`` closes new connections at once (a host that is down).  The proxy never logs
+``refuse = True`` closes new connections at once (a process that died); ``await pause()`` /
+``await resume()`` stop and restart listening on the same port (a host that is down).  The proxy never logs
 message contents (they carry PANs), only directions, actions and sizes.
 
 From a shell (e.g. in front of ``posswitch serve`` for manual chaos with ``posswitch terminal``)::
@@ -323,6 +324,7 @@ class _ClientSide(_Side):
         self.conn.down.dest = transport
         proxy = self.conn.proxy
         if proxy.refuse or proxy.closing:
+            proxy.connections.discard(self.conn)
             transport.close()
             return
         transport.pause_reading()  # type: ignore[attr-defined]
@@ -356,10 +358,14 @@ class _Connection:
                                          self.proxy.target_port)
         except OSError as exc:
             log.info("target unreachable", extra=kv(port=self.proxy.target_port, error=str(exc)))
+            self.proxy.connections.discard(self)
             if self.client is not None:
                 self.client.close()
             return
-        self.proxy.connections.add(self)
+        if self.cut_done:  # cut while the target connection was being opened
+            if self.target is not None:
+                self.target.close()
+            return
         if self.client is not None and not self.client.is_closing():
             self.client.resume_reading()
 
@@ -399,11 +405,13 @@ class FaultProxy:
         self.closing = False
         self.events: collections.deque[tuple[str, str, int]] = collections.deque(maxlen=history)
         self._server: asyncio.base_events.Server | None = None
+        self._host = "127.0.0.1"
         self.port: int = 0
 
     def _accept(self) -> _ClientSide:
         self.accepted += 1
         conn = _Connection(self)
+        self.connections.add(conn)
         return _ClientSide(conn, conn.up)
 
     def _event(self, direction: str, action: str, size: int) -> None:
@@ -413,8 +421,28 @@ class FaultProxy:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._accept, host, port, reuse_address=True)
+        self._host = host
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
+
+    async def pause(self) -> None:
+        """Stop listening (new connections are refused by the OS, like a host that is down) and cut
+        every live connection.  ``refuse`` instead accepts and closes at once (a process that dies)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        self.cut_all()
+        if server is not None:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+            except TimeoutError:
+                pass
+
+    async def resume(self) -> None:
+        """Listen again on the same port after :meth:`pause`."""
+        if self._server is None:
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(self._accept, self._host, self.port, reuse_address=True)
 
     def cut_all(self) -> int:
         """Cut every live connection now; returns how many were cut."""
