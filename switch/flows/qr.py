@@ -5,8 +5,8 @@ No public POS dialect fixes how the code travels (pos-8583-dialect.md §13); our
 Alipay codes fit) or, if it has at most 19 digits, field 2.  The wallet is chosen by payment-code
 prefix (``[routes.qr]``).  Upstream: ``h2h.qr_pay_request``; a ``09`` answer means the customer is
 confirming (password): the switch polls the order with ``h2h.qr_query_request`` every
-``qr_poll`` s while holding the terminal's request, at most ``qr_wait`` s, then cancels the order
-with a 0420 and answers 98.  A void of a QR sale (same batch, full amount) cancels it upstream
+``qr_poll`` s while holding the terminal's request, at most ``qr_wait`` s (a poll whose answer is
+lost is simply repeated), then cancels the order with a 0420 and answers 98.  A void of a QR sale (same batch, full amount) cancels it upstream
 with a 0420 (the wallet refunds a paid order).  QR rows are journaled with payment method ``qr``,
 the wallet's transaction id as ``qr_order_no`` and card org ``CUP`` (domestic settlement).
 """
@@ -98,16 +98,7 @@ async def _qr_sale(ctx: Context) -> None:
     link = route.link
     try:
         resp = await link.request(pay, timeout=svc.issuer_timeout)
-        pay["11"], pay["7"] = resp.get("11", pay["11"]), resp.get("7", pay["7"])  # as sent, for a cancel
-        rc = resp.get("39", RC.SYSTEM_ERROR)
-        order = resp.get("44", "")
-        deadline = time.monotonic() + svc.qr_wait
-        while rc == PENDING and time.monotonic() < deadline:
-            await asyncio.sleep(min(svc.qr_poll, max(deadline - time.monotonic(), 0.0)))
-            q = await link.request(h2h.qr_query_request(pay), timeout=svc.issuer_timeout)
-            rc = _QUERY_FINAL.get(q.get("39", ""), q.get("39", RC.SYSTEM_ERROR))
-            resp = {**resp, **{k: v for k, v in q.items() if k in ("38", "44")}}
-    except IssuerTimeout:  # the link queued the 0420 itself
+    except IssuerTimeout:  # the pay itself went unanswered: the link queued its 0420 (cancel) itself
         await journal.update_state(txn_id, "reversed", response_code=RC.ISSUER_TIMEOUT)
         fill_reply(ctx, Outcome(RC.ISSUER_TIMEOUT, txn_id, rrn, route=route))
         return
@@ -115,6 +106,18 @@ async def _qr_sale(ctx: Context) -> None:
         await journal.update_state(txn_id, "declined", response_code=RC.ISSUER_UNAVAILABLE)
         fill_reply(ctx, Outcome(RC.ISSUER_UNAVAILABLE, txn_id, rrn, route=route))
         return
+    pay["11"], pay["7"] = resp.get("11", pay["11"]), resp.get("7", pay["7"])  # as sent, for a cancel
+    rc = resp.get("39", RC.SYSTEM_ERROR)
+    order = resp.get("44", "")
+    deadline = time.monotonic() + svc.qr_wait
+    while rc == PENDING and time.monotonic() < deadline:
+        await asyncio.sleep(min(svc.qr_poll, max(deadline - time.monotonic(), 0.0)))
+        try:
+            q = await link.request(h2h.qr_query_request(pay), timeout=svc.issuer_timeout)
+        except (IssuerTimeout, IssuerUnavailable):
+            continue  # a lost poll answer is no answer: poll again until the deadline, then cancel
+        rc = _QUERY_FINAL.get(q.get("39", ""), q.get("39", RC.SYSTEM_ERROR))
+        resp = {**resp, **{k: v for k, v in q.items() if k in ("38", "44")}}
     if rc == PENDING:  # the customer never confirmed: close the order upstream
         log.info("qr payment not confirmed in time, cancelling", extra=kv(tid=term.tid, rrn=rrn, wallet=route.name))
         await link.reverse(pay, "98")
