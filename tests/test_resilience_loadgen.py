@@ -127,3 +127,20 @@ async def test_h2h_load_through_the_forwarder_reaches_the_issuer(stack):
     assert report["txns"] > 0 and report["rc"] == {"00": report["txns"]}
     assert report["sent"] == report["replies"]
     assert before - issuer.ledger.balance(card.pan) == 2 * report["sent"]
+
+
+def test_bench_switch_orchestration_smoke(tmp_path):
+    """bench/bench_switch.py end to end with tiny windows: the CLIs it starts (posswitch hsm, issuer,
+    serve --config with the config it writes), the forwarder and three load-generator runs all work,
+    every sale is approved and the summary table renders.  Catches config/CLI drift early."""
+    bench_switch = _load("bench_switch")
+    results = bench_switch.run(seconds=0.5, warmup=0.2, terminals=2, in_flight=4, workdir=str(tmp_path),
+                               verbose=False)
+    for name in ("switch max", "ceiling", "switch half"):
+        r = results[name]
+        assert r["txns"] > 0 and r["rc"] == {"00": r["txns"]}, (name, r["rc"])
+        assert r["sent"] == r["replies"] and r["lost"] == 0
+    assert results["switch max"]["cpu"]["switch"]["cpu_s"] >= 0 and "forwarder" in results["ceiling"]["cpu"]
+    assert results["ratio"] > 0
+    table = bench_switch.table(results)
+    assert "| switch max |" in table and "| ceiling |" in table and "switch throughput / ceiling = " in table
