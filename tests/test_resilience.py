@@ -519,3 +519,22 @@ async def test_preauth_answer_lost_releases_the_hold(rig):
     assert ledger.available(card.pan) == available  # the hold the issuer placed is released
     [row] = rig.journal_rows(term.tid, reply.request["11"])
     assert row["state"] == "reversed"
+
+
+async def test_lost_settlement_answer_retried_balances_again(rig):
+    """The 0510 is lost; the terminal sends its 0500 again and gets the same balanced answer."""
+    from switch.sim_terminal import settlement_balanced
+
+    card = rig.stack.card("cup", 3)
+    term = await rig.signed_on(2)
+    for amount in (120, 340):
+        assert (await term.sale(card, amount, pin=card.pin)).approved
+    lost = rig.tproxy.down.drop(match=pos_mti("0510"))
+    term.timeout = 1.5
+    with pytest.raises(TimeoutError):
+        await term.settle()
+    assert lost.hits == 1
+    term.timeout = 10.0
+    again = await term.settle()
+    assert again.approved and settlement_balanced(again) is True
+    assert again.doc["48"][:15] == f"{460:012d}002"
