@@ -129,7 +129,8 @@ def write_accounts(workdir: Path) -> Path:
     return path
 
 
-def write_switch_config(workdir: Path, ports: dict[str, int], terminals: int, synchronous: str) -> Path:
+def write_switch_config(workdir: Path, ports: dict[str, int], terminals: int, synchronous: str,
+                        issuer_timeout: float = 10.0) -> Path:
     from hsm_sim import lmk
     from switch.testbed import test_tmk
 
@@ -140,7 +141,7 @@ def write_switch_config(workdir: Path, ports: dict[str, int], terminals: int, sy
         'acquirer_id = "48020000"',
         f'[listener]\nhost = "127.0.0.1"\nport = {ports["switch"]}\nmax_frame = 4096\nmax_in_flight = 64',
         f'[hsm]\nhost = "127.0.0.1"\nport = {ports["hsm"]}\nheader_len = 4\ntimeout = 5.0',
-        f'[issuers.cup]\nhost = "127.0.0.1"\nport = {ports["issuer"]}\ntimeout = 10.0\n'
+        f'[issuers.cup]\nhost = "127.0.0.1"\nport = {ports["issuer"]}\ntimeout = {issuer_timeout}\n'
         f'zpk_under_lmk = "{lmk.encrypt_under_lmk(ZPK_CLEAR, "ZPK")}"\necho_interval = 60.0\nkind = "card"',
         '[routes]\ndefault = "cup"\n[routes.bins]\n"62" = "cup"',
         f'[journal]\nbackend = "sqlite"\npath = "{workdir / "switch.db"}"\ngroup_commit_ms = 1.0\n'
