@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import collections
 import json
+import math
 import os
 import sys
 import time
@@ -87,7 +88,7 @@ def percentile(sorted_ns: list[int], q: float) -> float:
     """Nearest-rank percentile in milliseconds."""
     if not sorted_ns:
         return float("nan")
-    k = min(len(sorted_ns) - 1, max(0, int(round(q * len(sorted_ns) + 0.5)) - 1))
+    k = min(len(sorted_ns) - 1, max(0, math.ceil(q * len(sorted_ns) - 1e-9) - 1))  # rank ceil(q n)
     return sorted_ns[k] / 1e6
 
 

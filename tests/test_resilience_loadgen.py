@@ -144,3 +144,19 @@ def test_bench_switch_orchestration_smoke(tmp_path):
     assert results["ratio"] > 0
     table = bench_switch.table(results)
     assert "| switch max |" in table and "| ceiling |" in table and "switch throughput / ceiling = " in table
+
+
+def test_percentiles_are_nearest_rank_and_cpu_ticks_count_this_process() -> None:
+    ns = sorted(range(1_000_000, 1001 * 1_000_000 + 1, 1_000_000))  # 1..1001 ms
+    assert loadgen.percentile(ns, 0.50) == 501.0
+    assert loadgen.percentile(ns, 0.99) == 991.0
+    assert loadgen.percentile(ns, 0.999) == 1000.0
+    assert loadgen.percentile([7_000_000], 0.999) == 7.0
+    assert loadgen.percentile([], 0.5) != loadgen.percentile([], 0.5)  # NaN when nothing was measured
+    t0 = loadgen.cpu_ticks(os.getpid())
+    m0 = loadgen.main_thread_ticks(os.getpid())
+    end = __import__("time").process_time() + 0.1
+    while __import__("time").process_time() < end:
+        pass
+    assert loadgen.cpu_ticks(os.getpid()) > t0 and loadgen.main_thread_ticks(os.getpid()) > m0
+    assert loadgen.percentile(sorted(range(1, 101)), 0.99) == 99 / 1e6  # rank ceil(0.99 * 100) = 99
