@@ -1,0 +1,197 @@
+"""kill -9 of the switch under load: the restart reverses what was in flight, nothing is lost or doubled.
+
+``posswitch hsm``, ``posswitch issuer`` and ``posswitch serve`` run as real processes (started like
+bench/bench_switch.py does, with its config writer; journal ``synchronous = FULL``).  A fault proxy
+in this test process sits between the switch and the issuer and holds every 0210 for a while, so
+at any moment several sales are approved (debited) at the issuer but not yet answered.  Several
+terminals send pipelined PIN sales; once enough approvals have reached the terminals and more
+debits stand at the issuer than approvals were received, the switch gets SIGKILL.  The proxy
+faults are removed and the switch restarted on the same journal.  Then:
+
+* no journal row is left in flight, the reversal queue drains;
+* ``posswitch reconcile``'s logic (switch.reconcile.run) finds zero differences;
+* no (terminal, RRN) carries more than one standing debit, and the account balance equals the
+  opening balance minus the journal's approved sales;
+* every approval a terminal received is approved in the journal and debited in the ledger;
+* the restarted switch carries on: new sales are approved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import importlib.util
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from switch import reconcile, testbed
+from switch.sim_terminal import SimCard, SimTerminal, SimTerminalError
+from switch.testing.faultproxy import FaultProxy, h2h_mti
+
+pytestmark = pytest.mark.timeout(150)
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+TERMINALS = 4
+PIPELINE = 3  # sales in flight per terminal
+HOLD_MS = 700  # how long the proxy holds each issuer answer
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_switch = _load("bench_switch")
+loadgen = _load("loadgen")
+
+
+def _query(db: Path, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(str(db), timeout=10)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def _standing_debits(ledger: Path) -> int:
+    return int(_query(ledger, "SELECT COUNT(*) FROM postings WHERE kind = 'debit' AND reversed_by IS NULL")[0][0])
+
+
+async def _eventually(cond, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+class Load:
+    """Terminals selling in a loop; keeps every approval a terminal received."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.received: list[tuple[str, str, int]] = []  # (tid, rrn, amount) of 00 replies
+        self.stop = False
+        self.errors = 0
+
+    async def terminal(self, i: int) -> None:
+        term = SimTerminal("127.0.0.1", self.port, loadgen.terminal_id(i), loadgen.MERCHANT_ID,
+                           testbed.test_tmk(i), timeout=30.0)
+        await term.connect()
+        try:
+            assert (await term.sign_on()).approved
+            card = SimCard(pan=bench_switch.PAN, pin=bench_switch.PIN)
+
+            async def worker(k: int) -> None:
+                n = 0
+                while not self.stop:
+                    n += 1
+                    amount = 100 + i * 1000 + k * 100 + n  # distinct per sale, traceable
+                    try:
+                        reply = await term.sale(card, amount, pin=card.pin)
+                    except (SimTerminalError, ConnectionError, OSError, TimeoutError):
+                        self.errors += 1
+                        return  # the switch died: this terminal's connection is gone
+                    if reply.approved:
+                        self.received.append((term.tid.strip(), reply.rrn, amount))
+
+            await asyncio.gather(*(worker(k) for k in range(PIPELINE)))
+        finally:
+            await term.close()
+
+
+@pytest.mark.xfail(strict=True, reason="switch/serve.py does not call switch.recovery.recover() at start-up yet "
+                   "(asked switch-core); remove this marker when it does")
+async def test_kill_9_under_load_then_restart_loses_and_doubles_nothing(tmp_path):
+    wd = tmp_path
+    ports = {name: bench_switch.free_port() for name in ("hsm", "issuer", "switch", "metrics")}
+    cli = [sys.executable, "-m", "switch.cli"]
+    procs: list = []
+    proxy = FaultProxy("127.0.0.1", ports["issuer"])
+    ledger, journal = wd / "ledger.db", wd / "switch.db"
+    try:
+        hsm = bench_switch.Proc("hsm", [*cli, "hsm", "--listen", f"127.0.0.1:{ports['hsm']}",
+                                        "--log-level", "WARNING"], wd)
+        procs.append(hsm)
+        await asyncio.to_thread(hsm.wait_line, "hsm listening")
+        issuer = bench_switch.Proc("issuer", [
+            *cli, "issuer", "--listen", f"127.0.0.1:{ports['issuer']}", "--accounts",
+            str(bench_switch.write_accounts(wd)), "--hsm", f"127.0.0.1:{ports['hsm']}",
+            "--ledger", str(ledger), "--log-level", "WARNING"], wd)
+        procs.append(issuer)
+        await asyncio.to_thread(issuer.wait_line, "issuer listening")
+        await proxy.start()
+        cfg = bench_switch.write_switch_config(wd, {**ports, "issuer": proxy.port}, TERMINALS, "FULL",
+                                               issuer_timeout=20.0)
+        held = proxy.down.delay(HOLD_MS, count=None, match=h2h_mti("0210"))
+        switch = bench_switch.Proc("switch", [*cli, "serve", "--config", str(cfg)], wd)
+        procs.append(switch)
+        await asyncio.to_thread(switch.wait_port, ports["switch"])
+        opening = int(_query(ledger, "SELECT balance FROM accounts")[0][0])
+
+        load = Load(ports["switch"])
+        tasks = [asyncio.ensure_future(load.terminal(i)) for i in range(TERMINALS)]
+        # enough answered approvals, and approvals at the issuer that no terminal has seen yet
+        await _eventually(lambda: len(load.received) >= 2 * TERMINALS, 60, "approvals at the terminals")
+        await _eventually(lambda: _standing_debits(ledger) >= len(load.received) + 2, 30,
+                          "issuer approvals still unanswered")
+        switch.p.kill()  # SIGKILL: no drain, no shutdown hooks
+        await asyncio.to_thread(switch.p.wait, 10)
+        load.stop = True
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 40)
+        assert held.hits > 0 and load.errors > 0  # some sales really were cut off by the kill
+        in_flight_at_kill = _query(journal, "SELECT COUNT(*) FROM txn WHERE state IN ('sent', 'received')")[0][0]
+        assert in_flight_at_kill > 0
+        unanswered_debits = _standing_debits(ledger) - len(load.received)
+        assert unanswered_debits > 0
+
+        proxy.down.clear()
+        switch2 = bench_switch.Proc("switch2", [*cli, "serve", "--config", str(cfg)], wd)
+        procs.append(switch2)
+        await asyncio.to_thread(switch2.wait_port, ports["switch"])
+        await _eventually(lambda: _query(journal, "SELECT COUNT(*) FROM txn WHERE state IN ('sent', 'received')"
+                                         )[0][0] == 0, 20, "recovery of the in-flight rows")
+        await _eventually(lambda: _query(journal, "SELECT COUNT(*) FROM reversal_queue WHERE acked_at IS NULL"
+                                         )[0][0] == 0, 30, "the reversal queue to drain")
+
+        # the restarted switch carries on
+        after = Load(ports["switch"])
+        after_task = asyncio.ensure_future(after.terminal(0))
+        await _eventually(lambda: len(after.received) >= 3, 30, "sales after the restart")
+        after.stop = True
+        await asyncio.wait_for(after_task, 40)
+        assert after.errors == 0
+
+        day = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()
+        res = await asyncio.to_thread(reconcile.run, str(journal), str(ledger), day)
+        assert res.clean, reconcile.format_result(res)
+        doubles = _query(ledger, "SELECT terminal_id, rrn, COUNT(*) AS n FROM postings WHERE kind = 'debit' "
+                                 "AND reversed_by IS NULL GROUP BY terminal_id, rrn HAVING n > 1")
+        assert not doubles, [tuple(r) for r in doubles]
+        approved = _query(journal, "SELECT terminal_id, rrn, amount FROM txn WHERE state = 'approved' "
+                                   "AND txn_type = 'sale'")
+        balance = int(_query(ledger, "SELECT balance FROM accounts")[0][0])
+        assert balance == opening - sum(int(r["amount"]) for r in approved)
+        journal_ok = {(r["terminal_id"].strip(), r["rrn"]): int(r["amount"]) for r in approved}
+        debited = {(r["terminal_id"].strip(), r["rrn"]): -int(r["amount"]) for r in _query(
+            ledger, "SELECT terminal_id, rrn, amount FROM postings WHERE kind = 'debit' AND reversed_by IS NULL")}
+        for tid, rrn, amount in load.received + after.received:  # no lost approval
+            assert journal_ok.get((tid, rrn)) == amount, (tid, rrn, amount)
+            assert abs(debited.get((tid, rrn), 0)) == amount, (tid, rrn, amount)
+        reversed_rows = _query(journal, "SELECT COUNT(*) FROM txn WHERE state = 'reversed' AND response_code = '98'")
+        assert reversed_rows[0][0] >= in_flight_at_kill
+    finally:
+        for proc in reversed(procs):
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(proc.stop)
+        await proxy.stop()
