@@ -156,7 +156,7 @@ class Stats:
     rc: collections.Counter[str] = field(default_factory=collections.Counter)
     lat_ns: list[int] = field(default_factory=list)
     lost: int = 0
-    late_starts: int = 0  # rate mode: ticks where the rate wanted more than the free slots allowed
+    late_starts: int = 0  # rate mode: starts skipped because every slot was busy (closed-loop cap)
 
 
 class Conn(asyncio.Protocol):
@@ -316,7 +316,7 @@ class LoadGen:
                         due -= 1
                         break
                 else:
-                    self.stats.late_starts += 1
+                    self.stats.late_starts += due
                     sent += due  # skipped: closed-loop cap reached (reported as late_starts)
                     break
             await asyncio.sleep(0.001)
