@@ -8,8 +8,9 @@ Run as its own process (``bench/bench_switch.py`` does it for you)::
 
 ``pos``: each terminal (``LG000000``.., TMK ``switch.testbed.test_tmk(i)``, provisioned by the bench
 config) signs on over its own connection (SimTerminal: 0800, working keys unwrapped from field 62
-and checked), then sends 0200 swipe sales with a PIN block under its PIK and a POS-ECB MAC under
-its MAK.  ``h2h``: the requests the switch would send upstream (0200 with track 2 and the PIN block
+and checked), then sends 0200 sales (``--entry swipe``, or ``chip``/``contactless`` with field 55 and
+an ARQC computed once per connection: the issuer simulator does not check ATC replay) with a PIN
+block under its PIK and a POS-ECB MAC under its MAK.  ``h2h``: the requests the switch would send upstream (0200 with track 2 and the PIN block
 under the issuer ZPK), straight to the issuer simulator through the forwarder.
 
 What can be pre-built is: one encoded request per connection; per request only the STAN (and in
@@ -249,7 +250,7 @@ class LoadGen:
             card = SimCard(pan=self.args.pan, pin=DEFAULT_PIN)
             doc = term._base("0200", "000000", "22")
             doc.update({"4": f"{self.args.amount:012d}", "25": "00", "49": "156"})
-            term._card_fields(doc, card, "swipe", card.pin, self.args.amount)
+            term._card_fields(doc, card, self.args.entry, card.pin, self.args.amount)
             assert term._mak is not None
             return PosTemplate(DEFAULT_TPDU, DEFAULT_HEADER, doc, term._mak)
         finally:
@@ -376,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="process whose CPU time per transaction to report (repeatable)")
     p.add_argument("--pan", default=DEFAULT_PAN)
     p.add_argument("--amount", type=int, default=1, help="fen per sale")
+    p.add_argument("--entry", choices=("swipe", "chip", "contactless"), default="swipe",
+                   help="pos: card entry (chip/contactless carry field 55 with an ARQC; one per connection)")
     p.add_argument("--stan-start", type=int, default=1, help="first STAN (keep runs against one switch apart)")
     p.add_argument("--zpk", default="0123456789ABCDEFFEDCBA9876543210", help="h2h: clear test ZPK (hex)")
     p.add_argument("--no-uvloop", action="store_true")

@@ -160,3 +160,13 @@ def test_percentiles_are_nearest_rank_and_cpu_ticks_count_this_process() -> None
         pass
     assert loadgen.cpu_ticks(os.getpid()) > t0 and loadgen.main_thread_ticks(os.getpid()) > m0
     assert loadgen.percentile(sorted(range(1, 101)), 0.99) == 99 / 1e6  # rank ceil(0.99 * 100) = 99
+
+
+async def test_chip_load_is_accepted(stack):
+    card = stack.card("cup", 3)
+    before = stack.issuers["cup"].ledger.balance(card.pan)
+    gen = loadgen.LoadGen(_args("--port", str(stack.port), "--terminals", "2", "--in-flight", "4", "--entry", "chip",
+                                "--seconds", "0.6", "--warmup", "0.2", "--pan", card.pan))
+    report = await gen.run()
+    assert report["txns"] > 0 and report["rc"] == {"00": report["txns"]}
+    assert before - stack.issuers["cup"].ledger.balance(card.pan) == report["sent"]
