@@ -35,6 +35,8 @@ class Limits:
     max_frame: int = 2048
     max_in_flight: int = 32
     idle_timeout: float = 300.0
+    #: requests using the HSM or an issuer across all connections (0 = unlimited); beyond it: 96 at once
+    max_total_in_flight: int = 0
 
 
 class TerminalProtocol(asyncio.Protocol):

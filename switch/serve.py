@@ -77,9 +77,16 @@ async def run(cfg: Any, stop: asyncio.Event, drain: float = 10.0) -> None:
             router.add_qr_prefix(prefix, name)
     if cfg.routes.default in router.routes:
         router.default = cfg.routes.default
+    # crash recovery: rows a previous process left in flight (kill -9) are reversed upstream through
+    # the durable reversal store before any terminal is served
+    from switch.recovery import recover
+
+    report = await recover(journal, links, acquirer_id=cfg.acquirer_id)
+    log.info("recovery", extra=kv(found=report.found, reversed=len(report.reversed), left=len(report.left)))
     services = Services(registry, journal, Security(hsm, metrics), router, metrics=metrics,
                         acquirer_id=cfg.acquirer_id)
-    limits = Limits(cfg.listener.max_frame, cfg.listener.max_in_flight, cfg.listener.idle_timeout)
+    limits = Limits(cfg.listener.max_frame, cfg.listener.max_in_flight, cfg.listener.idle_timeout,
+                    getattr(cfg.listener, "max_total_in_flight", 0))
     server = SwitchServer(Processor(services), limits, metrics)
     await server.start(cfg.listener.host, cfg.listener.port)
     # Everything allocated so far lives as long as the process: keep the cyclic GC off it, and

@@ -32,6 +32,7 @@ class SwitchServer:
     def __init__(self, processor: Processor, limits: Limits | None = None, metrics: Any = None) -> None:
         self.processor = processor
         self.limits = limits or Limits()
+        processor.max_total_in_flight = self.limits.max_total_in_flight
         self.metrics = metrics
         self.connections: set[TerminalProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()

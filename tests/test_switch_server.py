@@ -193,3 +193,21 @@ async def test_mutated_frames_never_break_the_switch(stack):
         writer.close()
     assert answered + closed == 300 and answered > 100
     assert (await good.sale(card, 100, entry="contactless")).rc == "00"
+
+
+async def test_global_in_flight_bound_answers_96_at_once(tmp_path):
+    s = await Stack.start(tmp_path, terminals=3, limits=Limits(max_total_in_flight=2))
+    try:
+        terms = [await s.connected_terminal(i) for i in range(3)]
+        card = s.card("cup", 1)
+        before = s.issuers["cup"].ledger.balance(card.pan)
+        s.issuers["cup"].faults.add(action="delay", delay=0.4, amount=4040)
+        replies = await asyncio.gather(*(t.sale(card, 4040, entry="contactless") for t in terms for _ in range(2)))
+        codes = sorted(r.rc for r in replies)
+        assert codes.count("00") >= 2 and "96" in codes, codes
+        assert s.server.processor.overloaded == codes.count("96")
+        # the refused ones never reached the issuer
+        assert s.issuers["cup"].ledger.balance(card.pan) == before - 4040 * codes.count("00")
+        assert (await terms[0].echo()).rc == "00"  # management traffic is not bounded
+    finally:
+        await s.stop()

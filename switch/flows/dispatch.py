@@ -32,7 +32,7 @@ class Services:
     router: Any  # switch.routing.Router
     metrics: Any = None  # switch.metrics.SwitchMetrics | None
     acquirer_id: str = "48020000"
-    issuer_timeout: float = 10.0
+    issuer_timeout: float | None = None  # None: each issuer link's configured timeout
     qr_wait: float = 30.0  # longest a QR sale waits for the customer's confirmation (inside the terminal timeout)
     qr_poll: float = 3.0  # order status query interval while the customer confirms
     batch_seed: int = 1
@@ -57,6 +57,10 @@ class Processor:
         self.services = services
         self._table: dict[tuple[str, ...], Entry] = {}
         self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        #: global bound on requests that use the HSM or an issuer (0 = none); set from Limits
+        self.max_total_in_flight = 0
+        self.busy = 0
+        self.overloaded = 0
         from switch import signon
         from switch.flows import financial, refund, reversal, settlement
 
@@ -97,6 +101,24 @@ class Processor:
             ctx.fail(RC.INVALID_TXN)
             return self._finish(ctx, None)
         ctx.txn_type = entry.txn_type
+        if not (entry.maced or entry.txn_type == "sign_on"):  # touches neither HSM nor issuer
+            return await self._run(ctx, entry, term)
+        if self.max_total_in_flight and self.busy >= self.max_total_in_flight:
+            # global back-pressure: answer at once, without the HSM, the issuer or the journal
+            self.overloaded += 1
+            if svc.metrics is not None:
+                svc.metrics.rejected_frames.labels("overload").inc()
+            ctx.fail(RC.SYSTEM_ERROR)
+            return self._finish(ctx, None)
+        self.busy += 1
+        try:
+            return await self._run(ctx, entry, term)
+        finally:
+            self.busy -= 1
+
+    async def _run(self, ctx: Context, entry: Entry, term: Any) -> tuple[bytes, int, Context]:
+        svc, req = self.services, ctx.req
+        tid, mid = req.get("41"), req.get("42")
         if entry.maced:
             if not term.mak_under_lmk or not term.signed_on:  # never signed on, or signed off
                 ctx.fail(RC.MAC_ERROR)
@@ -104,7 +126,7 @@ class Processor:
                 return self._finish(ctx, None)
             mac = req.get("64")
             try:
-                mac_ok = mac is not None and await svc.security.verify_mac(term, wire.mac_input(body),
+                mac_ok = mac is not None and await svc.security.verify_mac(term, wire.mac_input(ctx.body),
                                                                            bytes.fromhex(mac))
             except Exception as exc:  # HSM down or erroring: nothing is forwarded
                 log.warning("MAC check failed in the HSM", extra=kv(tid=tid, stan=req.get("11"), error=str(exc)))

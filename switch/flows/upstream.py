@@ -181,9 +181,8 @@ async def _authorize(ctx: Context, txn_type: str, mti_up: str | None, amount: in
     if original is not None:
         txn["original_id"] = original.id
     txn_id = await journal.record(txn)
-    t0 = time.perf_counter()
     try:
-        resp = await route.link.request(up, timeout=svc.issuer_timeout)
+        resp = await route.link.request(up, timeout=svc.issuer_timeout)  # None: the link's own timeout
     except (IssuerTimeout, IssuerUnavailable) as exc:
         if up["t"] == "0220":  # an advice (refund, completion advice): approve here, store and forward
             await route.link.advise(up)
@@ -198,14 +197,7 @@ async def _authorize(ctx: Context, txn_type: str, mti_up: str | None, amount: in
         log.warning("issuer timeout", extra=kv(issuer=route.name, tid=term.tid, stan=req.get("11"), rrn=rrn))
         await journal.update_state(txn_id, "reversed", response_code=RC.ISSUER_TIMEOUT)
         return Outcome(RC.ISSUER_TIMEOUT, txn_id, rrn, route=route)
-    finally:
-        m = svc.metrics
-        if m is not None:
-            try:
-                m.issuer_latency.labels(route.name).observe(time.perf_counter() - t0)
-            except Exception:
-                pass
-    rc = resp.get("39", RC.SYSTEM_ERROR)
+    rc = resp.get("39", RC.SYSTEM_ERROR)  # (the link itself records the issuer round trip metric)
     auth = resp.get("38", "")
     if txn_id in svc.reversed_in_flight:  # the terminal reversed it while we waited for the issuer
         svc.reversed_in_flight.discard(txn_id)
