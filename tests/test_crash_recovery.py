@@ -110,8 +110,6 @@ class Load:
             await term.close()
 
 
-@pytest.mark.xfail(strict=True, reason="switch/serve.py does not call switch.recovery.recover() at start-up yet "
-                   "(asked switch-core); remove this marker when it does")
 async def test_kill_9_under_load_then_restart_loses_and_doubles_nothing(tmp_path):
     wd = tmp_path
     ports = {name: bench_switch.free_port() for name in ("hsm", "issuer", "switch", "metrics")}
