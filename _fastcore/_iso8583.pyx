@@ -86,8 +86,34 @@ cdef extern from "Python.h":
 cdef extern from *:
     """
     static inline int fc_clz64(unsigned long long x) { return __builtin_clzll(x); }
+
+    /* bytes -> upper-case hex text, 16 bytes per step with SSE2 (baseline on x86-64),
+       the rest through a 256-entry table of two-character pairs. */
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
+    static inline void fc_hex_upper(const unsigned char *s, Py_ssize_t n, char *d,
+                                    const uint16_t *pairs) {
+        Py_ssize_t i = 0;
+    #if defined(__SSE2__)
+        const __m128i m0f = _mm_set1_epi8(0x0f), n9 = _mm_set1_epi8(9);
+        const __m128i c0 = _mm_set1_epi8('0'), c7 = _mm_set1_epi8('A' - '0' - 10);
+        for (; i + 16 <= n; i += 16) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(s + i));
+            __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), m0f);
+            __m128i lo = _mm_and_si128(v, m0f);
+            hi = _mm_add_epi8(_mm_add_epi8(hi, c0), _mm_and_si128(_mm_cmpgt_epi8(hi, n9), c7));
+            lo = _mm_add_epi8(_mm_add_epi8(lo, c0), _mm_and_si128(_mm_cmpgt_epi8(lo, n9), c7));
+            _mm_storeu_si128((__m128i *)(d + 2 * i), _mm_unpacklo_epi8(hi, lo));
+            _mm_storeu_si128((__m128i *)(d + 2 * i + 16), _mm_unpackhi_epi8(hi, lo));
+        }
+    #endif
+        for (; i < n; i++)
+            memcpy(d + 2 * i, &pairs[s[i]], 2);
+    }
     """
     int fc_clz64(unsigned long long x)
+    void fc_hex_upper(const unsigned char* s, Py_ssize_t n, char* d, const uint16_t* pairs) noexcept
     dict _PyDict_NewPresized(Py_ssize_t minused)
 
 
@@ -444,10 +470,7 @@ cdef int buf_grow(Buf* b, Py_ssize_t need) except -1:
 
 cdef inline str _hex_upper(const unsigned char* s, Py_ssize_t n):
     cdef str out = PyUnicode_New(2 * n, 127)
-    cdef char* d = <char*>PyUnicode_DATA(out)
-    cdef Py_ssize_t i
-    for i in range(n):
-        (<uint16_t*>d)[i] = HEX16[s[i]]
+    fc_hex_upper(s, n, <char*>PyUnicode_DATA(out), HEX16)
     return out
 
 
