@@ -1,4 +1,4 @@
-"""A fault-injecting TCP proxy for resilience tests: delay, drop, cut, duplicate, reorder and split traffic.
+"""A fault-injecting TCP proxy for resilience tests: delay, drop, cut, duplicate, reorder, split, corrupt.
 
 Put it between terminals and the switch, or between the switch and an issuer, and program a
 :class:`FaultPlan` per direction (``proxy.up``: client → target, ``proxy.down``: target → client).
@@ -23,10 +23,11 @@ Faults: ``delay`` (hold frames back, order kept, like a slow link), ``drop`` (th
 close both connections), ``duplicate`` (send the frame again right after itself), ``reorder`` (hold the
 frame and send it after the next frame of that direction, or after ``max_hold_ms``), ``split`` (send
 the frame in ``chunk``-byte writes ``gap_ms`` apart), ``drop_bytes`` (remove bytes inside a frame, so
-the receiver loses the framing) and ``corrupt`` (flip the bits of one byte, e.g. the MAC).  ``cut_all()`` cuts every live connection;
-``refuse = True`` closes new connections at once (a process that died); ``await pause()`` /
-``await resume()`` stop and restart listening on the same port (a host that is down).  The proxy never logs
-message contents (they carry PANs), only directions, actions and sizes.
+the receiver loses the framing) and ``corrupt`` (flip the bits of one byte, e.g. the MAC).
+``cut_all()`` cuts every live connection; ``refuse = True`` closes new connections at once (a process
+that died); ``await pause()`` / ``await resume()`` stop and restart listening on the same port (a host
+that is down).  The proxy never logs message contents (they carry PANs), only directions, actions and
+sizes.  It applies no back-pressure of its own (test traffic only).
 
 From a shell (e.g. in front of ``posswitch serve`` for manual chaos with ``posswitch terminal``)::
 
