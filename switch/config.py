@@ -45,6 +45,7 @@ class ListenerConfig:
     max_frame: int = 4096  # largest LEN value accepted from a terminal
     max_in_flight: int = 8  # concurrent requests per connection
     idle_timeout: float = 300.0  # seconds without a frame before the connection is closed
+    max_total_in_flight: int = 0  # switch-wide bound on requests at the HSM/issuers (0 = unlimited); beyond: 96
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +271,7 @@ def _listener(t: _Table) -> ListenerConfig:
         max_frame=t.integer("max_frame", 4096, 64, 65535),
         max_in_flight=t.integer("max_in_flight", 8, 1, 10_000),
         idle_timeout=t.number("idle_timeout", 300.0, 0.1, 86_400),
+        max_total_in_flight=t.integer("max_total_in_flight", 0, 0, 10_000_000),
     )
     t.done()
     return c

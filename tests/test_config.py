@@ -24,7 +24,8 @@ def write(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
 def test_example_config_loads() -> None:
     cfg = load_config(EXAMPLE)
     assert cfg.acquirer_id == "48020000"
-    assert cfg.listener.port == 5000 and cfg.listener.max_in_flight == 8
+    assert cfg.listener.port == 5000 and cfg.listener.max_in_flight == 8 and cfg.listener.max_total_in_flight == 0
+    assert load_config(EXAMPLE, ["listener.max_total_in_flight=500"]).listener.max_total_in_flight == 500
     assert cfg.issuers["cup"].port == 7001 and cfg.issuers["wechat"].kind == "wallet"
     assert cfg.routes.issuer_for_pan("6212345678901234") == "cup"
     assert cfg.routes.wallet_for_code("134567890123456789") == "wechat"
@@ -74,6 +75,7 @@ def test_cli_arguments(tmp_path: Path) -> None:
         ('issuers.cup.port="x"', 'config error: [issuers.cup] port: expected an integer 1-65535, got "x"'),
         ("issuers.cup.port=70000", "[issuers.cup] port: expected an integer 1-65535, got 70000"),
         ("listener.max_in_flight=0", "[listener] max_in_flight: expected an integer 1-10000, got 0"),
+        ("listener.max_total_in_flight=-1", "[listener] max_total_in_flight: expected an integer 0-10000000"),
         ("listener.colour=1", "[listener] colour: unknown key"),
         ("hsm.timeout=true", "[hsm] timeout: expected a number"),
         ('routes.bins.62="nowhere"', '[routes.bins] 62: unknown issuer "nowhere"'),
@@ -150,6 +152,7 @@ def test_example_keys_are_the_documented_test_keys_under_the_simulator_lmk() -> 
 
 
 _KEYS = ["acquirer_id", "listener.host", "listener.port", "listener.max_frame", "listener.max_in_flight",
+         "listener.max_total_in_flight",
          "listener.idle_timeout", "hsm.port", "hsm.header_len", "hsm.timeout", "issuers.cup.port",
          "issuers.cup.timeout", "issuers.cup.zpk_under_lmk", "issuers.cup.echo_interval", "issuers.cup.kind",
          "routes.default", "journal.path", "journal.group_commit_ms", "journal.synchronous", "journal.pan_hash_key",
