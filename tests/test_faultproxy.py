@@ -149,6 +149,9 @@ def test_mti_matchers() -> None:
     pos = bytes.fromhex("6000030000" "603100311001") + bytes.fromhex("0200") + bytes(8)
     assert pos_mti("0200")(pos) and not pos_mti("0400", "0800")(pos) and pos_mti("0400", "0200")(pos)
     assert h2h_mti("0210")(b"0210F2...") and not h2h_mti("0200")(b"0210F2...")
+    from switch.testing.faultproxy import hsm_cmd
+
+    assert hsm_cmd("CA")(b"0001CAU...") and not hsm_cmd("CA")(b"0001CBxx") and hsm_cmd("M7", header_len=0)(b"M700")
 
 
 async def test_delay_keeps_order_and_holds_at_least_the_delay(proxy, rec):

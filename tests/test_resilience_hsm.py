@@ -18,16 +18,11 @@ from switch import testbed
 from switch.hsm_client import HsmClient
 from switch.sim_terminal import SimTerminal
 from switch.testbed import MERCHANT_ID, Stack, terminal_id
-from switch.testing.faultproxy import FaultProxy
+from switch.testing.faultproxy import FaultProxy, hsm_cmd
 
 pytestmark = pytest.mark.timeout(60)
 
 HSM_TIMEOUT = 1.0
-
-
-def hsm_cmd(*codes: str, header_len: int = 4):
-    wanted = frozenset(c.encode() for c in codes)
-    return lambda payload: payload[header_len:header_len + 2] in wanted
 
 
 @pytest.fixture

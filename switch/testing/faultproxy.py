@@ -70,6 +70,13 @@ def h2h_mti(*mtis: str) -> Match:
     return lambda payload: payload[:4] in wanted
 
 
+def hsm_cmd(*codes: str, header_len: int = 4) -> Match:
+    """Match payShield-style HSM frames (``header_len``-byte header, then a 2-letter command or reply
+    code such as ``CA``/``CB``, ``M6``/``M7``) whose code is one of ``codes``."""
+    wanted = frozenset(c.encode() for c in codes)
+    return lambda payload: payload[header_len:header_len + 2] in wanted
+
+
 @dataclass(eq=False)
 class Rule:
     """One programmed fault; ``count`` frames left (None: unlimited), ``hits`` applied so far."""
@@ -552,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["FaultProxy", "FaultPlan", "Rule", "pos_mti", "h2h_mti", "add_rule_spec", "UP", "DOWN", "ACTIONS"]
+__all__ = ["FaultProxy", "FaultPlan", "Rule", "pos_mti", "h2h_mti", "hsm_cmd", "add_rule_spec", "UP", "DOWN",
+           "ACTIONS"]
 
 if __name__ == "__main__":
     sys.exit(main())
