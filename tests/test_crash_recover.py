@@ -109,3 +109,32 @@ async def test_row_without_a_link_is_left_and_reported(stack):
     assert report.left == [txn_id] and not report.reversed and not report.clean
     row = await stack.journal.get(txn_id)
     assert row is not None and row.state == "sent"  # stays visible for posswitch reconcile
+
+
+async def test_in_flight_qr_payment_is_cancelled_at_the_wallet(stack):
+    """A QR pay the wallet completed (auto-confirming user) but the switch never answered: refunded."""
+    from switch.testbed import qr_code
+
+    rrn = stack.journal.next_rrn()
+    tid = terminal_id(0)
+    pay = h2h.qr_pay_request(payment_code=qr_code("134500000001"), amount=1230, terminal_id=tid,
+                             merchant_id=MERCHANT_ID, rrn=rrn, stan="000401")
+    await stack.journal.record({
+        "terminal_id": tid, "merchant_id": MERCHANT_ID, "txn_type": "sale", "mti": "0200",
+        "processing_code": "000000", "state": "sent", "amount": 1230, "stan": "000401", "batch": 1,
+        "rrn": rrn, "card_org": "CUP", "payment_method": "qr", "entry_mode": "032", "issuer": "wallets"})
+    resp = await stack.links["wallets"].request(pay)
+    assert resp["39"] == "00", resp
+    wallet_db = str(stack.workdir / "ledger-wallets.db")
+    day = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()
+    assert reconcile.read_ledger(wallet_db, day, [(tid, rrn)])[(tid, rrn)] == -1230  # the wallet debited
+
+    report = await recover(stack.journal, stack.links)
+    assert report.by_issuer == {"wallets": 1}
+    for _ in range(400):
+        if await stack.links["wallets"].pending_reversals() == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert reconcile.read_ledger(wallet_db, day, [(tid, rrn)])[(tid, rrn)] == 0  # refunded
+    res = reconcile.run(str(stack.workdir / "journal.db"), wallet_db, day, issuer="wallets")
+    assert res.clean, reconcile.format_result(res)
