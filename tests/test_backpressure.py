@@ -10,7 +10,9 @@ slow.  While answers are held, the number of requests outstanding on the issuer 
 * globally: with ``Limits.max_total_in_flight`` = N,
   many terminals together never have more than N requests upstream; the requests over the bound
   are answered at once with 96 (91 accepted too) -- before any held approval arrives -- and nothing of
-  theirs reaches the issuer or the ledger.
+  theirs reaches the issuer or the ledger;
+* the same with a slow HSM (every HSM answer held by a proxy): at most N requests are processed
+  (the switch's own busy count, sampled), the rest get 96 before the first approval.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import contextlib
 
 import pytest
 
+from switch.hsm_client import HsmClient
 from switch.issuer_link import IssuerLink
 from switch.protocol import Limits
 from switch.testbed import Stack
@@ -107,6 +110,53 @@ async def test_global_in_flight_limit_answers_96_fast_instead_of_queueing(tmp_pa
             100 + 10 * i + k for i in range(terminals) for k in range(per_terminal)
             if rcs[i * per_terminal + k] == "00")
     finally:
+        with contextlib.suppress(Exception):
+            await stack.stop()
+        await proxy.stop()
+
+
+async def test_global_in_flight_limit_with_a_slow_hsm(tmp_path):
+    bound, terminals, per_terminal = 3, 3, 4
+    stack = await Stack.start(tmp_path, terminals=terminals, issuer_timeout=10.0,
+                              limits=Limits(max_in_flight=32, max_total_in_flight=bound))
+    proxy = FaultProxy("127.0.0.1", stack.hsm_port)
+    await proxy.start()
+    client = await HsmClient.connect("127.0.0.1", proxy.port, timeout=10.0, reconnect_delay=0.05)
+    try:
+        terms = [await stack.connected_terminal(i) for i in range(terminals)]  # signed on via the direct HSM
+        assert stack.server is not None
+        processor = stack.server.processor
+        processor.services.security.hsm = client
+        proxy.down.delay(250, count=None)  # every HSM answer 250 ms late: a PIN sale needs several
+        card = stack.card("cup", 1)
+        order: list[str] = []
+        peak = 0
+
+        async def sample() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, processor.busy)
+                await asyncio.sleep(0.005)
+
+        async def sale(term, amount: int) -> str:
+            reply = await term.sale(card, amount, pin=card.pin)
+            order.append(reply.rc)
+            return reply.rc
+
+        sampler = asyncio.ensure_future(sample())
+        try:
+            rcs = await asyncio.gather(*(sale(t, 200 + 10 * i + k) for i, t in enumerate(terms)
+                                         for k in range(per_terminal)))
+        finally:
+            sampler.cancel()
+        refused = [rc for rc in rcs if rc != "00"]
+        assert peak == bound
+        assert rcs.count("00") >= bound and refused and set(refused) == {"96"}, rcs
+        first_ok = order.index("00")
+        assert order[:first_ok] == ["96"] * len(refused), order  # refusals did not wait for the HSM
+        assert processor.overloaded >= len(refused)
+    finally:
+        await client.close()
         with contextlib.suppress(Exception):
             await stack.stop()
         await proxy.stop()
