@@ -68,7 +68,7 @@ async def test_in_flight_rows_are_reversed_and_ledger_agrees(stack):
     assert ledger.balance(card_a.pan) == before_a - 1500
     assert not _reconcile(stack).clean  # the debit is there, the journal has no outcome: a difference
 
-    report = await recover(stack.journal, stack.links)
+    report = await recover(stack.journal, stack.links, second_pass=None)
     assert report.found == 2 and sorted(report.reversed) == sorted([id_a, id_b]) and report.clean
     for txn_id in (id_a, id_b):
         row = await stack.journal.get(txn_id)
@@ -85,8 +85,8 @@ async def test_recovery_is_idempotent_and_rerun_finds_nothing(stack):
     card = stack.card("cup", 2)
     before = ledger.balance(card.pan)
     await _sent_row(stack, card.pan, 700, "000201", reach_issuer=True)
-    first = await recover(stack.journal, list(stack.links.values()))  # an iterable of links works too
-    second = await recover(stack.journal, stack.links)
+    first = await recover(stack.journal, list(stack.links.values()), second_pass=None)  # an iterable of links works too
+    second = await recover(stack.journal, stack.links, second_pass=None)
     assert first.found == 1 and second.found == 0 and not second.reversed
     await _drained(stack)
     assert ledger.balance(card.pan) == before
@@ -105,7 +105,7 @@ async def test_recovery_is_idempotent_and_rerun_finds_nothing(stack):
 async def test_row_without_a_link_is_left_and_reported(stack):
     card = stack.card("cup", 3)
     txn_id, _ = await _sent_row(stack, card.pan, 900, "000301", reach_issuer=False)
-    report = await recover(stack.journal, {})  # the cup route no longer configured
+    report = await recover(stack.journal, {}, second_pass=None)  # the cup route no longer configured
     assert report.left == [txn_id] and not report.reversed and not report.clean
     row = await stack.journal.get(txn_id)
     assert row is not None and row.state == "sent"  # stays visible for posswitch reconcile
@@ -129,7 +129,7 @@ async def test_in_flight_qr_payment_is_cancelled_at_the_wallet(stack):
     day = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()
     assert reconcile.read_ledger(wallet_db, day, [(tid, rrn)])[(tid, rrn)] == -1230  # the wallet debited
 
-    report = await recover(stack.journal, stack.links)
+    report = await recover(stack.journal, stack.links, second_pass=None)
     assert report.by_issuer == {"wallets": 1}
     for _ in range(400):
         if await stack.links["wallets"].pending_reversals() == 0:
@@ -138,3 +138,46 @@ async def test_in_flight_qr_payment_is_cancelled_at_the_wallet(stack):
     assert reconcile.read_ledger(wallet_db, day, [(tid, rrn)])[(tid, rrn)] == 0  # refunded
     res = reconcile.run(str(stack.workdir / "journal.db"), wallet_db, day, issuer="wallets")
     assert res.clean, reconcile.format_result(res)
+
+
+async def test_reversal_overtaking_its_original_is_caught_by_the_second_pass(stack):
+    """The original 0200 is still on its way (held 0.8 s by a proxy) when recovery's 0420 arrives: the
+    issuer answers 25, then posts the late original; the second pass reverses it."""
+    from switch.issuer_link import IssuerLink, MemoryReversalStore
+    from switch.testing.faultproxy import FaultProxy, h2h_mti
+
+    ledger = stack.issuers["cup"].ledger
+    card = stack.card("cup", 5)
+    before = ledger.balance(card.pan)
+    proxy = FaultProxy("127.0.0.1", stack.issuer_ports["cup"])
+    await proxy.start()
+    dead = IssuerLink("127.0.0.1", proxy.port, name="cup", timeout=10.0, reversal_store=MemoryReversalStore())
+    try:
+        await dead.start(wait=5.0)  # the connection of the process that "died"
+        held = proxy.up.delay(800, match=h2h_mti("0200"))
+        rrn = stack.journal.next_rrn()
+        tid = terminal_id(0)
+        await stack.journal.record({
+            "terminal_id": tid, "merchant_id": MERCHANT_ID, "txn_type": "sale", "mti": "0200",
+            "processing_code": "000000", "state": "sent", "amount": 3300, "stan": "000501", "batch": 1,
+            "rrn": rrn, "card_org": "CUP", "payment_method": "swipe", "entry_mode": "021", "issuer": "cup"})
+        up = h2h.financial_request("sale", terminal_id=tid, merchant_id=MERCHANT_ID, rrn=rrn, amount=3300,
+                                   pan=card.pan, expiry="3012", stan="000501")
+        late = asyncio.ensure_future(dead.request(up))
+        for _ in range(200):
+            if held.hits:
+                break
+            await asyncio.sleep(0.01)
+        assert held.hits == 1
+        report = await recover(stack.journal, stack.links, second_pass=1.5)
+        await _drained(stack)  # the first 0420 is answered (25: nothing to reverse yet)
+        assert (await late)["39"] == "00"  # then the late original is approved and posted
+        assert ledger.balance(card.pan) == before - 3300  # the race really happened
+        assert report.second_pass is not None
+        await report.second_pass
+        await _drained(stack)
+        assert ledger.balance(card.pan) == before
+        assert _reconcile(stack).clean
+    finally:
+        await dead.close()
+        await proxy.stop()
