@@ -26,6 +26,7 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset
 
 import codecs
+import gc
 
 from iso8583.decoder import DecodeError
 from iso8583.encoder import EncodeError
@@ -87,6 +88,120 @@ cdef extern from *:
     """
     static inline int fc_clz64(unsigned long long x) { return __builtin_clzll(x); }
 
+    /* Building result dicts without PyDict_SetItem's lookup (CPython 3.11 only: the layout of
+       its dict keys objects is copied below; other versions take PyDict_SetItem).  The decoder
+       appends keys it knows to be new (one per field) to dicts it has just created and not yet
+       shown to anyone, so the version tag needs no bump.  fc_dict_direct is switched on at
+       import only after a self-check against PyDict_SetItem-built dicts (_check_direct). */
+    static int fc_dict_direct = 0;
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && !defined(PYPY_VERSION)
+    #define FC_DICT_LAYOUT 1
+    typedef struct {
+        Py_ssize_t dk_refcnt;
+        uint8_t dk_log2_size;
+        uint8_t dk_log2_index_bytes;
+        uint8_t dk_kind;
+        uint32_t dk_version;
+        Py_ssize_t dk_usable;
+        Py_ssize_t dk_nentries;
+        char dk_indices[];
+    } fc_keys;
+    typedef struct { PyObject *me_key; PyObject *me_value; } fc_uentry;
+    typedef struct { Py_hash_t me_hash; PyObject *me_key; PyObject *me_value; } fc_gentry;
+    typedef struct {
+        PyObject_HEAD
+        Py_ssize_t ma_used;
+        uint64_t ma_version_tag;
+        fc_keys *ma_keys;
+        void *ma_values;
+    } fc_dictobj;
+    #define FC_ENTRIES(k) ((fc_uentry *)(&((int8_t *)((k)->dk_indices))[(size_t)1 << (k)->dk_log2_index_bytes]))
+    #else
+    #define FC_DICT_LAYOUT 0
+    #endif
+
+    /* d[key] = value for an exact str key (hash cached) not yet in the fresh dict d. */
+    static inline int fc_dict_append(PyObject *d, PyObject *key, PyObject *value) {
+    #if FC_DICT_LAYOUT
+        fc_dictobj *mp = (fc_dictobj *)d;
+        fc_keys *k = mp->ma_keys;
+        /* a combined table (general keys: what _PyDict_NewPresized makes; or str keys) */
+        if (fc_dict_direct && mp->ma_values == NULL && k->dk_kind <= 1 && k->dk_usable > 0
+                && k->dk_log2_index_bytes == k->dk_log2_size) {  /* one-byte indices */
+            Py_hash_t h = ((PyASCIIObject *)key)->hash;
+            size_t mask = ((size_t)1 << k->dk_log2_size) - 1;
+            size_t i = (size_t)h & mask, perturb = (size_t)h;
+            int8_t *ix = (int8_t *)k->dk_indices;
+            fc_uentry *ep;
+            if (h != -1) {
+                while (ix[i] != -1) {
+                    perturb >>= 5;
+                    i = (i * 5 + perturb + 1) & mask;
+                }
+                ix[i] = (int8_t)k->dk_nentries;
+                Py_INCREF(key);
+                Py_INCREF(value);
+                if (k->dk_kind == 0) {
+                    fc_gentry *gp = (fc_gentry *)FC_ENTRIES(k) + k->dk_nentries;
+                    gp->me_hash = h;
+                    gp->me_key = key;
+                    gp->me_value = value;
+                } else {
+                    ep = FC_ENTRIES(k) + k->dk_nentries;
+                    ep->me_key = key;
+                    ep->me_value = value;
+                }
+                k->dk_usable--;
+                k->dk_nentries++;
+                k->dk_version = 0;
+                mp->ma_used++;
+                if (PyObject_IS_GC(value) && !PyObject_GC_IsTracked(d))
+                    PyObject_GC_Track(d);  /* what PyDict_SetItem's MAINTAIN_TRACKING does */
+                return 0;
+            }
+        }
+    #endif
+        return PyDict_SetItem(d, key, value);
+    }
+
+    /* {"len": ln, "data": data}: a copy of the template {"len": None, "data": None} (CPython
+       clones its keys table in one go) with the two values swapped in. */
+    static inline PyObject *fc_enc_entry(PyObject *tmpl, PyObject *klen, PyObject *kdata,
+                                         PyObject *ln, PyObject *data) {
+        PyObject *d;
+    #if FC_DICT_LAYOUT
+        if (fc_dict_direct) {
+            d = PyDict_Copy(tmpl);
+            if (d == NULL)
+                return NULL;
+            fc_dictobj *mp = (fc_dictobj *)d;
+            fc_keys *k = mp->ma_keys;
+            fc_uentry *ep;
+            if (mp->ma_values == NULL && k->dk_kind == 1 && k->dk_nentries == 2 && mp->ma_used == 2) {
+                ep = FC_ENTRIES(k);
+                if (ep[0].me_value == Py_None && ep[1].me_value == Py_None) {
+                    Py_INCREF(ln);
+                    Py_INCREF(data);
+                    ep[0].me_value = ln;
+                    ep[1].me_value = data;
+                    Py_DECREF(Py_None);
+                    Py_DECREF(Py_None);
+                    return d;
+                }
+            }
+            Py_DECREF(d);
+        }
+    #endif
+        d = PyDict_New();
+        if (d == NULL)
+            return NULL;
+        if (PyDict_SetItem(d, klen, ln) < 0 || PyDict_SetItem(d, kdata, data) < 0) {
+            Py_DECREF(d);
+            return NULL;
+        }
+        return d;
+    }
+
     /* bytes -> upper-case hex text, 16 bytes per step with SSE2 (baseline on x86-64),
        the rest through a 256-entry table of two-character pairs. */
     #if defined(__SSE2__)
@@ -113,6 +228,9 @@ cdef extern from *:
     }
     """
     int fc_clz64(unsigned long long x)
+    int fc_dict_append(object d, PyObject* key, object value) except -1
+    object fc_enc_entry(object tmpl, object klen, object kdata, object ln, object data)
+    int fc_dict_direct
     void fc_hex_upper(const unsigned char* s, Py_ssize_t n, char* d, const uint16_t* pairs) noexcept
     dict _PyDict_NewPresized(Py_ssize_t minused)
 
@@ -210,6 +328,49 @@ for _i in range(NSLOTS):
 cdef str _LEN = "len"
 cdef str _DATA = "data"
 cdef bytes _EMPTY = b""
+cdef dict _ENTRY_TEMPLATE = {_LEN: None, _DATA: None}
+for _k in _KEY_LIST[1:] + [_LEN, _DATA]:
+    hash(_k)  # the direct dict append reads the cached hash
+
+
+cdef bint _check_direct():
+    """Dicts built by fc_dict_append/fc_enc_entry behave exactly like PyDict_SetItem-built ones."""
+    cdef int i, slot
+    cdef dict d, ref
+    cdef object v
+    for n in (0, 3, 20, 21, 30, 150):
+        d = _PyDict_NewPresized(20)
+        ref = {}
+        for i in range(n):
+            slot = 1 + (i * 7) % (NSLOTS - 1)  # every slot once, out of order
+            v = [i] if i % 5 == 0 else str(i)  # GC-tracked values too
+            fc_dict_append(d, KEYS[slot], v)
+            ref[<object>KEYS[slot]] = v
+        if d != ref or list(d.items()) != list(ref.items()) or len(d) != len(ref):
+            return False
+        if n >= 5 and not gc.is_tracked(d):
+            return False
+        for k in ref:
+            if d.get(k) is not ref[k] or k not in d:
+                return False
+        d["x"] = 1
+        d.pop(<object>KEYS[8], None)
+        ref["x"] = 1
+        ref.pop(<object>KEYS[8], None)
+        if d != ref or list(d) != list(ref) or dict(d) != ref or d.copy() != ref:
+            return False
+    e = fc_enc_entry(_ENTRY_TEMPLATE, _LEN, _DATA, b"12", b"ab")
+    if e != {"len": b"12", "data": b"ab"} or list(e) != ["len", "data"] or e["data"] != b"ab":
+        return False
+    if _ENTRY_TEMPLATE != {"len": None, "data": None}:
+        return False
+    return True
+
+
+fc_dict_direct = 1
+fc_dict_direct = 1 if _check_direct() else 0
+#: True when decode builds its dicts directly (CPython 3.11 layout, self-checked at import).
+DIRECT_DICTS = bool(fc_dict_direct)
 
 
 cdef class _Table:
@@ -531,12 +692,9 @@ cdef inline bytes _b(const char* s, Py_ssize_t n):
     return PyBytes_FromStringAndSize(s, n)
 
 
-cdef inline dict _enc_entry(bytes ln, bytes data):
-    """A ``{"len": ln, "data": data}`` entry of ``doc_enc`` (cheaper than copying a template)."""
-    cdef dict d = {}
-    PyDict_SetItem(d, _LEN, ln)
-    PyDict_SetItem(d, _DATA, data)
-    return d
+cdef inline object _enc_entry(bytes ln, bytes data):
+    """A ``{"len": ln, "data": data}`` entry of ``doc_enc``."""
+    return fc_enc_entry(_ENTRY_TEMPLATE, _LEN, _DATA, ln, data)
 
 
 # --------------------------------------------------------------------------- decode
@@ -637,10 +795,10 @@ cdef Py_ssize_t _decode_one(_Table t, int slot, const char* s, Py_ssize_t n, Py_
         value = _decode_text(fc, s + pos, nb)
         if value is None:
             return -1
-    doc_dec[<object>KEYS[slot]] = value
+    fc_dict_append(doc_dec, KEYS[slot], value)
     if doc_enc is not None:
-        doc_enc[<object>KEYS[slot]] = _enc_entry(_b(s + pos - lt, lt) if lt else _EMPTY,
-                                                 _b(s + pos, nb) if L else _EMPTY)
+        fc_dict_append(doc_enc, KEYS[slot], _enc_entry(_b(s + pos - lt, lt) if lt else _EMPTY,
+                                                       _b(s + pos, nb) if L else _EMPTY))
     return pos + nb
 
 
@@ -680,9 +838,9 @@ cdef object _fast_decode(_Table t, object data, bint want_enc):
         if text is None:
             return None
         w = 4
-    doc_dec["t"] = text
+    fc_dict_append(doc_dec, KEYS[T], text)
     if want_enc:
-        doc_enc["t"] = _enc_entry(_EMPTY, _b(s + pos, w))
+        fc_dict_append(doc_enc, KEYS[T], _enc_entry(_EMPTY, _b(s + pos, w)))
     pos += w
     # bitmaps
     fc = &t.f[P]
@@ -692,9 +850,9 @@ cdef object _fast_decode(_Table t, object data, bint want_enc):
     text = _read_bitmap(fc, s, n, &pos, &bm[0])
     if text is None:
         return None
-    doc_dec["p"] = text
+    fc_dict_append(doc_dec, KEYS[P], text)
     if want_enc:
-        doc_enc["p"] = _enc_entry(_EMPTY, _b(s + w, pos - w))
+        fc_dict_append(doc_enc, KEYS[P], _enc_entry(_EMPTY, _b(s + w, pos - w)))
     if bm[0] >> 63:
         fc = &t.f[1]
         if not fc.present or not fc.fast or not _fresh(fc):
@@ -708,9 +866,9 @@ cdef object _fast_decode(_Table t, object data, bint want_enc):
             if text2 is None:
                 return None
             text = text + text2
-        doc_dec["1"] = text
+        fc_dict_append(doc_dec, KEYS[1], text)
         if want_enc:
-            doc_enc["1"] = _enc_entry(_EMPTY, _b(s + w, pos - w))
+            fc_dict_append(doc_enc, KEYS[1], _enc_entry(_EMPTY, _b(s + w, pos - w)))
     bm[0] &= ~(<uint64_t>1 << 63)
     bm[1] &= ~(<uint64_t>1 << 63)
     for i in range(3):

@@ -287,3 +287,44 @@ def test_compiled_fast_path_covers_ordinary_messages(monkeypatch: pytest.MonkeyP
         assert codec.encode(doc) == bytes(raw)
         assert codec.decode(raw) == iso8583.decode(bytes(raw), spec)[0]
 
+
+
+@pytest.mark.c_extension
+def test_directly_built_dicts_are_ordinary_dicts() -> None:
+    """The compiled decode fills its result dicts without PyDict_SetItem (CPython 3.11): they must
+    compare, look up, grow, shrink, copy, be GC-tracked and drop their references like any dict."""
+    import sys
+
+    compiled = pytest.importorskip("_fastcore._iso8583")
+    if sys.version_info[:2] == (3, 11):
+        assert compiled.DIRECT_DICTS
+    raw = bytes(iso8583.encode(dict(SALE_0200), DEFAULT)[0])
+    ref_doc, ref_enc = iso8583.decode(raw, DEFAULT)
+    for _ in range(3):
+        doc, enc = compiled.decode(raw, DEFAULT)
+        fields = compiled.Codec(DEFAULT).decode(raw)
+        for got, ref in ((doc, ref_doc), (fields, ref_doc), (enc, ref_enc)):
+            assert got == ref and list(got.items()) == list(ref.items()) and len(got) == len(ref)
+            assert all(got[k] == ref[k] and k in got for k in ref)
+            assert got.copy() == ref and dict(got) == ref and copy.deepcopy(got) == ref
+            assert gc.is_tracked(got) == gc.is_tracked(ref)
+        assert all(e == ref_enc[k] and list(e) == ["len", "data"] for k, e in enc.items())
+        for d in (doc, enc, fields):
+            del d["2"]
+            d.update({f"x{i}": i for i in range(100)})  # resized from the direct table
+            d["t"] = "0210"
+            assert d["x99"] == 99 and "2" not in d and d["t"] == "0210" and len(d) == len(ref_doc) + 99
+    codec = compiled.Codec(DEFAULT)
+
+    def counts() -> list[int]:
+        return [sys.getrefcount(k) for k in ("t", "2", "len", "data")]
+
+    def run() -> None:
+        for _ in range(1000):
+            compiled.decode(raw, DEFAULT)
+            codec.decode(raw)
+
+    run()
+    before = counts()
+    run()
+    assert counts() == before  # keys are not leaked (nor kept: 2000 results were dropped)
