@@ -13,6 +13,9 @@ faults are removed and the switch restarted on the same journal.  Then:
 * no (terminal, RRN) carries more than one standing debit, and the account balance equals the
   opening balance minus the journal's approved sales;
 * every approval a terminal received is approved in the journal and debited in the ledger;
+* the terminals send a 0400 for each sale the kill left unanswered (as real terminals do); then a
+  debit stands at the issuer for exactly the approvals the terminals saw, and every unanswered
+  sale is reversed or declined in the journal;
 * the restarted switch carries on: new sales are approved.
 """
 
@@ -81,6 +84,7 @@ class Load:
     def __init__(self, port: int) -> None:
         self.port = port
         self.received: list[tuple[str, str, int]] = []  # (tid, rrn, amount) of 00 replies
+        self.unanswered: list[tuple[int, dict[str, str]]] = []  # (terminal index, request) cut off by the kill
         self.stop = False
         self.errors = 0
 
@@ -97,10 +101,14 @@ class Load:
                 while not self.stop:
                     n += 1
                     amount = 100 + i * 1000 + k * 100 + n  # distinct per sale, traceable
+                    doc = term._base("0200", "000000", "22")  # what SimTerminal.sale sends, kept for a 0400
+                    doc.update({"4": f"{amount:012d}", "25": "00", "49": "156"})
+                    term._card_fields(doc, card, "swipe", card.pin, amount)
                     try:
-                        reply = await term.sale(card, amount, pin=card.pin)
+                        reply = await term.send(doc, mac=True)
                     except (SimTerminalError, ConnectionError, OSError, TimeoutError):
                         self.errors += 1
+                        self.unanswered.append((i, doc))
                         return  # the switch died: this terminal's connection is gone
                     if reply.approved:
                         self.received.append((term.tid.strip(), reply.rrn, amount))
@@ -148,6 +156,7 @@ async def test_kill_9_under_load_then_restart_loses_and_doubles_nothing(tmp_path
         load.stop = True
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 40)
         assert held.hits > 0 and load.errors > 0  # some sales really were cut off by the kill
+        last_id_at_kill = _query(journal, "SELECT MAX(id) FROM txn")[0][0]
         in_flight_at_kill = _query(journal, "SELECT COUNT(*) FROM txn WHERE state IN ('sent', 'received')")[0][0]
         assert in_flight_at_kill > 0
         unanswered_debits = _standing_debits(ledger) - len(load.received)
@@ -161,6 +170,22 @@ async def test_kill_9_under_load_then_restart_loses_and_doubles_nothing(tmp_path
                                          )[0][0] == 0, 20, "recovery of the in-flight rows")
         await _eventually(lambda: _query(journal, "SELECT COUNT(*) FROM reversal_queue WHERE acked_at IS NULL"
                                          )[0][0] == 0, 30, "the reversal queue to drain")
+
+        # the terminals reverse (0400) every sale the kill left unanswered, as a real terminal does
+        assert load.unanswered
+        for i in sorted({i for i, _ in load.unanswered}):
+            term = SimTerminal("127.0.0.1", ports["switch"], loadgen.terminal_id(i), loadgen.MERCHANT_ID,
+                               testbed.test_tmk(i), timeout=30.0)
+            await term.connect()
+            try:
+                assert (await term.sign_on()).approved
+                for _, doc in (u for u in load.unanswered if u[0] == i):
+                    rev = await term.reversal(doc)
+                    assert rev.rc in ("00", "25"), (doc["11"], rev.rc)  # 25: never reached the journal
+            finally:
+                await term.close()
+        await _eventually(lambda: _query(journal, "SELECT COUNT(*) FROM reversal_queue WHERE acked_at IS NULL"
+                                         )[0][0] == 0, 30, "the terminals' reversals to be delivered")
 
         # the restarted switch carries on
         after = Load(ports["switch"])
@@ -186,6 +211,12 @@ async def test_kill_9_under_load_then_restart_loses_and_doubles_nothing(tmp_path
         for tid, rrn, amount in load.received + after.received:  # no lost approval
             assert journal_ok.get((tid, rrn)) == amount, (tid, rrn, amount)
             assert abs(debited.get((tid, rrn), 0)) == amount, (tid, rrn, amount)
+        # a debit stands exactly for each approval a terminal saw: nothing lost, nothing doubled
+        assert _standing_debits(ledger) == len(load.received) + len(after.received)
+        for i, doc in load.unanswered:
+            rows = _query(journal, "SELECT state, rrn FROM txn WHERE terminal_id = ? AND stan = ? "
+                          "AND txn_type = 'sale' AND id <= ?", (loadgen.terminal_id(i), doc["11"], last_id_at_kill))
+            assert all(r["state"] in ("reversed", "declined") for r in rows), [tuple(r) for r in rows]
         reversed_rows = _query(journal, "SELECT COUNT(*) FROM txn WHERE state = 'reversed' AND response_code = '98'")
         assert reversed_rows[0][0] >= in_flight_at_kill
     finally:
