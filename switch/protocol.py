@@ -3,7 +3,8 @@
 The protocol only feeds ``_fastcore.framing.FrameSplitter`` (compiled) and hands each frame to
 the server; it never decodes or logs per message.  Per-connection limits: maximum frame length (a longer
 length prefix closes the connection), requests in flight (reading pauses at the limit and
-resumes when replies go out) and an idle timeout.  Replies are written as they complete;
+resumes when replies go out), an idle timeout and a frame timeout (a frame whose first byte
+arrived must be complete in time: slow senders cannot hold a connection).  Replies are written as they complete;
 replies completed in the same event-loop turn are coalesced into one ``transport.write``.  Frames beyond the
 in-flight limit wait in a small backlog (reading is paused meanwhile), so a pipelining terminal
 never has more than ``max_in_flight`` requests being processed.
@@ -37,12 +38,16 @@ class Limits:
     idle_timeout: float = 300.0
     #: requests using the HSM or an issuer across all connections (0 = unlimited); beyond it: 96 at once
     max_total_in_flight: int = 0
+    #: a frame whose first byte arrived must be complete within this many seconds (slow senders)
+    frame_timeout: float = 30.0
+    #: open terminal connections (0 = unlimited); beyond it a new connection is closed at once
+    max_connections: int = 0
 
 
 class TerminalProtocol(asyncio.Protocol):
     __slots__ = ("server", "limits", "transport", "peer", "in_flight", "closed",
                  "_splitter", "_paused", "_eof", "_backlog", "peak_in_flight", "_out",
-                 "_flush_scheduled", "_idle", "_last_rx", "_loop")
+                 "_flush_scheduled", "_frame_timer", "_idle", "_last_rx", "_loop")
 
     def __init__(self, server: SwitchServer, limits: Limits) -> None:
         self.server = server
@@ -57,6 +62,7 @@ class TerminalProtocol(asyncio.Protocol):
         self._backlog: collections.deque[tuple[bytes, int]] = collections.deque()
         self.peak_in_flight = 0
         self._out: list[bytes] = []
+        self._frame_timer: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
         self._idle: asyncio.TimerHandle | None = None
         self._last_rx = 0.0
@@ -81,6 +87,13 @@ class TerminalProtocol(asyncio.Protocol):
                 self.server.dispatch(self, frame, -1)
             self.protocol_error(str(exc), exc.offset or 0)
             return
+        # a frame left incomplete must be completed within frame_timeout (slowloris senders)
+        if splitter.buffered:
+            if self._frame_timer is None:
+                self._frame_timer = self._loop.call_later(self.limits.frame_timeout, self._frame_expired)
+        elif self._frame_timer is not None:
+            self._frame_timer.cancel()
+            self._frame_timer = None
         if not frames:
             return
         offset = splitter.offset - sum(len(f) + 2 for f in frames)  # stream offset of the first one
@@ -119,6 +132,8 @@ class TerminalProtocol(asyncio.Protocol):
         self.closed = True
         if self._idle is not None:
             self._idle.cancel()
+        if self._frame_timer is not None:
+            self._frame_timer.cancel()
         self.server.connection_closed(self)
 
     # ------------------------------------------------------------------ called by the server
@@ -166,6 +181,17 @@ class TerminalProtocol(asyncio.Protocol):
         self._flush()  # queued replies go out before the FIN
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def _frame_expired(self) -> None:
+        self._frame_timer = None
+        if self.closed or not self._splitter.buffered:
+            return
+        log.warning("closing connection: frame not completed in time", extra=kv(
+            peer=self.peer, buffered=self._splitter.buffered, timeout_s=self.limits.frame_timeout))
+        self.server.count_protocol_error("slow")
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
 
     def _check_idle(self) -> None:
         if self.closed:

@@ -77,6 +77,14 @@ class SwitchServer:
         if self.draining:
             conn.close()
             return
+        limit = self.limits.max_connections
+        if limit and len(self.connections) >= limit:
+            log.warning("connection refused: too many connections", extra=kv(peer=conn.peer, limit=limit))
+            self.count_protocol_error("connections")
+            conn.closed = True
+            if conn.transport is not None:
+                conn.transport.abort()
+            return
         self.connections.add(conn)
         self._gauge()
 

@@ -211,3 +211,35 @@ async def test_global_in_flight_bound_answers_96_at_once(tmp_path):
         assert (await terms[0].echo()).rc == "00"  # management traffic is not bounded
     finally:
         await s.stop()
+
+
+async def test_slow_sender_is_cut_and_connection_count_bounded(tmp_path):
+    s = await Stack.start(tmp_path, terminals=1, issuers=False, limits=Limits(frame_timeout=0.3, max_connections=2))
+    try:
+        # slowloris: a frame that never completes is cut after frame_timeout although bytes keep coming
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+        writer.write(b"\x00\x40\x60")
+        closed = False
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            try:
+                writer.write(b"\x00")
+                await writer.drain()
+            except ConnectionError:
+                closed = True
+                break
+            if reader.at_eof():
+                closed = True
+                break
+        assert closed or await _closed_by_peer(reader)
+        writer.close()
+        # at most 2 connections: the third is closed at once
+        conns = [await asyncio.open_connection("127.0.0.1", s.port) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        r3, w3 = await asyncio.open_connection("127.0.0.1", s.port)
+        assert await _closed_by_peer(r3)
+        for _, w in conns:
+            w.close()
+        w3.close()
+    finally:
+        await s.stop()
