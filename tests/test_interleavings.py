@@ -3,8 +3,8 @@
 Hypothesis draws short programs of operations on ONE card: sales, voids, refunds, terminal
 reversals (0400), retransmissions of an earlier request, with faults injected by the fault proxy
 (switch.testing.faultproxy): the issuer's answer lost (the switch-issuer connection is cut as the
-0210/0230 passes, so the switch sees no answer = timeout) or the terminal's request duplicated
-in flight.  Every program runs against a fresh real stack (switch.testbed: HSM simulator, issuer
+0210/0230 passes) or late (held past the switch's issuer timeout, then delivered), or the
+terminal's request duplicated in flight.  Every program runs against a fresh real stack (switch.testbed: HSM simulator, issuer
 simulator + SQLite ledger, switch + SQLite journal, all over loopback TCP) with a proxy in front of
 the switch and one in front of the issuer.
 
@@ -35,15 +35,17 @@ from switch.testbed import MERCHANT_ID, Stack, terminal_id
 from switch.testing.faultproxy import FaultProxy, h2h_mti, pos_mti
 
 pytestmark = pytest.mark.timeout(300)
-ISSUER_TIMEOUT = 1.0
+ISSUER_TIMEOUT = 0.5
+LATE_MS = 800  # an answer held this long arrives after the switch gave up on it
 
 amounts = st.integers(min_value=1, max_value=5000)
 pick = st.integers(min_value=0, max_value=7)  # index into the sales made so far (modulo)
-SALE = st.tuples(st.just("sale"), amounts, st.sampled_from(["none", "none", "lost", "dup"]))
+FAULTS = st.sampled_from(["none", "none", "lost", "late"])
+SALE = st.tuples(st.just("sale"), amounts, st.sampled_from(["none", "none", "lost", "late", "dup"]))
 OPS = st.tuples(SALE, st.lists(st.one_of(
     SALE, SALE,
-    st.tuples(st.just("void"), pick, st.sampled_from(["none", "lost"])),
-    st.tuples(st.just("refund"), pick, amounts, st.sampled_from(["none", "lost"])),
+    st.tuples(st.just("void"), pick, FAULTS),
+    st.tuples(st.just("refund"), pick, amounts, FAULTS),
     st.tuples(st.just("reversal"), pick),
     st.tuples(st.just("retransmit"), pick),
 ), max_size=7)).map(lambda t: [t[0], *t[1]])  # always a sale first
@@ -83,8 +85,11 @@ class World:
         assert term is not None
         kind = op[0]
         fault = op[-1] if kind in ("sale", "void", "refund") else "none"
+        answer = h2h_mti("0230" if kind == "refund" else "0210")
         if fault == "lost":
-            self.iproxy.down.cut(match=h2h_mti("0230" if kind == "refund" else "0210"))
+            self.iproxy.down.cut(match=answer)
+        elif fault == "late":
+            self.iproxy.down.delay(LATE_MS, count=1, match=answer)
         elif fault == "dup":
             self.tproxy.up.duplicate(match=pos_mti("0200"))
         try:
@@ -140,7 +145,7 @@ async def run_program(workdir: Path, ops: list[tuple[Any, ...]]) -> None:
         await iproxy.stop()
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(ops=OPS)
 def test_issuer_balance_follows_the_journal_under_random_interleavings(ops, tmp_path_factory):
     asyncio.run(run_program(tmp_path_factory.mktemp("interleave"), ops))
@@ -152,6 +157,7 @@ def test_a_known_hard_program():
 
     ops = [("sale", 1000, "none"), ("sale", 700, "lost"), ("sale", 300, "dup"), ("retransmit", 0),
            ("refund", 0, 200, "lost"), ("void", 0, "none"), ("void", 2, "lost"), ("reversal", 2),
-           ("reversal", 1), ("refund", 2, 100, "none")]
+           ("reversal", 1), ("refund", 2, 100, "none"), ("sale", 450, "late"), ("sale", 550, "none"),
+           ("refund", 4, 50, "late"), ("void", 3, "late"), ("reversal", 3)]
     with tempfile.TemporaryDirectory() as d:
         asyncio.run(run_program(Path(d), ops))
