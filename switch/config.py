@@ -46,6 +46,8 @@ class ListenerConfig:
     max_in_flight: int = 8  # concurrent requests per connection
     idle_timeout: float = 300.0  # seconds without a frame before the connection is closed
     max_total_in_flight: int = 0  # switch-wide bound on requests at the HSM/issuers (0 = unlimited); beyond: 96
+    frame_timeout: float = 30.0  # a started frame must complete within this (slowloris defence)
+    max_connections: int = 0  # open terminal connections (0 = unlimited)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +274,8 @@ def _listener(t: _Table) -> ListenerConfig:
         max_in_flight=t.integer("max_in_flight", 8, 1, 10_000),
         idle_timeout=t.number("idle_timeout", 300.0, 0.1, 86_400),
         max_total_in_flight=t.integer("max_total_in_flight", 0, 0, 10_000_000),
+        frame_timeout=t.number("frame_timeout", 30.0, 0.01, 3600),
+        max_connections=t.integer("max_connections", 0, 0, 10_000_000),
     )
     t.done()
     return c

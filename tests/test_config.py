@@ -26,6 +26,9 @@ def test_example_config_loads() -> None:
     assert cfg.acquirer_id == "48020000"
     assert cfg.listener.port == 5000 and cfg.listener.max_in_flight == 8 and cfg.listener.max_total_in_flight == 0
     assert load_config(EXAMPLE, ["listener.max_total_in_flight=500"]).listener.max_total_in_flight == 500
+    assert (cfg.listener.frame_timeout, cfg.listener.max_connections) == (30.0, 0)
+    lst = load_config(EXAMPLE, ["listener.frame_timeout=1.0", "listener.max_connections=100"]).listener
+    assert (lst.frame_timeout, lst.max_connections) == (1.0, 100)
     assert cfg.issuers["cup"].port == 7001 and cfg.issuers["wechat"].kind == "wallet"
     assert cfg.routes.issuer_for_pan("6212345678901234") == "cup"
     assert cfg.routes.wallet_for_code("134567890123456789") == "wechat"
@@ -76,6 +79,8 @@ def test_cli_arguments(tmp_path: Path) -> None:
         ("issuers.cup.port=70000", "[issuers.cup] port: expected an integer 1-65535, got 70000"),
         ("listener.max_in_flight=0", "[listener] max_in_flight: expected an integer 1-10000, got 0"),
         ("listener.max_total_in_flight=-1", "[listener] max_total_in_flight: expected an integer 0-10000000"),
+        ("listener.frame_timeout=0", "[listener] frame_timeout: expected a number 0.01-3600, got 0"),
+        ('listener.max_connections="many"', '[listener] max_connections: expected an integer 0-10000000, got "many"'),
         ("listener.colour=1", "[listener] colour: unknown key"),
         ("hsm.timeout=true", "[hsm] timeout: expected a number"),
         ('routes.bins.62="nowhere"', '[routes.bins] 62: unknown issuer "nowhere"'),
@@ -152,7 +157,7 @@ def test_example_keys_are_the_documented_test_keys_under_the_simulator_lmk() -> 
 
 
 _KEYS = ["acquirer_id", "listener.host", "listener.port", "listener.max_frame", "listener.max_in_flight",
-         "listener.max_total_in_flight",
+         "listener.max_total_in_flight", "listener.frame_timeout", "listener.max_connections",
          "listener.idle_timeout", "hsm.port", "hsm.header_len", "hsm.timeout", "issuers.cup.port",
          "issuers.cup.timeout", "issuers.cup.zpk_under_lmk", "issuers.cup.echo_interval", "issuers.cup.kind",
          "routes.default", "journal.path", "journal.group_commit_ms", "journal.synchronous", "journal.pan_hash_key",
