@@ -9,7 +9,8 @@ terminals run PIN sales, this test throws at the switch, on many connections at 
   random garbage, bytes inserted/removed, a valid sale with a broken MAC, header/TPDU garbage);
 * stream-breaking frames on fresh connections: length prefix 0, 1, 65535, just over max_frame,
   a length that promises more than is ever sent followed by a close;
-* slowloris connections that trickle a frame one byte at a time and never finish it;
+* slowloris connections that trickle a frame one byte at a time and never finish it (the switch
+  runs with ``[listener] frame_timeout = 1.0`` and must cut each of them itself);
 * a flood of connections opened and closed at once (some half-written, some reset).
 
 Then: every valid sale was approved (MAC verified), the switch process is still running and still
@@ -46,6 +47,7 @@ MUTATOR_CONNECTIONS = 6
 FRAMES_PER_MUTATOR = 500  # 3000 mutated frames in all
 BREAKERS = 300  # stream-breaking frames, one fresh connection each
 SLOWLORIS = 20
+FRAME_TIMEOUT = 1.0  # [listener] frame_timeout of the switch under test
 FLOOD = 400
 RSS_SLACK_KB = 64 * 1024  # generous: a leak per malformed frame would show as far more
 
@@ -212,26 +214,32 @@ def breaking_frames(rng: random.Random, template: bytes, max_frame: int) -> list
     return out[:BREAKERS]
 
 
-async def slowloris(port: int, frame: bytes, stop: asyncio.Event) -> None:
+async def slowloris(port: int, frame: bytes, give_up: float) -> bool:
+    """Trickle ``frame`` minus its last byte, one byte per 50 ms; True when the switch closed on us."""
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
     except OSError:
-        return
+        return False
+    loop = asyncio.get_running_loop()
+    end = loop.time() + give_up
+    closed = False
     try:
-        for byte in frame[:-1]:  # the last byte never comes
-            if stop.is_set():
-                break
-            writer.write(bytes([byte]))
-            await writer.drain()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.05)
-        await stop.wait()
-    except OSError:
-        pass
+        i = 0
+        while loop.time() < end and not closed:
+            if i < len(frame) - 1:
+                writer.write(frame[i:i + 1])
+                i += 1
+            try:
+                closed = not await asyncio.wait_for(reader.read(100), 0.05)
+            except TimeoutError:
+                pass
+            except OSError:
+                closed = True
     finally:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+    return closed
 
 
 async def flood(port: int, rng: random.Random, template: bytes) -> None:
@@ -265,6 +273,9 @@ async def test_malformed_campaign_keeps_valid_terminals_served_and_resources_bou
         procs.append(issuer)
         await asyncio.to_thread(issuer.wait_line, "issuer listening")
         cfg = bench_switch.write_switch_config(wd, ports, VALID_TERMINALS + 2, "NORMAL", issuer_timeout=10.0)
+        text = cfg.read_text()  # a short per-frame deadline, so the slowloris senders get cut during the test
+        assert "max_in_flight = 64\n" in text
+        cfg.write_text(text.replace("max_in_flight = 64\n", f"max_in_flight = 64\nframe_timeout = {FRAME_TIMEOUT}\n", 1))
         max_frame = 4096  # bench_switch's [listener] max_frame
         switch = bench_switch.Proc("switch", [*cli, "serve", "--config", str(cfg)], wd)
         procs.append(switch)
@@ -295,10 +306,8 @@ async def test_malformed_campaign_keeps_valid_terminals_served_and_resources_bou
 
         valid = Valid(port)
         valid_tasks = [asyncio.ensure_future(valid.run(i)) for i in range(VALID_TERMINALS)]
-        stop_slow = asyncio.Event()
         slow_frame = len(template).to_bytes(2, "big") + template
-        slow_tasks = [asyncio.ensure_future(slowloris(port, slow_frame, stop_slow)) for _ in range(SLOWLORIS)]
-        await eventually(lambda: open_fds(pid) >= fds_before + SLOWLORIS, 20, "the slowloris connections")
+        slow_tasks = [asyncio.ensure_future(slowloris(port, slow_frame, 30.0)) for _ in range(SLOWLORIS)]
         sent = await asyncio.gather(*(mutator(port, template, random.Random(SEED + 10 + k), FRAMES_PER_MUTATOR)
                                       for k in range(MUTATOR_CONNECTIONS)))
         assert sum(sent) == MUTATOR_CONNECTIONS * FRAMES_PER_MUTATOR
@@ -314,8 +323,8 @@ async def test_malformed_campaign_keeps_valid_terminals_served_and_resources_bou
         # the mutations really reached the parser and the MAC check (not just a closed socket)
         assert rejected >= 300 and mac_failures >= 10, (rejected, mac_failures)
 
-        stop_slow.set()
-        await asyncio.gather(*slow_tasks)
+        slow_closed = await asyncio.gather(*slow_tasks)
+        assert all(slow_closed), slow_closed  # the switch cut every slow sender itself (frame_timeout)
         valid.stop.set()
         await asyncio.wait_for(asyncio.gather(*valid_tasks), 60)
         assert not valid.bad, valid.bad[:5]
