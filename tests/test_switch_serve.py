@@ -95,7 +95,7 @@ tmk_under_lmk = "{lmk.encrypt_under_lmk(tmk, 'TMK')}"
 
 
 async def _connect(term: SimTerminal) -> None:
-    for _ in range(200):
+    for _ in range(600):  # up to 30 s: a cold interpreter on a loaded 2-core box starts slowly
         try:
             await term.connect()
             return
