@@ -1,7 +1,8 @@
 """kill -9 of the switch under load: the restart reverses what was in flight, nothing is lost or doubled.
 
 ``posswitch hsm``, ``posswitch issuer`` and ``posswitch serve`` run as real processes (started like
-bench/bench_switch.py does, with its config writer; journal ``synchronous = FULL``).  A fault proxy
+bench/bench_switch.py does, with its config writer; journal ``synchronous = FULL`` and ``NORMAL``:
+WAL commits survive a killed process either way).  A fault proxy
 in this test process sits between the switch and the issuer and holds every 0210 for a while, so
 at any moment several sales are approved (debited) at the issuer but not yet answered.  Several
 terminals send pipelined PIN sales; once enough approvals have reached the terminals and more
@@ -118,7 +119,8 @@ class Load:
             await term.close()
 
 
-async def test_kill_9_under_load_then_restart_loses_and_doubles_nothing(tmp_path):
+@pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])  # the default, and the bench's setting
+async def test_kill_9_under_load_then_restart_loses_and_doubles_nothing(tmp_path, synchronous):
     wd = tmp_path
     ports = {name: bench_switch.free_port() for name in ("hsm", "issuer", "switch", "metrics")}
     cli = [sys.executable, "-m", "switch.cli"]
@@ -137,7 +139,7 @@ async def test_kill_9_under_load_then_restart_loses_and_doubles_nothing(tmp_path
         procs.append(issuer)
         await asyncio.to_thread(issuer.wait_line, "issuer listening")
         await proxy.start()
-        cfg = bench_switch.write_switch_config(wd, {**ports, "issuer": proxy.port}, TERMINALS, "FULL",
+        cfg = bench_switch.write_switch_config(wd, {**ports, "issuer": proxy.port}, TERMINALS, synchronous,
                                                issuer_timeout=20.0)
         held = proxy.down.delay(HOLD_MS, count=None, match=h2h_mti("0210"))
         switch = bench_switch.Proc("switch", [*cli, "serve", "--config", str(cfg)], wd)
