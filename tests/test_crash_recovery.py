@@ -226,3 +226,90 @@ async def test_kill_9_under_load_then_restart_loses_and_doubles_nothing(tmp_path
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(proc.stop)
         await proxy.stop()
+
+
+async def _reverse_unanswered(port: int, unanswered: list[tuple[int, dict[str, str]]]) -> None:
+    """What terminals do after reconnecting: a 0400 for each request that got no answer."""
+    for i in sorted({i for i, _ in unanswered}):
+        term = SimTerminal("127.0.0.1", port, loadgen.terminal_id(i), loadgen.MERCHANT_ID,
+                           testbed.test_tmk(i), timeout=30.0)
+        await term.connect()
+        try:
+            assert (await term.sign_on()).approved
+            for _, doc in (u for u in unanswered if u[0] == i):
+                rev = await term.reversal(doc)
+                assert rev.rc in ("00", "25"), (doc["11"], rev.rc)
+        finally:
+            await term.close()
+
+
+async def test_repeated_kills_while_reversals_are_pending_converge(tmp_path):
+    """Three kill -9 cycles under load, each restart killed again before its reversals (and the
+    recovery's second pass) are through, with the 0430s swallowed meanwhile; the last restart,
+    without faults, must still converge to the same end state: nothing lost, nothing doubled."""
+    wd = tmp_path
+    ports = {name: bench_switch.free_port() for name in ("hsm", "issuer", "switch", "metrics")}
+    cli = [sys.executable, "-m", "switch.cli"]
+    procs: list = []
+    proxy = FaultProxy("127.0.0.1", ports["issuer"])
+    ledger, journal = wd / "ledger.db", wd / "switch.db"
+    try:
+        hsm = bench_switch.Proc("hsm", [*cli, "hsm", "--listen", f"127.0.0.1:{ports['hsm']}",
+                                        "--log-level", "WARNING"], wd)
+        procs.append(hsm)
+        await asyncio.to_thread(hsm.wait_line, "hsm listening")
+        issuer = bench_switch.Proc("issuer", [
+            *cli, "issuer", "--listen", f"127.0.0.1:{ports['issuer']}", "--accounts",
+            str(bench_switch.write_accounts(wd)), "--hsm", f"127.0.0.1:{ports['hsm']}",
+            "--ledger", str(ledger), "--log-level", "WARNING"], wd)
+        procs.append(issuer)
+        await asyncio.to_thread(issuer.wait_line, "issuer listening")
+        await proxy.start()
+        cfg = bench_switch.write_switch_config(wd, {**ports, "issuer": proxy.port}, TERMINALS, "FULL",
+                                               issuer_timeout=20.0)
+        proxy.down.delay(HOLD_MS, count=None, match=h2h_mti("0210"))
+        acks_lost = proxy.down.drop(count=None, match=h2h_mti("0430"))  # reversals stay pending
+        opening = int(_query(ledger, "SELECT balance FROM accounts")[0][0])
+        received: list[tuple[str, str, int]] = []
+        unanswered: list[tuple[int, dict[str, str]]] = []
+        for cycle in range(3):
+            switch = bench_switch.Proc(f"switch{cycle}", [*cli, "serve", "--config", str(cfg)], wd)
+            procs.append(switch)
+            await asyncio.to_thread(switch.wait_port, ports["switch"])
+            load = Load(ports["switch"])
+            tasks = [asyncio.ensure_future(load.terminal(i)) for i in range(TERMINALS)]
+            await _eventually(lambda load=load: len(load.received) >= TERMINALS, 60, "approvals at the terminals")
+            earlier = len(received)
+            await _eventually(lambda load=load, earlier=earlier: _standing_debits(ledger) >= earlier + len(
+                load.received) + 1, 30, "issuer approvals still unanswered")
+            switch.p.kill()
+            await asyncio.to_thread(switch.p.wait, 10)
+            load.stop = True
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 40)
+            received += load.received
+            unanswered += load.unanswered
+        assert acks_lost.hits > 0  # reversals of earlier cycles were in the queue when a later one was killed
+        assert _query(journal, "SELECT COUNT(*) FROM reversal_queue WHERE acked_at IS NULL")[0][0] > 0
+
+        proxy.down.clear()
+        final = bench_switch.Proc("final", [*cli, "serve", "--config", str(cfg)], wd)
+        procs.append(final)
+        await asyncio.to_thread(final.wait_port, ports["switch"])
+        await _reverse_unanswered(ports["switch"], unanswered)
+        await _eventually(lambda: _query(journal, "SELECT COUNT(*) FROM txn WHERE state IN ('sent', 'received')"
+                                         )[0][0] == 0, 20, "recovery of the in-flight rows")
+        await _eventually(lambda: _query(journal, "SELECT COUNT(*) FROM reversal_queue WHERE acked_at IS NULL"
+                                         )[0][0] == 0, 30, "the reversal queue to drain")
+        day = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()
+        res = await asyncio.to_thread(reconcile.run, str(journal), str(ledger), day)
+        assert res.clean, reconcile.format_result(res)
+        assert _standing_debits(ledger) == len(received)
+        approved = _query(journal, "SELECT amount FROM txn WHERE state = 'approved' AND txn_type = 'sale'")
+        assert int(_query(ledger, "SELECT balance FROM accounts")[0][0]) == opening - sum(
+            int(r["amount"]) for r in approved)
+        assert sorted(int(r["amount"]) for r in approved) == sorted(a for _, _, a in received)
+    finally:
+        for proc in reversed(procs):
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(proc.stop)
+        await proxy.stop()
