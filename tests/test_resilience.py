@@ -408,7 +408,7 @@ async def test_duplicated_terminal_reversal_restores_once(rig):
 
 # ---------------------------------------------------------------- everything at once
 
-@pytest.mark.parametrize("seed", [7, 11])
+@pytest.mark.parametrize("seed", [7])
 async def test_random_faults_keep_journal_and_ledger_consistent(rig, seed):
     """Concurrent terminals, random faults on both links: afterwards every approved journal row has
     exactly one standing issuer debit (same RRN and amount) and every other row has none.
