@@ -120,8 +120,9 @@ cdef extern from *:
     #define FC_DICT_LAYOUT 0
     #endif
 
-    /* d[key] = value for an exact str key (hash cached) not yet in the fresh dict d. */
-    static inline int fc_dict_append(PyObject *d, PyObject *key, PyObject *value) {
+    /* d[key] = value for an exact str key (hash cached) not yet in the fresh dict d.
+       value_gc = 0 when the caller knows value is not a GC object (str, bytes). */
+    static inline int fc_dict_append_x(PyObject *d, PyObject *key, PyObject *value, int value_gc) {
     #if FC_DICT_LAYOUT
         fc_dictobj *mp = (fc_dictobj *)d;
         fc_keys *k = mp->ma_keys;
@@ -155,13 +156,37 @@ cdef extern from *:
                 k->dk_nentries++;
                 k->dk_version = 0;
                 mp->ma_used++;
-                if (PyObject_IS_GC(value) && !PyObject_GC_IsTracked(d))
+                if (value_gc && PyObject_IS_GC(value) && !PyObject_GC_IsTracked(d))
                     PyObject_GC_Track(d);  /* what PyDict_SetItem's MAINTAIN_TRACKING does */
                 return 0;
             }
         }
     #endif
         return PyDict_SetItem(d, key, value);
+    }
+    #define fc_dict_append(d, key, value) fc_dict_append_x((d), (key), (value), 1)
+    #define fc_dict_append_str(d, key, value) fc_dict_append_x((d), (key), (value), 0)
+
+    /* s[:n] is 7-bit (word-at-a-time, overlapping loads for the tail) */
+    static inline int fc_is_ascii(const char *s, Py_ssize_t n) {
+        uint64_t acc = 0, w;
+        uint32_t a, b;
+        Py_ssize_t i;
+        if (n >= 8) {
+            for (i = 0; i + 8 <= n; i += 8) {
+                memcpy(&w, s + i, 8);
+                acc |= w;
+            }
+            memcpy(&w, s + n - 8, 8);
+            acc |= w;
+        } else if (n >= 4) {
+            memcpy(&a, s, 4);
+            memcpy(&b, s + n - 4, 4);
+            acc = a | b;
+        } else if (n > 0) {
+            acc = (unsigned char)s[0] | (unsigned char)s[n >> 1] | (unsigned char)s[n - 1];
+        }
+        return (acc & 0x8080808080808080ULL) == 0;
     }
 
     /* {"len": ln, "data": data}: a copy of the template {"len": None, "data": None} (CPython
@@ -222,6 +247,15 @@ cdef extern from *:
             _mm_storeu_si128((__m128i *)(d + 2 * i), _mm_unpacklo_epi8(hi, lo));
             _mm_storeu_si128((__m128i *)(d + 2 * i + 16), _mm_unpackhi_epi8(hi, lo));
         }
+        if (i + 8 <= n) {  /* bitmaps, PIN blocks, MACs: 8 bytes */
+            __m128i v = _mm_loadl_epi64((const __m128i *)(s + i));
+            __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), m0f);
+            __m128i lo = _mm_and_si128(v, m0f);
+            hi = _mm_add_epi8(_mm_add_epi8(hi, c0), _mm_and_si128(_mm_cmpgt_epi8(hi, n9), c7));
+            lo = _mm_add_epi8(_mm_add_epi8(lo, c0), _mm_and_si128(_mm_cmpgt_epi8(lo, n9), c7));
+            _mm_storeu_si128((__m128i *)(d + 2 * i), _mm_unpacklo_epi8(hi, lo));
+            i += 8;
+        }
     #endif
         for (; i < n; i++)
             memcpy(d + 2 * i, &pairs[s[i]], 2);
@@ -229,6 +263,8 @@ cdef extern from *:
     """
     int fc_clz64(unsigned long long x)
     int fc_dict_append(object d, PyObject* key, object value) except -1
+    int fc_dict_append_str(object d, PyObject* key, object value) except -1
+    bint fc_is_ascii(const char* s, Py_ssize_t n) noexcept
     object fc_enc_entry(object tmpl, object klen, object kdata, object ln, object data)
     int fc_dict_direct
     void fc_hex_upper(const unsigned char* s, Py_ssize_t n, char* d, const uint16_t* pairs) noexcept
@@ -655,19 +691,8 @@ cdef inline str _ascii_str(const char* s, Py_ssize_t n):
 
 cdef object _decode_text(FieldC* fc, const char* s, Py_ssize_t n):
     """Text field bytes -> str, or None when the reference must decide."""
-    cdef Py_ssize_t i
-    cdef unsigned char acc = 0
-    cdef uint64_t w, wacc = 0
     if fc.dkind == DK_ASCII:
-        i = 0
-        while i + 8 <= n:
-            memcpy(&w, s + i, 8)
-            wacc |= w
-            i += 8
-        while i < n:
-            acc |= <unsigned char>s[i]
-            i += 1
-        if (acc & 0x80) or (wacc & 0x8080808080808080ULL):
+        if not fc_is_ascii(s, n):
             return None
         return _ascii_str(s, n)
     if fc.dkind == DK_LATIN1:
@@ -791,11 +816,13 @@ cdef Py_ssize_t _decode_one(_Table t, int slot, const char* s, Py_ssize_t n, Py_
                 return -1
         else:
             value = _hex_upper(<const unsigned char*>s + pos, nb)
+    elif fc.dkind == DK_ASCII and fc_is_ascii(s + pos, nb):
+        value = _ascii_str(s + pos, nb)
     else:
         value = _decode_text(fc, s + pos, nb)
         if value is None:
             return -1
-    fc_dict_append(doc_dec, KEYS[slot], value)
+    fc_dict_append_str(doc_dec, KEYS[slot], value)
     if doc_enc is not None:
         fc_dict_append(doc_enc, KEYS[slot], _enc_entry(_b(s + pos - lt, lt) if lt else _EMPTY,
                                                        _b(s + pos, nb) if L else _EMPTY))
@@ -838,7 +865,7 @@ cdef object _fast_decode(_Table t, object data, bint want_enc):
         if text is None:
             return None
         w = 4
-    fc_dict_append(doc_dec, KEYS[T], text)
+    fc_dict_append_str(doc_dec, KEYS[T], text)
     if want_enc:
         fc_dict_append(doc_enc, KEYS[T], _enc_entry(_EMPTY, _b(s + pos, w)))
     pos += w
@@ -850,7 +877,7 @@ cdef object _fast_decode(_Table t, object data, bint want_enc):
     text = _read_bitmap(fc, s, n, &pos, &bm[0])
     if text is None:
         return None
-    fc_dict_append(doc_dec, KEYS[P], text)
+    fc_dict_append_str(doc_dec, KEYS[P], text)
     if want_enc:
         fc_dict_append(doc_enc, KEYS[P], _enc_entry(_EMPTY, _b(s + w, pos - w)))
     if bm[0] >> 63:
@@ -866,7 +893,7 @@ cdef object _fast_decode(_Table t, object data, bint want_enc):
             if text2 is None:
                 return None
             text = text + text2
-        fc_dict_append(doc_dec, KEYS[1], text)
+        fc_dict_append_str(doc_dec, KEYS[1], text)
         if want_enc:
             fc_dict_append(doc_enc, KEYS[1], _enc_entry(_EMPTY, _b(s + w, pos - w)))
     bm[0] &= ~(<uint64_t>1 << 63)
