@@ -87,8 +87,7 @@ async def run(cfg: Any, stop: asyncio.Event, drain: float = 10.0) -> None:
                         acquirer_id=cfg.acquirer_id)
     limits = Limits(cfg.listener.max_frame, cfg.listener.max_in_flight, cfg.listener.idle_timeout,
                     cfg.listener.max_total_in_flight,
-                    frame_timeout=getattr(cfg.listener, "frame_timeout", Limits.frame_timeout),
-                    max_connections=getattr(cfg.listener, "max_connections", Limits.max_connections))
+                    frame_timeout=cfg.listener.frame_timeout, max_connections=cfg.listener.max_connections)
     server = SwitchServer(Processor(services), limits, metrics)
     await server.start(cfg.listener.host, cfg.listener.port)
     # Everything allocated so far lives as long as the process: keep the cyclic GC off it, and
