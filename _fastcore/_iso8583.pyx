@@ -676,10 +676,15 @@ cdef inline str _hex_upper_from(const unsigned char* s, Py_ssize_t n, int skip_f
     cdef Py_ssize_t total = 2 * n - skip_first - skip_last
     cdef str out = PyUnicode_New(total, 127)
     cdef char* d = <char*>PyUnicode_DATA(out)
-    cdef Py_ssize_t i, k = 0
-    for i in range(skip_first, 2 * n - skip_last):
-        d[k] = HEXUP[2 * s[i >> 1] + (i & 1)]
-        k += 1
+    if skip_first:  # the low nibble of the first byte, then whole bytes
+        d[0] = HEXUP[2 * s[0] + 1]
+        fc_hex_upper(s + 1, n - 1 - skip_last, d + 1, HEX16)
+        if skip_last:
+            d[total - 1] = HEXUP[2 * s[n - 1]]
+    else:  # whole bytes, then the high nibble of the last byte
+        fc_hex_upper(s, n - skip_last, d, HEX16)
+        if skip_last:
+            d[total - 1] = HEXUP[2 * s[n - 1]]
     return out
 
 
