@@ -36,13 +36,22 @@ def mask_pans_in_text(text: str) -> str:
     return _PAN_IN_TEXT.sub(lambda m: m.group(1) + "*" * len(m.group(2)) + m.group(3), text)
 
 
+#: identifiers that are long digit strings but never card numbers: logged as they are
+_NOT_PAN_KEYS = frozenset(
+    {"merchant_id", "mid", "terminal_id", "tid", "rrn", "stan", "batch", "acquirer_id", "institution_id"}
+)
+
+
 def safe_value(key: str, value: Any) -> Any:
     if value is None:
         return None
-    if key.lower() == "pan":
+    lowered = key.lower()
+    if lowered == "pan":
         return mask_pan(value)
     if _SECRET_KEYS.search(key):
         return "[REDACTED]"
+    if lowered in _NOT_PAN_KEYS and isinstance(value, str) and value.isdigit() and len(value) <= 15:
+        return value
     if isinstance(value, str):
         return mask_pans_in_text(value)
     return value

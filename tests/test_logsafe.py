@@ -28,3 +28,12 @@ def test_log_lines_redact_secrets_and_mask_pan() -> None:
     assert doc["pan"] == "621214*********0012"
     assert doc["pin_block"] == "[REDACTED]" and doc["track2"] == "[REDACTED]"
     assert doc["stan"] == 7 and "9CA4E8A0" not in buf.getvalue()
+
+
+def test_merchant_id_is_not_mistaken_for_a_pan() -> None:
+    buf = io.StringIO()
+    configure_logging("INFO", json_lines=True, stream=buf)
+    logging.getLogger("t").info("settled", extra=kv(merchant_id="898310048140001", note="card 6212340000000019"))
+    doc = json.loads(buf.getvalue())
+    assert doc["merchant_id"] == "898310048140001"
+    assert doc["note"] == "card 621234******0019"
