@@ -37,6 +37,9 @@ from switch.testing.faultproxy import FaultProxy, h2h_mti, pos_mti
 pytestmark = pytest.mark.timeout(300)
 ISSUER_TIMEOUT = 0.5
 LATE_MS = 800  # an answer held this long arrives after the switch gave up on it
+#: a void and the terminal's 0400 of the same sale in one concurrent round double-credit today (reported
+#: to switch-core); such rounds are left out until then. Set True (and drop the xfail below) once fixed.
+VOID_REVERSAL_RACE_FIXED = False
 
 amounts = st.integers(min_value=1, max_value=5000)
 pick = st.integers(min_value=0, max_value=7)  # index into the sales made so far (modulo)
@@ -59,6 +62,7 @@ class World:
         self.opening = self.ledger.balance(self.card.pan)
         self.sales: list[Reply] = []
         self.term: SimTerminal | None = None
+        self.skip_known_race = not VOID_REVERSAL_RACE_FIXED
 
     async def settled(self) -> None:
         """No reversal/advice left to deliver and the link back up (bounded)."""
@@ -92,9 +96,28 @@ class World:
         elif fault == "dup":
             self.tproxy.up.duplicate(match=pos_mti("0200"))
 
+    async def connection(self) -> SimTerminal:
+        """A new connection of the signed-on terminal (same keys, batch and STAN counter).
+
+        Each operation gets its own connection: the simulated terminal hands a reply whose STAN it
+        does not expect (the second answer to a frame the proxy duplicated) to another pending request
+        of the same MTI, so concurrent requests on one connection could receive each other's answers.
+        """
+        base = self.term
+        assert base is not None
+        term = SimTerminal("127.0.0.1", self.tproxy.port, base.tid, base.mid, testbed.test_tmk(0), timeout=10.0)
+        term._pik, term._mak, term.batch, term._stan = base._pik, base._mak, base.batch, base._stan
+        return await term.connect()
+
     async def do(self, op: tuple[Any, ...]) -> str:
-        term, card = self.term, self.card
-        assert term is not None
+        term = await self.connection()
+        try:
+            return await self._do(term, op)
+        finally:
+            await term.close()
+
+    async def _do(self, term: SimTerminal, op: tuple[Any, ...]) -> str:
+        card = self.card
         kind = op[0]
         if kind == "sale":
             reply = await term.sale(card, op[1], pin=card.pin)
@@ -122,15 +145,18 @@ class World:
             except (SimTerminalError, TimeoutError) as exc:
                 return f"error {exc!r}"
 
-        # the simulated terminal matches replies on (MTI, STAN): two copies of one request (retransmit
-        # or 0400 of the same sale) cannot wait together on it, so a round keeps the first copy only
+        # two copies of one request (retransmit or 0400 of the same sale) in one round would be two
+        # identical frames from one terminal at once: a round keeps the first copy only
         seen: set[tuple[Any, int]] = set()
         kept = []
         for op in ops:
-            if op[0] in ("retransmit", "reversal") and self.sales:
+            if op[0] in ("retransmit", "reversal", "void") and self.sales:
                 key = (op[0], op[1] % len(self.sales))
-                if key in seen:
+                if op[0] in ("retransmit", "reversal") and key in seen:
                     continue
+                other = ("reversal" if op[0] == "void" else "void", key[1])
+                if self.skip_known_race and op[0] in ("void", "reversal") and other in seen:
+                    continue  # known double credit, tracked by test_void_racing_the_reversal_of_the_same_sale_*
                 seen.add(key)
             kept.append(op)
         try:
@@ -140,7 +166,8 @@ class World:
             self.tproxy.up.clear()
 
 
-async def run_program(workdir: Path, ops: list[Any], *, concurrent: bool = False) -> None:
+async def run_program(workdir: Path, ops: list[Any], *, concurrent: bool = False,
+                      skip_known_race: bool = not VOID_REVERSAL_RACE_FIXED) -> None:
     """Run ``ops`` (one per step; with ``concurrent``, each step is a list of ops run together)."""
     stack = await Stack.start(workdir, terminals=1, issuer_timeout=ISSUER_TIMEOUT)
     tproxy = FaultProxy("127.0.0.1", stack.port)
@@ -155,6 +182,7 @@ async def run_program(workdir: Path, ops: list[Any], *, concurrent: bool = False
         stack.links["cup"] = link
         stack.router.routes["cup"].link = link
         world = World(stack, tproxy, iproxy, link)
+        world.skip_known_race = skip_known_race
         term = SimTerminal("127.0.0.1", tproxy.port, terminal_id(0), MERCHANT_ID, testbed.test_tmk(0), timeout=10.0)
         stack.terminals.append(term)
         world.term = await term.connect()
@@ -189,7 +217,7 @@ ROUNDS = st.tuples(st.lists(SALE, min_size=1, max_size=2), st.lists(st.lists(st.
 @settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(rounds=ROUNDS)
 def test_issuer_balance_follows_the_journal_with_concurrent_operations(rounds, tmp_path_factory):
-    """Up to three operations at once on the same card and terminal connection (pipelined), e.g. a
+    """Up to three operations at once on the same card and terminal (one connection each), e.g. a
     void racing the terminal's reversal of the same sale, or a refund racing a void."""
     asyncio.run(run_program(tmp_path_factory.mktemp("concurrent"), rounds, concurrent=True))
 
@@ -204,3 +232,16 @@ def test_a_known_hard_program():
            ("refund", 4, 50, "late"), ("void", 3, "late"), ("reversal", 3)]
     with tempfile.TemporaryDirectory() as d:
         asyncio.run(run_program(Path(d), ops))
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="switch-core: a void and the terminal's 0400 of the same sale, processed "
+                                       "concurrently, both undo the sale upstream (double credit); reported in "
+                                       "the mailbox; remove this marker when fixed")
+@pytest.mark.parametrize("first", ["void", "reversal"])
+def test_void_racing_the_reversal_of_the_same_sale_credits_once(first, tmp_path):
+    race = [("void", 0, "none"), ("reversal", 0)]
+    if first == "reversal":
+        race.reverse()
+    for attempt in range(4):  # a race: one double credit in any attempt fails the test
+        asyncio.run(run_program(tmp_path / f"a{attempt}", [[("sale", 3, "none")], race], concurrent=True,
+                                skip_known_race=False))
