@@ -87,3 +87,23 @@ def test_codec(benchmark: Any, ratio_table: Any, msg: str, op: str, impl: str) -
     name = f"{impl} ({selected.IMPLEMENTATION})" if impl in ("compat", "native") else impl
     ratio_table.record_benchmark(f"ISO 8583 {msg} {op} ({len(raw)} B)", name, benchmark,
                                  "pyiso8583")
+
+
+def main(argv: list[str]) -> int:
+    """``python bench/bench_codec.py IMPL OP MSG N``: run one benchmark callable N times (after one
+    warm-up call), for counting instructions with ``valgrind --tool=callgrind`` (run it with N and
+    with 0, subtract, divide by N; see docs/benchmarks.md)."""
+    impl, op, msg, n = argv[0], argv[1], argv[2], int(argv[3])
+    doc, spec = MESSAGES[msg]
+    raw = bytes(iso8583.encode(dict(doc), spec)[0])
+    fn = _callable(impl, op, doc, spec, raw)
+    fn()
+    for _ in range(n):
+        fn()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))
