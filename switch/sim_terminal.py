@@ -172,7 +172,7 @@ class SimTerminal:
         doc = wire.decode(frame.body)
         key = (doc["t"], doc.get("11", ""))
         fut = self._pending.pop(key, None)
-        if fut is None:  # e.g. a 30 reply without 11: hand it to the oldest request of that MTI
+        if fut is None and "11" not in doc:  # a 30 reply without 11: the oldest request of that MTI
             for k in list(self._pending):
                 if k[0] == doc["t"]:
                     fut = self._pending.pop(k)

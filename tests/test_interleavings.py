@@ -40,7 +40,7 @@ LATE_MS = 800  # an answer held this long arrives after the switch gave up on it
 #: two operations on the same original sale in one concurrent round (void + 0400, void + void, refund +
 #: refund) can credit more than the sale today (reported to switch-core); the property tests leave such
 #: rounds out until then. Set True (and drop the xfail of test_operations_racing_on_one_sale) once fixed.
-ORIGINAL_RACES_FIXED = False
+ORIGINAL_RACES_FIXED = True
 
 amounts = st.integers(min_value=1, max_value=5000)
 pick = st.integers(min_value=0, max_value=7)  # index into the sales made so far (modulo)
@@ -248,10 +248,6 @@ RACES = {
 }
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="switch-core: operations on the same original processed concurrently each see it "
-                          "untouched (void + 0400 both undo it, two voids both credit, two refunds exceed it); "
-                          "reported in the mailbox; remove this marker when fixed")
 @pytest.mark.parametrize("race", sorted(RACES))
 def test_operations_racing_on_one_sale_credit_at_most_the_sale(race, tmp_path):
     for attempt in range(4):  # a race: one over-credit in any attempt fails the test
@@ -259,9 +255,6 @@ def test_operations_racing_on_one_sale_credit_at_most_the_sale(race, tmp_path):
                                 concurrent=True, skip_known_race=False))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="switch-core: a terminal 0400 of a partly refunded sale reverses the whole sale while "
-                          "the refund stands (over-credit); reported in the mailbox; remove this marker when fixed")
 @pytest.mark.parametrize("refund_fault", ["none", "late"])
 def test_reversal_of_a_partly_refunded_sale_credits_at_most_the_sale(refund_fault, tmp_path):
     """Sequential: sale 1000, refund 300 of it, then the terminal's 0400 of the sale."""

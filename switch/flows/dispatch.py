@@ -39,6 +39,8 @@ class Services:
     extra: dict[str, Any] = field(default_factory=dict)
     #: (41, 42, batch, 11, MTI class) of financial requests being processed -> future of their outcome
     inflight_keys: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    #: journal id of an original -> [lock, users]: void/refund/completion/reversal of one row run one at a time
+    original_locks: dict[int, Any] = field(default_factory=dict)
     #: journal ids of requests still waiting for the issuer when the terminal reversed them
     reversed_in_flight: set[int] = field(default_factory=set)
 

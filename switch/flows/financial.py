@@ -13,7 +13,7 @@ from typing import Any
 
 from switch.flows import qr, wire
 from switch.flows.context import RC, Context
-from switch.flows.upstream import Outcome, authorize, batch_of, fill_reply
+from switch.flows.upstream import Outcome, authorize, batch_of, fill_reply, original_lock
 
 _REQUIRES_AMOUNT = frozenset({"sale", "preauth", "completion"})
 
@@ -64,11 +64,16 @@ async def find_original(ctx: Context) -> Any:
 
 
 async def _void(ctx: Context, txn_type: str, original_types: tuple[str, ...]) -> None:
-    req = ctx.req
     orig = await find_original(ctx)
     if orig is None or orig.txn_type not in original_types:
         ctx.fail(RC.ORIGINAL_NOT_FOUND)
         return
+    async with original_lock(ctx, orig.id):  # one operation at a time on one original
+        await _void_locked(ctx, txn_type, await ctx.services.journal.get(orig.id))
+
+
+async def _void_locked(ctx: Context, txn_type: str, orig: Any) -> None:
+    req = ctx.req
     if orig.state != "approved":
         ctx.fail(RC.INVALID_TXN)
         return
@@ -104,11 +109,16 @@ async def completion_void(ctx: Context) -> None:
 
 async def completion(ctx: Context) -> None:
     """Pre-auth completion: original pre-auth by 61 (+ auth code 38); amount ≤ pre-authorized amount."""
-    req = ctx.req
     orig = await find_original(ctx)
     if orig is None or orig.txn_type != "preauth":
         ctx.fail(RC.ORIGINAL_NOT_FOUND)
         return
+    async with original_lock(ctx, orig.id):
+        await _completion_locked(ctx, await ctx.services.journal.get(orig.id))
+
+
+async def _completion_locked(ctx: Context, orig: Any) -> None:
+    req = ctx.req
     if orig.state != "approved":
         ctx.fail(RC.INVALID_TXN)
         return

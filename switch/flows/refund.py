@@ -8,10 +8,12 @@ original → 25; a voided or reversed original → 12; zero amount → 13.
 
 from __future__ import annotations
 
+from typing import Any
+
 from switch.flows import wire
 from switch.flows.context import RC, Context
 from switch.flows.financial import find_original
-from switch.flows.upstream import authorize, fill_reply
+from switch.flows.upstream import authorize, fill_reply, original_lock
 
 _REFUNDABLE_STATES = frozenset({"approved", "settled", "refunded"})
 
@@ -34,6 +36,12 @@ async def refund(ctx: Context) -> None:
     if orig is None or orig.txn_type not in ("sale", "completion", "completion_advice"):
         ctx.fail(RC.ORIGINAL_NOT_FOUND)
         return
+    async with original_lock(ctx, orig.id):  # concurrent refunds of one sale see each other
+        await _refund_locked(ctx, await journal.get(orig.id), amount)
+
+
+async def _refund_locked(ctx: Context, orig: Any, amount: int) -> None:
+    req, journal = ctx.req, ctx.services.journal
     if orig.payment_method == "qr":  # QR orders are cancelled by a void (same batch), not refunded here
         ctx.fail(RC.INVALID_TXN)
         return

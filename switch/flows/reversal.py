@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from switch.flows.context import RC, Context
-from switch.flows.upstream import batch_of, reverse_upstream
+from switch.flows.upstream import batch_of, original_lock, reverse_upstream
 from switch.logsafe import kv
 
 log = logging.getLogger("switch.flows")
@@ -62,6 +62,17 @@ async def reversal(ctx: Context) -> None:
     t601 = req.get("60", "")[:2]
     mti_class = "01" if t601 in _PREAUTH_TYPES else "02"
     orig = await journal.find_by_trace(term.tid, term.mid, batch_of(req), stan, mti_class)
+    if orig is None:
+        await _reverse_locked(ctx, None)
+        return
+    async with original_lock(ctx, orig.id):  # not concurrently with a void/refund of the same row
+        await _reverse_locked(ctx, await journal.get(orig.id))
+
+
+async def _reverse_locked(ctx: Context, orig: Any) -> None:
+    req, term, svc = ctx.req, ctx.terminal, ctx.services
+    journal = svc.journal
+    stan = req.get("11", "")
     reply_rc = RC.APPROVED
     if orig is None or orig.txn_type in ("balance", "reversal"):
         reply_rc = RC.ORIGINAL_NOT_FOUND
@@ -69,6 +80,10 @@ async def reversal(ctx: Context) -> None:
         pass  # idempotent
     elif orig.state in ("voided", "refunded", "settled"):
         reply_rc = RC.INVALID_TXN  # a voided or settled original cannot be reversed any more
+    elif orig.state == "approved" and await journal.refunded_total(orig.id):
+        # partly refunded: reversing the whole sale would credit the card more than it was debited
+        log.warning("reversal of a refunded sale refused", extra=kv(tid=term.tid, stan=stan, rrn=orig.rrn))
+        reply_rc = RC.INVALID_TXN
     elif orig.state == "approved":
         await reverse_approved(ctx, orig, req.get("39", "98"))
     else:  # declined, timed out (the link reversed it upstream) or still waiting for the issuer

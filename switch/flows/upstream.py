@@ -10,9 +10,11 @@ reach the terminal ahead of its journal row.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +95,24 @@ def claim(ctx: Context) -> tuple[tuple[Any, ...], asyncio.Future[Any] | None]:
         return key, first
     inflight[key] = asyncio.get_running_loop().create_future()
     return key, None
+
+
+@contextlib.asynccontextmanager
+async def original_lock(ctx: Context, orig_id: int) -> AsyncIterator[None]:
+    """Serialise every flow acting on one original row (void, refund, completion, reversal):
+    concurrent operations on the same sale must see each other's result (re-read the row inside)."""
+    locks = ctx.services.original_locks
+    entry = locks.get(orig_id)
+    if entry is None:
+        entry = locks[orig_id] = [asyncio.Lock(), 0]
+    entry[1] += 1
+    try:
+        async with entry[0]:
+            yield
+    finally:
+        entry[1] -= 1
+        if entry[1] == 0:
+            locks.pop(orig_id, None)
 
 
 def release(ctx: Context, key: tuple[Any, ...], outcome: Any) -> None:
