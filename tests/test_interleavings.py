@@ -37,10 +37,6 @@ from switch.testing.faultproxy import FaultProxy, h2h_mti, pos_mti
 pytestmark = pytest.mark.timeout(300)
 ISSUER_TIMEOUT = 0.5
 LATE_MS = 800  # an answer held this long arrives after the switch gave up on it
-#: two operations on the same original sale in one concurrent round (void + 0400, void + void, refund +
-#: refund) can credit more than the sale today (reported to switch-core); the property tests leave such
-#: rounds out until then. Set True (and drop the xfail of test_operations_racing_on_one_sale) once fixed.
-ORIGINAL_RACES_FIXED = True
 
 amounts = st.integers(min_value=1, max_value=5000)
 pick = st.integers(min_value=0, max_value=7)  # index into the sales made so far (modulo)
@@ -63,7 +59,6 @@ class World:
         self.opening = self.ledger.balance(self.card.pan)
         self.sales: list[Reply] = []
         self.term: SimTerminal | None = None
-        self.skip_known_race = not ORIGINAL_RACES_FIXED
 
     async def settled(self) -> None:
         """No reversal/advice left to deliver and the link back up (bounded)."""
@@ -149,20 +144,14 @@ class World:
                 return f"error {exc!r}"
 
         # two copies of one request (retransmit or 0400 of the same sale) in one round would be two
-        # identical frames from one terminal at once: a round keeps the first copy only; and while the
-        # races on one original are open, at most one void/refund/0400 per sale
+        # identical frames from one terminal at once: a round keeps the first copy only
         seen: set[tuple[Any, int]] = set()
-        acted_on: set[int] = set()
         kept = []
         for op in ops:
-            if op[0] != "sale" and self.sales:
+            if op[0] in ("retransmit", "reversal") and self.sales:
                 key = (op[0], op[1] % len(self.sales))
-                if op[0] in ("retransmit", "reversal") and key in seen:
+                if key in seen:
                     continue
-                if self.skip_known_race and op[0] in ("void", "refund", "reversal"):
-                    if key[1] in acted_on:
-                        continue  # known race, tracked by test_operations_racing_on_one_sale
-                    acted_on.add(key[1])
                 seen.add(key)
             kept.append(op)
         try:
@@ -172,8 +161,7 @@ class World:
             self.tproxy.up.clear()
 
 
-async def run_program(workdir: Path, ops: list[Any], *, concurrent: bool = False,
-                      skip_known_race: bool = not ORIGINAL_RACES_FIXED) -> None:
+async def run_program(workdir: Path, ops: list[Any], *, concurrent: bool = False) -> None:
     """Run ``ops`` (one per step; with ``concurrent``, each step is a list of ops run together)."""
     stack = await Stack.start(workdir, terminals=1, issuer_timeout=ISSUER_TIMEOUT)
     tproxy = FaultProxy("127.0.0.1", stack.port)
@@ -188,7 +176,6 @@ async def run_program(workdir: Path, ops: list[Any], *, concurrent: bool = False
         stack.links["cup"] = link
         stack.router.routes["cup"].link = link
         world = World(stack, tproxy, iproxy, link)
-        world.skip_known_race = skip_known_race
         term = SimTerminal("127.0.0.1", tproxy.port, terminal_id(0), MERCHANT_ID, testbed.test_tmk(0), timeout=10.0)
         stack.terminals.append(term)
         world.term = await term.connect()
@@ -250,9 +237,11 @@ RACES = {
 
 @pytest.mark.parametrize("race", sorted(RACES))
 def test_operations_racing_on_one_sale_credit_at_most_the_sale(race, tmp_path):
+    """Regression (fixed by per-original serialisation in the flows): two operations on one approved
+    sale sent together each saw it untouched and both credited."""
     for attempt in range(4):  # a race: one over-credit in any attempt fails the test
         asyncio.run(run_program(tmp_path / f"a{attempt}", [[("sale", 1000, "none")], RACES[race]],
-                                concurrent=True, skip_known_race=False))
+                                concurrent=True))
 
 
 @pytest.mark.parametrize("refund_fault", ["none", "late"])
