@@ -9,6 +9,7 @@ cryptographic check, so no clear PIN or key exists here. See ``docs/issuer.md``.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import itertools
 import logging
@@ -90,6 +91,9 @@ class IssuerHost:
         self.hsm = hsm
         self.faults = faults if faults is not None else Faults.from_config(config.faults)
         self._auth = itertools.count(1)
+        #: requests being authorised now, by their retransmission key: a copy arriving meanwhile waits for
+        #: the first one's answer instead of being authorised (and debited) a second time
+        self._in_progress: dict[tuple[str, str, str, str], asyncio.Future[dict[str, str]]] = {}
         ledger.ensure_accounts(list(config.accounts.values()))
 
     # ---------------------------------------------------------------- entry point
@@ -117,23 +121,37 @@ class IssuerHost:
             return h2h.response_to(msg, "00")
         # advices are repeated (0221) with fresh STANs: deduplicate them on 41 + 37 alone
         key = dict(msg, t="0220", **{"11": ""}) if h2h.is_advice(msg) else msg
-        stored = self.ledger.stored_response(key)
+        ident = (key.get("t", ""), key.get("41", ""), key.get("11", ""), key.get("37", ""))
+        first = self._in_progress.get(ident)
+        stored = dict(await asyncio.shield(first)) if first is not None else self.ledger.stored_response(key)
         if stored is not None:
             log.info("retransmission", extra=kv(mti=msg.get("t"), stan=msg.get("11"), rc=stored.get("39")))
             stored.update({k: msg[k] for k in ("t", "11", "7") if k in msg})
             stored["t"] = h2h.response_mti(msg["t"])
             return stored
-        if kind is TxnKind.REVERSAL:
-            resp = self._reverse(msg)
-        else:
-            try:
-                resp = await self._authorise(msg, kind)
-            except _Decline as d:
-                resp = h2h.response_to(msg, d.code, **d.fields)
-                log.info("declined", extra=kv(kind=kind.value, rc=d.code, reason=d.reason, stan=msg.get("11"),
-                                              pan=_pan_of(msg), amount=msg.get("4")))
-        self.ledger.store_response(key, resp)
+        done: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+        self._in_progress[ident] = done
+        try:
+            resp = await self._answer(msg, kind)
+            self.ledger.store_response(key, resp)
+            done.set_result(resp)
+        except BaseException as exc:
+            done.set_exception(exc)
+            done.exception()  # retrieved: a copy waiting on it re-raises, nobody else must
+            raise
+        finally:
+            del self._in_progress[ident]
         return resp
+
+    async def _answer(self, msg: dict[str, str], kind: TxnKind) -> dict[str, str]:
+        if kind is TxnKind.REVERSAL:
+            return self._reverse(msg)
+        try:
+            return await self._authorise(msg, kind)
+        except _Decline as d:
+            log.info("declined", extra=kv(kind=kind.value, rc=d.code, reason=d.reason, stan=msg.get("11"),
+                                          pan=_pan_of(msg), amount=msg.get("4")))
+            return h2h.response_to(msg, d.code, **d.fields)
 
     # ---------------------------------------------------------------- reversal
     def _reverse(self, msg: dict[str, str]) -> dict[str, str]:

@@ -371,10 +371,6 @@ async def test_duplicated_request_in_flight_never_debits_twice(rig):
     assert rig.balance(card.pan) == before - 666 and len(rig.debits(card.pan)) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issuer_sim dedupes repeats on its stored response (ledger.stored_response), which is written only "
-    "after the authorisation finished: a copy arriving while the first is still at the HSM (PIN verify) "
-    "misses it and is debited again (issuer_sim/host.py process(); reported to issuer)"))
 async def test_duplicated_upstream_request_is_answered_from_the_issuer_store(rig):
     """The 0200 reaches the issuer twice (switch-issuer link duplicates it): one debit only."""
     card = rig.stack.card("cup", 3)
@@ -416,7 +412,7 @@ async def test_random_faults_keep_journal_and_ledger_consistent(rig, seed):
     Faults: terminal side 0200 duplicated, 0210 cut; issuer side 0200 dropped, 0210 dropped or late
     (beyond the issuer timeout), 0430 dropped (the link repeats the reversal as 0421).  Terminals
     that lose their connection reconnect and reverse the unanswered sale, as POS terminals do.
-    Duplicated requests toward the issuer are left out (known issuer_sim gap, xfail test above).
+    Requests toward the issuer are duplicated too (the issuer answers a copy from the first one).
     """
     import random
 
@@ -430,6 +426,7 @@ async def test_random_faults_keep_journal_and_ledger_consistent(rig, seed):
         rig.tproxy.down.cut(match=sometimes(0.12, pos_mti("0210"))),
         rig.tproxy.down.cut(match=sometimes(0.12, pos_mti("0210"))),
         rig.iproxy.up.drop(count=None, match=sometimes(0.1, h2h_mti("0200"))),
+        rig.iproxy.up.duplicate(count=None, match=sometimes(0.15, h2h_mti("0200"))),
         rig.iproxy.down.drop(count=None, match=sometimes(0.1, h2h_mti("0210"))),
         rig.iproxy.down.delay(ISSUER_TIMEOUT * 1000 + 300, count=None, match=sometimes(0.1, h2h_mti("0210"))),
         rig.iproxy.down.drop(count=None, match=sometimes(0.3, h2h_mti("0430"))),
