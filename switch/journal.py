@@ -153,6 +153,7 @@ class JournalStore(Protocol):
     async def find_by_rrn(self, terminal_id: str, merchant_id: str, rrn: str) -> TxnRecord | None: ...
     async def find_by_pan_hash(self, pan_hash: str, limit: int) -> list[TxnRecord]: ...
     async def refunded_total(self, original_id: int) -> int: ...
+    async def child_total(self, original_id: int, txn_types: tuple[str, ...]) -> int: ...
     async def batch_totals(self, terminal_id: str, merchant_id: str, batch: int) -> BatchTotals: ...
     async def in_flight(self) -> list[TxnRecord]: ...
     async def mark_settled(self, terminal_id: str, merchant_id: str, batch: int, at: float) -> int: ...
@@ -448,6 +449,16 @@ class Journal:
     async def refunded_total(self, original_id: int) -> int:
         """Sum of approved (or settled) refunds pointing at ``original_id``, in fen."""
         return await self.store.refunded_total(original_id)
+
+    async def child_total(self, original_id: int, txn_types: tuple[str, ...]) -> int:
+        """Sum of approved, not reversed rows of ``txn_types`` pointing at ``original_id`` (fen).
+
+        E.g. ``child_total(preauth_id, ("completion", "completion_advice"))`` before completing a pre-auth.
+        """
+        bad = [t for t in txn_types if t not in TXN_TYPES]
+        if bad or not txn_types:
+            raise JournalError(f"journal: unknown txn_type {bad[0]!r}" if bad else "journal: no txn_types given")
+        return await self.store.child_total(original_id, tuple(txn_types))
 
     async def batch_totals(self, terminal_id: str, merchant_id: str, batch: int) -> BatchTotals:
         return await self.store.batch_totals(terminal_id, merchant_id, int(batch))

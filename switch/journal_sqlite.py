@@ -504,6 +504,13 @@ class SqliteJournalStore:
         )
         return await self.reader.run(lambda c: int(c.execute(sql, (original_id, REVERSED)).fetchone()[0]))
 
+    async def child_total(self, original_id: int, txn_types: tuple[str, ...]) -> int:
+        marks = ",".join("?" for _ in txn_types)
+        sql = (f"SELECT COALESCE(SUM(amount), 0) FROM txn WHERE original_id=? AND txn_type IN ({marks}) "
+               "AND approved_at IS NOT NULL AND state != ?")
+        params = (original_id, *txn_types, REVERSED)
+        return await self.reader.run(lambda c: int(c.execute(sql, params).fetchone()[0]))
+
     async def batch_totals(self, terminal_id: str, merchant_id: str, batch: int) -> BatchTotals:
         sql = f"""
             SELECT card_org = 'CUP' AS domestic,

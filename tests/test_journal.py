@@ -123,6 +123,24 @@ async def test_refunded_total_counts_only_successful_refunds(journal: Journal) -
             await journal.update_state(r, "declined", response_code="51")
     assert await journal.refunded_total(orig) == 5000
     assert await journal.refunded_total(orig + 1000) == 0
+    assert await journal.child_total(orig, ("refund",)) == 5000
+    assert await journal.child_total(orig, ("completion", "completion_advice")) == 0
+    with pytest.raises(JournalError, match="unknown txn_type 'gift'"):
+        await journal.child_total(orig, ("gift",))
+
+
+async def test_child_total_of_a_preauth(journal: Journal) -> None:
+    pre = await journal.record(sale(txn_type="preauth", amount=10_000, state=APPROVED))
+    c1 = await journal.record(sale(txn_type="completion", amount=6_000, original_id=pre))
+    assert await journal.child_total(pre, ("completion", "completion_advice")) == 0  # not approved yet
+    await journal.commit_approval(c1, journal.next_rrn(), "C00001")
+    c2 = await journal.record(sale(txn_type="completion_advice", amount=1_000, original_id=pre))
+    await journal.commit_approval(c2, journal.next_rrn(), "C00002")
+    c3 = await journal.record(sale(txn_type="completion", amount=500, original_id=pre))
+    await journal.commit_approval(c3, journal.next_rrn(), "C00003")
+    await journal.update_state(c3, "reversed")
+    assert await journal.child_total(pre, ("completion", "completion_advice")) == 7_000
+    assert await journal.child_total(pre, ("completion",)) == 6_000
 
 
 async def test_batch_totals_follow_section_8(journal: Journal) -> None:
