@@ -373,6 +373,10 @@ async def test_preauth_and_completion(stack):
     assert comp.rc == "00" and comp.mac_ok
     row = await _row(stack, comp.rrn)
     assert row.txn_type == "completion" and row.amount == 4500
+    again = await term.completion(card, pa, 500)  # a pre-auth is completed once: no second charge
+    assert again.rc == "12"
+    completions = [r for r in await stack.journal.rows_between(0, 2**31, None) if r.txn_type == "completion"]
+    assert [(r.state, r.amount) for r in completions if r.approved_at] == [("approved", 4500)]
 
 
 # ---------------------------------------------------------------- settlement and batch upload

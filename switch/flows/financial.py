@@ -108,7 +108,7 @@ async def completion_void(ctx: Context) -> None:
 
 
 async def completion(ctx: Context) -> None:
-    """Pre-auth completion: original pre-auth by 61 (+ auth code 38); amount ≤ pre-authorized amount."""
+    """Pre-auth completion: original pre-auth by 61 (+ auth code 38); amount ≤ pre-authorized amount; once."""
     orig = await find_original(ctx)
     if orig is None or orig.txn_type != "preauth":
         ctx.fail(RC.ORIGINAL_NOT_FOUND)
@@ -128,6 +128,11 @@ async def _completion_locked(ctx: Context, orig: Any) -> None:
         return
     if amount > int(orig.amount):
         ctx.fail(RC.AMOUNT_MISMATCH)
+        return
+    # one completion per pre-auth (online or advice; a voided completion still counts): a second one would
+    # charge the card again
+    if await ctx.services.journal.child_total(orig.id, ("completion", "completion_advice")):
+        ctx.fail(RC.INVALID_TXN)
         return
     out = await authorize(ctx, "completion", original=orig)
     fill_reply(ctx, out)
