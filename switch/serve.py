@@ -59,6 +59,9 @@ async def run(cfg: Any, stop: asyncio.Event, drain: float = 10.0) -> None:
     journal = await Journal.open(cfg.journal.path, cfg.journal.pan_hash_key,
                                  group_commit_ms=cfg.journal.group_commit_ms, synchronous=cfg.journal.synchronous,
                                  on_commit=metrics.journal_commit_hook() if metrics is not None else None)
+    if metrics is not None:  # /health: the journal's writer must be alive, the HSM link up
+        metrics.set_health_check("journal", journal.is_healthy)
+        metrics.set_health_check("hsm", lambda: hsm.is_up)
     router = Router()
     links = []
     from switch.issuer_link import IssuerLink

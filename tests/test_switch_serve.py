@@ -124,6 +124,39 @@ async def test_serve_runs_from_config(tmp_path):
             await asyncio.wait_for(task, 10)
 
 
+async def test_serve_health_reports_journal_and_hsm(tmp_path):
+    import json
+    import urllib.request
+
+    from switch.config import load_config
+    from switch.serve import run
+
+    async with _environment(tmp_path) as (cfg_path, term, card):
+        mport = _free_port()
+        cfg = load_config(cfg_path, ["metrics.enabled=true", f"metrics.port={mport}"])
+        stop = asyncio.Event()
+        task = asyncio.create_task(run(cfg, stop, drain=2.0))
+        try:
+            await _connect(term)
+
+            def fetch(path: str) -> tuple[int, bytes]:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{mport}{path}", timeout=5) as r:
+                        return r.status, r.read()
+                except urllib.error.HTTPError as e:
+                    return e.code, e.read()
+
+            status, body = await asyncio.to_thread(fetch, "/health")
+            doc = json.loads(body)
+            assert status == 200 and doc["checks"]["journal"] is True and doc["checks"]["hsm"] is True, doc
+            assert (await term.sign_on()).rc == "00"
+            _, text = await asyncio.to_thread(fetch, "/metrics")
+            assert b'posswitch_transactions_total{response_code="00",type="sign_on"} 1.0' in text
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+
+
 async def test_serve_process_stops_cleanly_on_sigterm(tmp_path):
     async with _environment(tmp_path) as (cfg_path, term, card):
         proc = await asyncio.create_subprocess_exec(
