@@ -25,37 +25,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import importlib.util
 import sqlite3
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from benchmods import load as load_bench
 
 from switch import reconcile, testbed
 from switch.sim_terminal import SimCard, SimTerminal, SimTerminalError
 from switch.testing.faultproxy import FaultProxy, h2h_mti
 
 pytestmark = pytest.mark.timeout(150)
-BENCH = Path(__file__).resolve().parent.parent / "bench"
 TERMINALS = 4
 PIPELINE = 3  # sales in flight per terminal
 HOLD_MS = 700  # how long the proxy holds each issuer answer
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_switch = _load("bench_switch")
-loadgen = _load("loadgen")
+bench_switch = load_bench("bench_switch")
+loadgen = load_bench("loadgen")
 
 
 def _query(db: Path, sql: str, params: tuple = ()) -> list[sqlite3.Row]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import os
 import random
 import socket
@@ -32,15 +31,14 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from benchmods import load as load_bench
 
 from switch import testbed
 from switch.sim_terminal import SimCard, SimTerminal
 
 pytestmark = pytest.mark.timeout(180)
-BENCH = Path(__file__).resolve().parent.parent / "bench"
 SEED = 20261122
 VALID_TERMINALS = 3
 MUTATOR_CONNECTIONS = 6
@@ -52,17 +50,8 @@ FLOOD = 400
 RSS_SLACK_KB = 64 * 1024  # generous: a leak per malformed frame would show as far more
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_switch = _load("bench_switch")
-loadgen = _load("loadgen")
+bench_switch = load_bench("bench_switch")
+loadgen = load_bench("loadgen")
 
 
 def open_fds(pid: int) -> int:

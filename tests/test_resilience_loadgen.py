@@ -10,33 +10,20 @@ issuer simulator unchanged (every request answered and posted).  Short runs (abo
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
+from benchmods import load as load_bench
 
 from hsm_sim import lmk
 from switch import testbed
 from switch.testbed import MERCHANT_ID, Stack
 
 pytestmark = pytest.mark.timeout(60)
-BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-loadgen = _load("loadgen")
-forwarder = _load("forwarder")
+loadgen = load_bench("loadgen")
+forwarder = load_bench("forwarder")
 
 
 @pytest.fixture
@@ -133,7 +120,7 @@ def test_bench_switch_orchestration_smoke(tmp_path):
     """bench/bench_switch.py end to end with tiny windows: the CLIs it starts (posswitch hsm, issuer,
     serve --config with the config it writes), the forwarder and three load-generator runs all work,
     every sale is approved and the summary table renders.  Catches config/CLI drift early."""
-    bench_switch = _load("bench_switch")
+    bench_switch = load_bench("bench_switch")
     results = bench_switch.run(seconds=0.5, warmup=0.2, terminals=2, in_flight=4, workdir=str(tmp_path),
                                verbose=False)
     for name in ("switch max", "ceiling", "switch half"):

@@ -12,14 +12,13 @@ delivered, the issuer ledger is restored and the journal shows the sale reversed
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import sqlite3
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from benchmods import load as load_bench
 
 from issuer_sim.accounts import account_id_for
 from switch import testbed
@@ -27,20 +26,10 @@ from switch.sim_terminal import SimCard, SimTerminal
 from switch.testing.faultproxy import FaultProxy, h2h_mti
 
 pytestmark = pytest.mark.timeout(90)
-BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_switch = _load("bench_switch")
-loadgen = _load("loadgen")
+bench_switch = load_bench("bench_switch")
+loadgen = load_bench("loadgen")
 
 
 def ledger_balance(db: Path, pan: str) -> int:
