@@ -35,7 +35,6 @@ HEADER_LEN = 6
 TPDU_ID = 0x60
 #: Default largest payload a splitter accepts (a POS message is < 1 KiB; 8583 field 62/55 max ~1 KiB).
 MAX_FRAME = 4096
-_HEX = "0123456789abcdef"
 
 
 cdef class FrameSplitter:
@@ -128,108 +127,17 @@ cdef class FrameSplitter:
         return frames
 
 
-def split_payload(payload: bytes, tpdu_len: int = TPDU_LEN,
-                  header_len: int = HEADER_LEN) -> tuple[bytes, bytes, bytes]:
-    """Split a payload (no length prefix) into ``(tpdu, header, body)``.
-
-    With a 5-byte TPDU its first byte must be ``0x60``.  The body must not be empty.
-    Offsets in errors count from the start of the payload.
-    """
-    need = tpdu_len + header_len
-    if len(payload) <= need:
-        raise FramingError(
-            f"payload of {len(payload)} bytes too short for TPDU ({tpdu_len}) + header ({header_len}) + message",
-            len(payload))
-    if tpdu_len == TPDU_LEN and payload[0] != TPDU_ID:
-        raise FramingError(f"TPDU id 0x{payload[0]:02x} is not 0x60", 0)
-    return bytes(payload[:tpdu_len]), bytes(payload[tpdu_len:need]), bytes(payload[need:])
-
-
-def parse_frame(frame: bytes, tpdu_len: int = TPDU_LEN,
-                header_len: int = HEADER_LEN) -> tuple[bytes, bytes, bytes]:
-    """Parse one complete frame (length prefix included) into ``(tpdu, header, body)``.
-
-    The length prefix must count exactly the bytes after it.  Offsets in errors count from the
-    start of the frame.
-    """
-    if len(frame) < LEN_SIZE:
-        raise FramingError("frame shorter than its 2-byte length", 0)
-    n = (frame[0] << 8) | frame[1]
-    if n != len(frame) - LEN_SIZE:
-        raise FramingError(f"length prefix {n} does not match {len(frame) - LEN_SIZE} bytes that follow", 0)
-    try:
-        return split_payload(frame[LEN_SIZE:], tpdu_len, header_len)
-    except FramingError as exc:
-        raise FramingError(str(exc).rsplit(": offset", 1)[0], (exc.offset or 0) + LEN_SIZE) from None
-
-
-def build_frame(body: bytes, tpdu: bytes = b"", header: bytes = b"") -> bytes:
-    """``LEN + tpdu + header + body``; the length counts everything after itself."""
-    n = len(tpdu) + len(header) + len(body)
-    if n == 0 or n > 0xFFFF:
-        raise FramingError(f"cannot frame {n} bytes (1..65535)")
-    return bytes(((n >> 8) & 0xFF, n & 0xFF)) + bytes(tpdu) + bytes(header) + bytes(body)
-
-
-def _check_tpdu(tpdu: bytes) -> None:
-    if len(tpdu) != TPDU_LEN:
-        raise FramingError(f"TPDU must be {TPDU_LEN} bytes, got {len(tpdu)}")
-    if tpdu[0] != TPDU_ID:
-        raise FramingError(f"TPDU id 0x{tpdu[0]:02x} is not 0x60", 0)
-
-
-def swap_tpdu(tpdu: bytes) -> bytes:
-    """Reply TPDU: destination and originator addresses swapped (``6005250000`` -> ``6000000525``)."""
-    _check_tpdu(tpdu)
-    return bytes(tpdu[0:1]) + bytes(tpdu[3:5]) + bytes(tpdu[1:3])
-
-
-def make_tpdu(destination: int, originator: int = 0) -> bytes:
-    """TPDU ``60 DDDD SSSS`` from two 16-bit addresses (the NII is usually written in hex: 0x0003)."""
-    if not (0 <= destination <= 0xFFFF and 0 <= originator <= 0xFFFF):
-        raise ValueError("TPDU addresses are 16-bit")
-    return bytes((TPDU_ID,)) + destination.to_bytes(2, "big") + originator.to_bytes(2, "big")
-
-
-def tpdu_addresses(tpdu: bytes) -> tuple[int, int]:
-    """``(destination, originator)`` of a TPDU."""
-    _check_tpdu(tpdu)
-    return (tpdu[1] << 8) | tpdu[2], (tpdu[3] << 8) | tpdu[4]
-
-
-def header_digits(header: bytes) -> str:
-    """The 12 header digits as text (lower-case hex nibbles: digit 6 may be ``b``/``c``)."""
-    if len(header) != HEADER_LEN:
-        raise FramingError(f"header must be {HEADER_LEN} bytes, got {len(header)}")
-    return bytes(header).hex()
-
-
-def get_request_digit(header: bytes) -> str:
-    """Digit 6 of the header, the host's processing request (``"0"`` none, ``"3"`` sign on again, ...)."""
-    if len(header) != HEADER_LEN:
-        raise FramingError(f"header must be {HEADER_LEN} bytes, got {len(header)}")
-    return _HEX[header[2] & 0x0F]
-
-
-def set_request_digit(header: bytes, digit: str | int) -> bytes:
-    """Copy of ``header`` with digit 6 (processing request) set to ``digit`` (0-15 or one hex char)."""
-    if len(header) != HEADER_LEN:
-        raise FramingError(f"header must be {HEADER_LEN} bytes, got {len(header)}")
-    value = int(digit, 16) if isinstance(digit, str) and len(digit) == 1 else digit
-    if not isinstance(value, int) or not 0 <= value <= 15:
-        raise ValueError(f"processing request digit must be one hex digit, got {digit!r}")
-    out = bytearray(header)
-    out[2] = (out[2] & 0xF0) | value
-    return bytes(out)
-
-
-def make_header(app_type: str = "60", version: str = "31", status: str = "0", request: str = "0",
-                sub_version: str = "000000") -> bytes:
-    """Build a header from its parts (2 + 2 + 1 + 1 + 6 digits)."""
-    digits = f"{app_type}{version}{status}{request}{sub_version}"
-    if (len(app_type), len(version), len(status), len(request), len(sub_version)) != (2, 2, 1, 1, 6):
-        raise ValueError(f"header parts have wrong widths: {digits!r}")
-    try:
-        return bytes.fromhex(digits)
-    except ValueError:
-        raise ValueError(f"header digits must be hex nibbles: {digits!r}") from None
+# The frame helpers below the splitter are plain byte slicing with no loop to compile: the compiled
+# twin shares the pure twin's code rather than keeping a copy of it.
+from ._framing_py import (  # noqa: E402
+    build_frame,
+    get_request_digit,
+    header_digits,
+    make_header,
+    make_tpdu,
+    parse_frame,
+    set_request_digit,
+    split_payload,
+    swap_tpdu,
+    tpdu_addresses,
+)
