@@ -12,6 +12,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from _fastcore import framing
+
 try:  # the compiled codec (drop-in for pyiso8583)
     _codec = importlib.import_module("_fastcore.iso8583")
 except ImportError:  # pragma: no cover - the codec lands separately
@@ -140,21 +142,18 @@ class Frame:
         return cls(payload[:TPDU_LEN], payload[TPDU_LEN:PREFIX_LEN], payload[PREFIX_LEN:])
 
 
-def swap_tpdu(tpdu: bytes) -> bytes:
-    """Reply TPDU: destination and originator addresses swapped."""
-    return tpdu[:1] + tpdu[3:5] + tpdu[1:3]
+#: reply TPDU: destination and originator addresses swapped
+swap_tpdu = framing.swap_tpdu
 
 
 def reply_header(header: bytes, processing_request: int = 0) -> bytes:
     """Echo the request header with digit 6 (processing request) set by the host."""
-    b = bytearray(header)
-    b[2] = (b[2] & 0xF0) | (processing_request & 0x0F)
-    return bytes(b)
+    return framing.set_request_digit(header, processing_request)
 
 
 def frame_bytes(tpdu: bytes, header: bytes, body: bytes) -> bytes:
-    n = len(tpdu) + len(header) + len(body)
-    return n.to_bytes(2, "big") + tpdu + header + body
+    """``LEN + tpdu + header + body`` (``_fastcore.framing.build_frame``)."""
+    return framing.build_frame(body, tpdu, header)
 
 
 def mac_input(body: bytes) -> bytes:
