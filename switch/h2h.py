@@ -15,6 +15,7 @@ This module only builds, checks and (de)frames messages: no I/O. See ``docs/issu
 from __future__ import annotations
 
 import datetime as _dt
+import time as _time
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 
@@ -77,14 +78,20 @@ class TxnKind(StrEnum):
 
 # ---------------------------------------------------------------- encode / decode / framing
 
+#: The codec bound to ``SPEC``: encodes without copying or touching the message (bitmap keys
+#: ``p``/``1`` are ignored) and decodes without building ``doc_enc``; same bytes and errors as
+#: ``iso8583.encode``/``decode`` except a key beyond the spec (see :func:`encode`).
+_CODEC = iso8583.Codec(SPEC)
+
+
 def encode(msg: Mapping[str, str]) -> bytes:
     """Encode one message body (no length prefix)."""
-    doc = {k: v for k, v in msg.items() if k not in ("p", "1")}
     try:
-        raw, _ = iso8583.encode(doc, SPEC)
+        return _CODEC.encode(msg)
+    except iso8583.FieldNotInSpecEncodeError as exc:
+        raise KeyError(exc.field) from None  # what pyiso8583 raises for a key beyond the spec
     except iso8583.EncodeError as exc:
         raise H2HError(f"cannot encode {msg.get('t', '????')}: {exc.msg}", field=exc.field) from None
-    return bytes(raw)
 
 
 def frame(msg: Mapping[str, str]) -> bytes:
@@ -98,7 +105,7 @@ def frame(msg: Mapping[str, str]) -> bytes:
 def decode(body: bytes | bytearray) -> dict[str, str]:
     """Decode one body; bitmap keys ``p``/``1`` are dropped."""
     try:
-        doc, _ = iso8583.decode(bytes(body), SPEC)
+        doc = _CODEC.decode(body if type(body) is bytes else bytes(body))
     except iso8583.DecodeError as exc:
         raise H2HError(f"cannot decode message: {exc.msg}", field=exc.field, offset=exc.pos) from None
     doc.pop("p", None)
@@ -204,10 +211,27 @@ def is_reversible(msg: Mapping[str, str]) -> bool:
 
 # ---------------------------------------------------------------- field helpers
 
+#: [whole second, field 7 (UTC MMDDhhmmss), field 12 (local hhmmss), field 13 (local MMDD)]
+_clock: list = [-1, "", "", ""]
+
+
+def _now_fields() -> list:
+    """The ``_clock`` entry of the current second (formatted once per second)."""
+    now = int(_time.time())
+    clock = _clock
+    if now != clock[0]:
+        loc = _time.localtime(now)
+        clock[1:] = (_time.strftime("%m%d%H%M%S", _time.gmtime(now)), _time.strftime("%H%M%S", loc),
+                     _time.strftime("%m%d", loc))
+        clock[0] = now
+    return clock
+
+
 def transmission_time(now: _dt.datetime | None = None) -> str:
-    """Field 7, MMDDhhmmss in UTC."""
-    now = now or _dt.datetime.now(_dt.UTC)
-    return now.strftime("%m%d%H%M%S")
+    """Field 7, MMDDhhmmss in UTC (of ``now``, or of the current second: formatted once per second)."""
+    if now:
+        return now.strftime("%m%d%H%M%S")
+    return _now_fields()[1]  # type: ignore[no-any-return]
 
 
 def field90(orig: Mapping[str, str], forwarding: str = "") -> str:
@@ -243,23 +267,38 @@ def parse_field54(value: str) -> int:
 
 # ---------------------------------------------------------------- BER-TLV for field 55
 
+#: tag bytes <-> tag hex of the tags seen so far (bounded: unknown tags are converted every time)
+_TAG_HEX: dict[bytes, str] = {}
+_TAG_BYTES: dict[str, bytes] = {}
+_TAG_CACHE_MAX = 1024
+
+
 def tlv_decode(data: bytes) -> dict[str, bytes]:
     """Decode a flat BER-TLV list into ``{TAG_HEX: value}``; constructed tags (71/72) keep raw values."""
+    if type(data) is not bytes:
+        data = bytes(data)
     out: dict[str, bytes] = {}
+    names = _TAG_HEX
     i, n = 0, len(data)
     while i < n:
-        if data[i] in (0x00, 0xFF):  # padding between objects
+        b = data[i]
+        if b == 0x00 or b == 0xFF:  # padding between objects
             i += 1
             continue
         start = i
         i += 1
-        if data[start] & 0x1F == 0x1F:
+        if b & 0x1F == 0x1F:
             while i < n and data[i] & 0x80:
                 i += 1
             i += 1
         if i >= n:
             raise H2HError("truncated TLV tag", field="55", offset=start)
-        tag = data[start:i].hex().upper()
+        raw = data[start:i]
+        tag = names.get(raw)
+        if tag is None:
+            tag = raw.hex().upper()
+            if len(names) < _TAG_CACHE_MAX:
+                names[raw] = tag
         length = data[i]
         i += 1
         if length & 0x80:
@@ -268,27 +307,38 @@ def tlv_decode(data: bytes) -> dict[str, bytes]:
                 raise H2HError(f"bad TLV length for tag {tag}", field="55", offset=i - 1)
             length = int.from_bytes(data[i:i + nb], "big")
             i += nb
-        if i + length > n:
+        end = i + length
+        if end > n:
             raise H2HError(f"TLV value of tag {tag} overruns the data", field="55", offset=i)
-        out[tag] = bytes(data[i:i + length])
-        i += length
+        out[tag] = data[i:end]
+        i = end
     return out
 
 
 def tlv_encode(tags: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> bytes:
-    items = tags.items() if isinstance(tags, Mapping) else tags
-    out = bytearray()
+    items = tags.items() if type(tags) is dict or isinstance(tags, Mapping) else tags
+    parts: list[bytes] = []
+    add = parts.append
+    tag_bytes = _TAG_BYTES
     for tag, value in items:
-        out += bytes.fromhex(tag)
+        tb = tag_bytes.get(tag)
+        if tb is None:
+            tb = bytes.fromhex(tag)
+            if type(tag) is str and len(tag_bytes) < _TAG_CACHE_MAX:
+                tag_bytes[tag] = tb
+        add(tb)
         ln = len(value)
         if ln < 0x80:
-            out.append(ln)
+            add(_LEN1[ln])
         elif ln < 0x100:
-            out += bytes((0x81, ln))
+            add(bytes((0x81, ln)))
         else:
-            out += bytes((0x82, ln >> 8, ln & 0xFF))
-        out += value
-    return bytes(out)
+            add(bytes((0x82, ln >> 8, ln & 0xFF)))
+        add(value)
+    return b"".join(parts)
+
+
+_LEN1 = [bytes((n,)) for n in range(0x80)]
 
 
 def field55_tags(value: str) -> dict[str, bytes]:
@@ -343,22 +393,31 @@ def financial_request(
 
     ``original`` (for void, refund, completion) is the original H2H request and fills field 90.
     """
-    kind = TxnKind(kind)
-    if kind not in _KIND_CODES:
+    try:
+        codes = _KIND_ROWS.get(kind)
+    except TypeError:  # unhashable: let TxnKind() reject it
+        codes = None
+    if codes is None:
+        kind = TxnKind(kind)  # ValueError for a kind that does not exist
         raise H2HError(f"no request builder for {kind.value}")
-    mti, proc, cond = _KIND_CODES[kind]
-    local = local or _dt.datetime.now()
+    mti, proc, cond, balance = codes
+    if local is None:
+        clock = _now_fields()
+        f7, f12, f13 = clock[1], clock[2], clock[3]
+    else:
+        f7 = transmission_time()
+        f12, f13 = local.strftime("%H%M%S"), local.strftime("%m%d")
     msg: dict[str, str] = {"t": mti, "3": proc}
     if pan:
         msg["2"] = pan
-    if kind is not TxnKind.BALANCE:
+    if not balance:
         if amount is None or amount < 0:
             raise H2HError("amount (fen, >= 0) is required", field="4")
         msg["4"] = f"{amount:012d}"
-    msg["7"] = transmission_time()
+    msg["7"] = f7
     msg["11"] = stan
-    msg["12"] = local.strftime("%H%M%S")
-    msg["13"] = local.strftime("%m%d")
+    msg["12"] = f12
+    msg["13"] = f13
     if expiry:
         msg["14"] = expiry
     msg["22"] = entry_mode
@@ -371,8 +430,8 @@ def financial_request(
     msg["37"] = rrn
     if auth_code:
         msg["38"] = auth_code
-    msg["41"] = terminal_id.ljust(8)
-    msg["42"] = merchant_id.ljust(15)
+    msg["41"] = terminal_id if len(terminal_id) == 8 else terminal_id.ljust(8)
+    msg["42"] = merchant_id if len(merchant_id) == 15 else merchant_id.ljust(15)
     msg["49"] = currency
     if pin_block:
         msg["52"] = pin_block.upper()
@@ -380,10 +439,14 @@ def financial_request(
         msg["55"] = tags_to_field55(icc)
     if original is not None:
         msg["90"] = field90(original)
-    if "2" not in msg and "35" not in msg:
+    if not pan and not track2:
         raise H2HError("either PAN (2) or track 2 (35) is required", field="2")
     return msg
 
+
+#: kind (member or its value: a StrEnum hashes as its value) -> (MTI, 3, 25, no field 4)
+_KIND_ROWS: dict[str, tuple[str, str, str, bool]] = {
+    k: (*row, k is TxnKind.BALANCE) for k, row in _KIND_CODES.items()}
 
 #: public view of the request table: kind -> (MTI, processing code, condition code 25)
 KIND_CODES: Mapping[TxnKind, tuple[str, str, str]] = _KIND_CODES
