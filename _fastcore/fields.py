@@ -533,6 +533,26 @@ def tdk_replace(padded: str, start: int, block: bytes) -> str:
 
 
 _TRACK_FIELDS = frozenset({"35", "36"})
+#: keys never checked as fields (MTI is checked on its own; bitmaps and header are not digits)
+_NOT_FIELDS = frozenset({"t", "p", "1", "h"})
+_DIGIT_CHARS = "0123456789"
+_TRACK_CHARS = "0123456789Dd"
+_ENC_TRACK_CHARS = "0123456789ABCDEFabcdef"
+#: (POS_SPEC, its BCD (nibble) fields other than the track fields), computed on first use
+_pos_nibbles: tuple[Any, frozenset[str]] | None = None
+
+
+def _nibble_fields(spec: Mapping[str, Mapping[str, Any]]) -> frozenset[str]:
+    """Keys of ``spec`` whose length counts nibbles (BCD), without the MTI/bitmap/header keys."""
+    return frozenset(k for k, f in spec.items() if k not in _NOT_FIELDS and f.get("len_count") == "nibbles")
+
+
+def _only(value: str, allowed: str) -> bool:
+    """True when every character of ``value`` is in ``allowed`` (``strip`` leaves nothing)."""
+    try:
+        return not value.strip(allowed)
+    except (AttributeError, TypeError):  # not a str: the character walk raises what it always raised
+        return False
 
 
 def check_numeric_fields(doc: Mapping[str, str], spec: Mapping[str, Mapping[str, Any]] | None = None,
@@ -542,25 +562,36 @@ def check_numeric_fields(doc: Mapping[str, str], spec: Mapping[str, Mapping[str,
     Run it on every decoded request before using its values: a terminal sending amount nibbles
     ``A``-``F`` gets ``FieldFormatError`` naming the field and the digit offset.  Track fields 35/36
     may hold ``D`` (separator), or any hex digit when ``encrypted_tracks`` (53.3 = ``1``: the
-    TDK block is hex).  ``MTI`` (``t``) must be 4 digits.  ``spec`` defaults to ``POS_SPEC``.
-    """
-    if spec is None:
-        from .spec import POS_SPEC
+    TDK block is hex).  ``MTI`` (``t``) must be 4 digits.  ``spec`` defaults to ``POS_SPEC``, whose
+    nibble fields are looked up once (``POS_SPEC`` is not edited at run time).
 
-        spec = POS_SPEC
+    A valid value is accepted with one ``str.strip``; the characters are walked only to name the
+    offset of a bad one.
+    """
+    global _pos_nibbles
+    if spec is None:
+        cached = _pos_nibbles
+        if cached is None:
+            from .spec import POS_SPEC
+
+            cached = _pos_nibbles = (POS_SPEC, _nibble_fields(POS_SPEC))
+        nibbles = cached[1]
+    else:
+        nibbles = _nibble_fields(spec)
     mti = doc.get("t")
     if mti is not None:
         if len(mti) != 4:
             raise FieldFormatError("t", f"MTI must be 4 digits, got {mti!r}")
-        _digits("t", mti)
+        if not _only(mti, _DIGIT_CHARS):
+            _digits("t", mti)
     for field, value in doc.items():
-        fspec = spec.get(field)
-        if fspec is None or field in ("t", "p", "1", "h") or fspec.get("len_count") != "nibbles":
+        if field not in nibbles:
             continue
         if field in _TRACK_FIELDS:
-            allowed = "0123456789ABCDEFabcdef" if encrypted_tracks else "0123456789Dd"
-            for i, ch in enumerate(value):
-                if ch not in allowed:
-                    raise FieldFormatError(field, f"invalid track character {ch!r}", i)
-        else:
+            allowed = _ENC_TRACK_CHARS if encrypted_tracks else _TRACK_CHARS
+            if not _only(value, allowed):
+                for i, ch in enumerate(value):
+                    if ch not in allowed:
+                        raise FieldFormatError(field, f"invalid track character {ch!r}", i)
+        elif not _only(value, _DIGIT_CHARS):
             _digits(field, value)
