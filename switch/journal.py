@@ -22,6 +22,7 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import hmac
+import operator
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -111,6 +112,8 @@ class TxnRecord:
 #: columns a caller may set (everything but the primary key)
 COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TxnRecord) if f.name != "id")
 _COLUMN_SET = frozenset(COLUMNS)
+#: ``_record_values(rec)``: the tuple of a record's column values, in ``COLUMNS`` order
+_record_values = operator.attrgetter(*COLUMNS)
 assert not {c.lower() for c in COLUMNS} & FORBIDDEN_KEYS
 
 
@@ -164,24 +167,30 @@ class JournalStore(Protocol):
     def reserve_rrn(self, prefix: str, high_water: int) -> concurrent.futures.Future[Any]: ...
 
 
+#: allowed values of the enumerated columns; ``None`` (not given) is always allowed
+_CHECKED_VALUES: tuple[tuple[str, frozenset[Any]], ...] = (
+    ("state", STATES | {None}),
+    ("txn_type", TXN_TYPES | {None}),
+    ("card_type", frozenset({"debit", "credit", "", None})),
+    ("payment_method", PAYMENT_METHODS | {None}),
+)
+
+
 def _check_fields(fields: Mapping[str, Any]) -> None:
-    unknown = fields.keys() - _COLUMN_SET  # no forbidden name is a column: one set operation when all is well
-    for key in sorted(unknown):
-        if key.lower() in FORBIDDEN_KEYS:
-            raise JournalError(f"journal: field {key!r} must never be stored")
-        raise JournalError(f"journal: unknown field {key!r}")
-    state = fields.get("state")
-    if state is not None and state not in STATES:
-        raise JournalError(f"journal: unknown state {state!r}")
-    txn_type = fields.get("txn_type")
-    if txn_type is not None and txn_type not in TXN_TYPES:
-        raise JournalError(f"journal: unknown txn_type {txn_type!r}")
-    card_type = fields.get("card_type")
-    if card_type is not None and card_type not in ("debit", "credit", ""):
-        raise JournalError(f"journal: unknown card_type {card_type!r}")
-    method = fields.get("payment_method")
-    if method is not None and method not in PAYMENT_METHODS:
-        raise JournalError(f"journal: unknown payment_method {method!r}")
+    if not _COLUMN_SET.issuperset(fields):  # no forbidden name is a column: one check when all is well
+        for key in sorted(fields.keys() - _COLUMN_SET):
+            if key.lower() in FORBIDDEN_KEYS:
+                raise JournalError(f"journal: field {key!r} must never be stored")
+            raise JournalError(f"journal: unknown field {key!r}")
+    get = fields.get
+    for name, allowed in _CHECKED_VALUES:
+        value = get(name)
+        try:
+            ok = value in allowed
+        except TypeError:  # unhashable
+            ok = False
+        if not ok:
+            raise JournalError(f"journal: unknown {name} {value!r}")
 
 
 class RrnGenerator:
@@ -257,32 +266,53 @@ class TraceFilter:
     nothing; a definite "not present" from this filter answers that without a database round trip.
     A "maybe" falls through to the database, so answers stay exact.  2 MiB and 4 hashes keep false
     positives below 1 % up to about 1.5 million rows.
+
+    Positions come from Python's own ``hash`` of the key tuple (double hashing: position ``i`` is
+    ``h1 + i * h2`` modulo the size, ``h1`` / ``h2`` the low / high half of the 64-bit hash).  String
+    hashes are seeded per process, which is fine: the filter lives in one process and is rebuilt from
+    the journal at start-up.  Expected false-positive rate ``(1 - exp(-k n / m)) ** k``: with the
+    defaults (m = 2**24 bits, k = 4) under 0.0001 % at 100 000 keys, 0.2 % at 1 million, 0.8 % at
+    1.5 million (measured: 0, 0.21 % and 0.82 % of 200 000 absent keys).
     """
 
     def __init__(self, bits: int = 1 << 24, hashes: int = 4) -> None:
         self._m = bits
         self._k = hashes
-        self._bits = bytearray(bits // 8)
+        self._bits = bytearray((bits + 7) // 8)
         self.count = 0
 
     def _positions(self, terminal_id: str, merchant_id: str, stan: str) -> list[int]:
-        digest = hashlib.blake2b(f"{terminal_id}\x1f{merchant_id}\x1f{stan}".encode(), digest_size=4 * self._k).digest()
-        return [int.from_bytes(digest[4 * i : 4 * i + 4], "little") % self._m for i in range(self._k)]
+        h = hash((terminal_id, merchant_id, stan)) & 0xFFFF_FFFF_FFFF_FFFF
+        m = self._m
+        step = (h >> 32) | 1
+        return [(h + i * step) % m for i in range(self._k)]
 
     def add(self, terminal_id: str, merchant_id: str, stan: str) -> None:
+        bits = self._bits
         for p in self._positions(terminal_id, merchant_id, stan):
-            self._bits[p >> 3] |= 1 << (p & 7)
+            bits[p >> 3] |= 1 << (p & 7)
         self.count += 1
 
     def might_contain(self, terminal_id: str, merchant_id: str, stan: str) -> bool:
+        h = hash((terminal_id, merchant_id, stan)) & 0xFFFF_FFFF_FFFF_FFFF
+        m = self._m
+        step = (h >> 32) | 1
         bits = self._bits
-        return all(bits[p >> 3] & (1 << (p & 7)) for p in self._positions(terminal_id, merchant_id, stan))
+        p = h % m
+        for _ in range(self._k):
+            if not bits[p >> 3] & (1 << (p & 7)):
+                return False  # the common answer: usually at the first position
+            p = (p + step) % m
+        return True
 
 
 class Journal:
     """Async facade over a :class:`JournalStore`.
 
     ``Journal(path, pan_hash_key)`` uses the SQLite store; pass ``store=`` for another backend.
+    ``group_commit_ms`` (SQLite store) is how long the writer keeps collecting more writes into one
+    transaction while writes keep coming; the first write after an idle spell is committed at once
+    (with whatever is already queued), so the window never delays a lone write.
     """
 
     def __init__(
@@ -360,18 +390,19 @@ class Journal:
         return self._rrn.next()
 
     def _prepare(self, fields: dict[str, Any]) -> dict[str, Any]:
-        pan = fields.pop("pan", None)
-        if pan:
-            pan = pan.decode("ascii") if isinstance(pan, bytes | bytearray) else str(pan)
-            fields["pan_masked"] = mask_pan(pan)
-            fields["pan_hash"] = self.pan_hash(pan)
-        for name, width in (("stan", 6), ("batch", 6)):
-            value = fields.get(name)
-            if value in (None, ""):
-                continue
-            if isinstance(value, bool) or not str(value).isdigit() or len(str(int(value))) > width:
-                raise JournalError(f"journal: field {name!r}: expected up to {width} digits, got {value!r}")
-            fields[name] = f"{int(value):06d}" if name == "stan" else int(value)
+        """Validate ``fields`` in place: the clear PAN becomes mask + hash, STAN ``"000123"``, batch int."""
+        if "pan" in fields:
+            pan = fields.pop("pan")
+            if pan:
+                pan = pan.decode("ascii") if isinstance(pan, bytes | bytearray) else str(pan)
+                fields["pan_masked"] = mask_pan(pan)
+                fields["pan_hash"] = self.pan_hash(pan)
+        stan = fields.get("stan")
+        if stan is not None and not (type(stan) is str and len(stan) == 6 and stan.isascii() and stan.isdigit()):
+            _normalize(fields, "stan", stan)  # the common case above is already normal
+        batch = fields.get("batch")
+        if batch is not None and not (type(batch) is int and 0 <= batch <= 999_999):
+            _normalize(fields, "batch", batch)
         _check_fields(fields)
         return fields
 
@@ -380,7 +411,7 @@ class Journal:
         """Insert a new row; returns its id after the COMMIT.  A dict may carry a clear ``pan``."""
         if isinstance(txn, TxnRecord):
             rec = txn
-            _check_fields({k: getattr(rec, k) for k in COLUMNS})
+            _check_fields(dict(zip(COLUMNS, _record_values(rec), strict=True)))
         else:
             fields = self._prepare(dict(txn))
             for required in ("terminal_id", "merchant_id", "txn_type"):
@@ -401,22 +432,31 @@ class Journal:
     async def update_state(self, txn_id: int, state: str, **fields: Any) -> None:
         """Move a row to ``state`` and set any other columns; resolves after the COMMIT."""
         fields["state"] = state
+        await self._update(txn_id, state, fields)
+
+    def _update(self, txn_id: int, state: str, fields: dict[str, Any]) -> Any:
+        """``update_state`` with ``fields`` (a dict of our own, ``state`` included) already built."""
         fields = self._prepare(fields)
-        if fields.get("stan") or fields.get("terminal_id") or fields.get("merchant_id"):
-            self._traces = _widen(self._traces, fields)
+        if "stan" in fields or "terminal_id" in fields or "merchant_id" in fields:
+            if fields.get("stan") or fields.get("terminal_id") or fields.get("merchant_id"):
+                self._traces = _widen(self._traces, fields)
         now = time.time()
         fields["updated_at"] = now
-        if state == APPROVED:
-            fields.setdefault("approved_at", now)
-        await self.store.update(txn_id, fields)
+        if state == APPROVED and "approved_at" not in fields:
+            fields["approved_at"] = now
+        return self.store.update(txn_id, fields)
 
     async def commit_approval(
         self, txn_id: int, rrn: str, auth_code: str, response_code: str = "00", **fields: Any
     ) -> None:
         """Record an approval durably; call it before writing the approving reply to the terminal."""
-        await self.update_state(
-            txn_id, APPROVED, rrn=rrn, auth_code=auth_code, response_code=response_code, **fields
-        )
+        if "state" in fields:
+            raise TypeError("commit_approval() got multiple values for keyword argument 'state'")
+        fields["state"] = APPROVED
+        fields["rrn"] = rrn
+        fields["auth_code"] = auth_code
+        fields["response_code"] = response_code
+        await self._update(txn_id, APPROVED, fields)
 
     # -- lookups ----------------------------------------------------------------------------------------
     async def get(self, txn_id: int) -> TxnRecord | None:
@@ -478,6 +518,15 @@ class Journal:
     async def rows_between(self, start: float, end: float, merchant_id: str | None = None) -> list[TxnRecord]:
         """Rows created in ``[start, end)`` (epoch seconds), for reports."""
         return await self.store.rows_between(start, end, merchant_id)
+
+
+def _normalize(fields: dict[str, Any], name: str, value: Any) -> None:
+    """The general case of ``stan`` / ``batch`` in :meth:`Journal._prepare` (up to 6 digits)."""
+    if value == "":
+        return
+    if isinstance(value, bool) or not str(value).isdigit() or len(str(int(value))) > 6:
+        raise JournalError(f"journal: field {name!r}: expected up to 6 digits, got {value!r}")
+    fields[name] = f"{int(value):06d}" if name == "stan" else int(value)
 
 
 class _OpenFilter(TraceFilter):

@@ -1,11 +1,14 @@
 """SQLite storage for the journal: WAL mode, one writer thread with group commit, one reader thread.
 
 :class:`SqliteWriter` owns the only writing connection.  Callers enqueue a function ``fn(conn)``; the
-thread takes everything queued (waiting at most ``group_commit_ms`` for more once it has work), runs the
-batch inside one ``BEGIN IMMEDIATE`` … ``COMMIT`` with a SAVEPOINT per operation (one failing operation
-does not sink the others) and only then resolves every waiting future.  While one commit is being
-fsynced, the next batch accumulates, so under load the number of commits stays far below the number
-of writes.  Reads use a separate connection on their own thread: WAL lets them run beside the writer.
+thread takes everything queued, runs the batch inside one ``BEGIN IMMEDIATE`` … ``COMMIT`` and only then
+resolves every waiting future (one ``call_soon_threadsafe`` per event loop per commit).  ``group_commit_ms``
+is how long the thread keeps collecting more once it has work, but only while work keeps coming: the
+first write after an idle spell is committed at once.  While one commit is being fsynced, the next batch
+accumulates, so under load the number of commits stays far below the number of writes.  The operations
+of a batch run back to back; if one raises, the transaction is rolled back and the batch replayed with a
+SAVEPOINT per operation, so one failing operation does not sink the others (operations must therefore
+only act on the connection: one may run twice, the first run undone).  Reads use a separate connection on their own thread: WAL lets them run beside the writer.
 
 Migrations are idempotent: ``schema_version(component, version)`` records what each component
 (``journal``, ``registry``) has applied.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import operator
 import queue
 import sqlite3
 import threading
@@ -191,6 +195,7 @@ class SqliteWriter:
         self.on_commit = on_commit
         self.commit_count = 0
         self.op_count = 0
+        self.replay_count = 0  # batches that had a failing operation (run again with savepoints)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._conn: sqlite3.Connection | None = None
@@ -223,9 +228,10 @@ class SqliteWriter:
             raise JournalError("journal: store is not started")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        fut.add_done_callback(_consume)
         self._queue.put((fn, fut, loop))
-        return await asyncio.shield(fut)
+        # no shield needed: the thread never looks at an event-loop future before the write, and a
+        # cancelled one is skipped when results are handed back (its outcome has no one to go to)
+        return await fut
 
     def is_alive(self) -> bool:
         return self._started and self._thread.is_alive()
@@ -242,13 +248,18 @@ class SqliteWriter:
             self._conn = None
 
     # -- the thread -------------------------------------------------------------------------------------
-    def _collect(self, first: Any) -> tuple[list[Any], bool]:
+    def _collect(self, first: Any, idle: bool) -> tuple[list[Any], bool]:
+        """``first`` plus what follows it: everything already queued and, unless the writer was ``idle``
+        (``first`` arrived while it was waiting for work), whatever arrives within the window."""
         batch = [first]
-        deadline = time.monotonic() + self.window
+        get_nowait = self._queue.get_nowait
+        deadline = None if idle else time.monotonic() + self.window
         while len(batch) < self.max_batch:
             try:
-                item = self._queue.get_nowait()
+                item = get_nowait()
             except queue.Empty:
+                if deadline is None:
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -264,32 +275,41 @@ class SqliteWriter:
     def _run(self) -> None:
         conn = self._conn
         assert conn is not None
+        q = self._queue
         stop = False
         while not stop:
-            first = self._queue.get()
+            try:
+                first, idle = q.get_nowait(), False  # more work came in during the last commit
+            except queue.Empty:
+                first, idle = q.get(), True
             if first is _STOP:
                 break
-            batch, stop = self._collect(first)
+            batch, stop = self._collect(first, idle)
             self._execute(conn, batch)
 
     def _execute(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+        """Run ``batch`` in one transaction and resolve its futures after the COMMIT.
+
+        Fast path: the operations run back to back.  If one raises, the whole transaction is rolled back
+        and the batch replayed with a SAVEPOINT per operation, so the failing one fails alone and the
+        others commit (an operation may therefore run twice; it must only act on ``conn``).
+        """
         t0 = time.perf_counter()
         outcomes: list[tuple[Any, Any, Any, BaseException | None]] = []  # (future, loop, result, error)
+        append = outcomes.append
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for fn, fut, loop in batch:
-                if loop is None and not fut.set_running_or_notify_cancel():
-                    continue  # a thread caller cancelled before the write started: skip it
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = fn(conn)
-                except Exception as exc:  # one bad operation must not sink the group
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((fut, loop, None, exc))
-                else:
-                    conn.execute("RELEASE op")
-                    outcomes.append((fut, loop, result, None))
+            i = 0
+            try:
+                for i, (fn, fut, loop) in enumerate(batch):  # noqa: B007 (i: where a failure stopped us)
+                    if loop is None and not fut.set_running_or_notify_cancel():
+                        continue  # a thread caller cancelled before the write started: skip it
+                    append((fut, loop, fn(conn), None))
+            except Exception:
+                self.replay_count += 1
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                outcomes = self._replay(conn, batch, i)
             conn.execute("COMMIT")
         except Exception as exc:
             log.error("journal commit failed", extra=kv(ops=len(batch), error=str(exc)))
@@ -316,11 +336,28 @@ class SqliteWriter:
                 log.exception("journal on_commit hook failed")
         _deliver(outcomes)
 
+    @staticmethod
+    def _replay(conn: sqlite3.Connection, batch: list[Any], failed_at: int) -> list[Any]:
+        """The slow path of :meth:`_execute`: ``batch`` again, one SAVEPOINT per operation.
 
-def _consume(fut: asyncio.Future[Any]) -> None:
-    """Retrieve the outcome so a write whose caller was cancelled does not warn "never retrieved"."""
-    if not fut.cancelled():
-        fut.exception()
+        Operations up to ``failed_at`` already passed the cancellation check; later ones did not yet.
+        """
+        outcomes: list[tuple[Any, Any, Any, BaseException | None]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        for i, (fn, fut, loop) in enumerate(batch):
+            if loop is None and (not fut.running() if i <= failed_at else not fut.set_running_or_notify_cancel()):
+                continue  # cancelled before it started
+            conn.execute("SAVEPOINT op")
+            try:
+                result = fn(conn)
+            except Exception as exc:  # one bad operation must not sink the group
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                outcomes.append((fut, loop, None, exc))
+            else:
+                conn.execute("RELEASE op")
+                outcomes.append((fut, loop, result, None))
+        return outcomes
 
 
 def _resolve(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -391,6 +428,12 @@ def row_to_record(row: sqlite3.Row | None) -> TxnRecord | None:
     return TxnRecord(**{k: row[k] for k in row.keys()})
 
 
+_INSERT_SQL = f"INSERT INTO txn({','.join(COLUMNS)}) VALUES ({','.join('?' for _ in COLUMNS)})"
+_record_values = operator.attrgetter(*COLUMNS)  # a record's values in COLUMNS order
+_COLUMN_SET = frozenset(COLUMNS)
+#: UPDATE statements per tuple of column names (a handful of call sites, so a handful of entries)
+_UPDATE_SQL: dict[tuple[str, ...], str] = {}
+
 _DEBIT_SQL = ",".join(f"'{t}'" for t in sorted(DEBIT_TYPES))
 _CREDIT_SQL = ",".join(f"'{t}'" for t in sorted(CREDIT_TYPES))
 
@@ -441,16 +484,16 @@ class SqliteJournalStore:
 
     # -- writes -----------------------------------------------------------------------------------------
     async def insert(self, rec: TxnRecord) -> int:
-        values = {k: getattr(rec, k) for k in COLUMNS}
-        cols = ",".join(values)
-        marks = ",".join("?" for _ in values)
-        sql = f"INSERT INTO txn({cols}) VALUES ({marks})"
-        params = tuple(values.values())
-        return await self.writer.run(lambda c: c.execute(sql, params).lastrowid)
+        params = _record_values(rec)
+        return await self.writer.run(lambda c: c.execute(_INSERT_SQL, params).lastrowid)
 
     async def update(self, txn_id: int, fields: Mapping[str, Any]) -> None:
-        sets = ",".join(f"{k}=?" for k in fields)
-        sql = f"UPDATE txn SET {sets} WHERE id=?"
+        cols = tuple(fields)
+        sql = _UPDATE_SQL.get(cols)
+        if sql is None:
+            if not _COLUMN_SET.issuperset(cols):  # the journal checked them: never text from outside in SQL
+                raise JournalError(f"journal: unknown field in {sorted(cols)!r}")
+            sql = _UPDATE_SQL[cols] = f"UPDATE txn SET {','.join(f'{k}=?' for k in cols)} WHERE id=?"
         params = (*fields.values(), txn_id)
 
         def _update(c: sqlite3.Connection) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,61 @@ async def test_one_bad_write_does_not_sink_its_group(journal: Journal) -> None:
     ok = [r for r in results if isinstance(r, int)]
     assert len(ok) == 20
     assert len(await journal.in_flight()) == 20
+
+
+def test_a_failing_operation_fails_alone_on_the_replay_path(tmp_path: Path) -> None:
+    from switch.journal_sqlite import SqliteWriter
+
+    w = SqliteWriter(str(tmp_path / "w.db"), group_commit_ms=0.0, synchronous="OFF")
+    w.start(lambda c: c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE)"))
+    try:
+        started, gate = threading.Event(), threading.Event()
+
+        def hold(c: sqlite3.Connection) -> None:  # holds the thread so that everything below forms one batch
+            started.set()
+            gate.wait(60)
+
+        w.submit(hold)
+        assert started.wait(60)
+
+        def insert(v: str):
+            return w.submit(lambda c: c.execute("INSERT INTO t(v) VALUES (?)", (v,)).lastrowid)
+
+        def half_done(c: sqlite3.Connection) -> None:
+            c.execute("INSERT INTO t(v) VALUES ('half')")  # undone together with its operation
+            raise ValueError("boom")
+
+        first, bad, second = insert("a"), w.submit(half_done), insert("b")
+        dup = insert("a")  # a constraint error in the same batch
+        skipped = insert("never")
+        assert skipped.cancel()  # cancelled before the write started: not run at all
+        last = insert("c")
+        commits, replays = w.commit_count, w.replay_count
+        gate.set()
+        assert (first.result(60), second.result(60), last.result(60)) == (1, 2, 3)
+        with pytest.raises(ValueError, match="boom"):
+            bad.result(60)
+        with pytest.raises(sqlite3.IntegrityError):
+            dup.result(60)
+        assert skipped.cancelled()
+        # the holding batch, then one batch for the rest, replayed once
+        assert w.commit_count == commits + 2 and w.replay_count == replays + 1
+        rows = w.submit(lambda c: c.execute("SELECT id, v FROM t ORDER BY id").fetchall()).result(60)
+        assert [tuple(r) for r in rows] == [(1, "a"), (2, "b"), (3, "c")]
+    finally:
+        w.stop()
+
+
+def test_an_idle_writer_does_not_wait_for_the_group_commit_window(tmp_path: Path) -> None:
+    from switch.journal_sqlite import SqliteWriter
+
+    w = SqliteWriter(str(tmp_path / "i.db"), group_commit_ms=3_600_000.0, synchronous="OFF")
+    w.start()
+    try:  # an hour-long window: these would hang if the first write of an idle spell waited for it
+        for i in range(3):
+            assert w.submit(lambda c, i=i: c.execute("SELECT ?", (i,)).fetchone()[0]).result(60) == i
+    finally:
+        w.stop()
 
 
 async def test_rrn_is_unique_and_survives_restart(tmp_path: Path) -> None:
