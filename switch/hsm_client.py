@@ -39,6 +39,7 @@ log = logging.getLogger("posswitch.hsm_client")
 
 __all__ = [
     "HsmClient",
+    "PendingReply",
     "HsmError",
     "HsmTimeout",
     "HsmUnavailable",
@@ -283,6 +284,64 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def _split_reply(command: str, reply: bytes) -> tuple[str, bytes]:
+    """``(error_code, fields)`` of a raw reply, after checking it answers ``command``."""
+    if reply[:1] != command[:1].encode("latin-1") or reply[1:2] != chr(ord(command[1]) + 1).encode("latin-1"):
+        raise HsmError("PR", command, f"unexpected reply code {reply[:2].decode('latin-1')!r}")
+    return reply[2:4].decode("latin-1"), reply[4:]
+
+
+def _is_ok(err: str, fields: bytes) -> bool:
+    return err == "00"
+
+
+def _mac_ascii(err: str, fields: bytes) -> bytes:
+    return bytes(fields)
+
+
+def _mac_hex(err: str, fields: bytes) -> bytes:
+    return bytes.fromhex(fields.decode())
+
+
+def _translated_block(err: str, fields: bytes) -> bytes:
+    return bytes.fromhex(fields[2:18].decode())
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+class PendingReply:
+    """A command already sent; ``await`` it for the parsed result (no task is created).
+
+    Several commands submitted in a row leave in one write and come back in one read, so awaiting
+    them one after the other costs one wake-up.  Call :meth:`discard` if the result is not wanted.
+    """
+
+    __slots__ = ("_fut", "_command", "_ok", "_parse")
+
+    def __init__(self, fut: asyncio.Future[bytes], command: str, ok: tuple[str, ...], parse: Any) -> None:
+        self._fut = fut
+        self._command = command
+        self._ok = ok
+        self._parse = parse
+
+    def __await__(self) -> Any:
+        reply = yield from self._fut.__await__()
+        err, fields = _split_reply(self._command, reply)
+        if err not in self._ok:
+            raise HsmError(err, self._command)
+        return self._parse(err, fields)
+
+    def discard(self) -> None:
+        """Not awaited after all: retrieve a failure quietly when it comes."""
+        if self._fut.done():
+            _consume(self._fut)
+        else:
+            self._fut.add_done_callback(_consume)
+
+
 class HsmClient:
     """Typed payShield host-command client; see the module docstring for the pipelining model."""
 
@@ -380,10 +439,12 @@ class HsmClient:
         finally:
             self._connecting[i] = None
 
-    async def request(self, command: str, body: bytes = b"") -> tuple[str, bytes]:
-        """Send one raw command; returns ``(error_code, reply fields)`` and checks the reply code.
+    def submit(self, command: str, body: bytes = b"") -> asyncio.Future[bytes]:
+        """Queue one raw command now and return the future of its raw reply (reply code onwards).
 
-        Does not raise on a non-``00`` error code (the typed methods do).
+        With a connection open the command joins this loop turn's coalesced write before this
+        returns, so commands submitted one after another travel (and are answered) together; without
+        one the future is a task that connects first.  :meth:`request` checks the reply code.
         """
         if self._closed:
             raise HsmUnavailable(command, "client closed")
@@ -391,13 +452,23 @@ class HsmClient:
         self._rr = (i + 1) % self.pool_size
         conn = self._conns[i]
         if conn is None or conn.closed:
-            conn = await self._open(i, command)
-        reply = await conn.send(command, body)
-        expected = command[0] + chr(ord(command[1]) + 1)
-        code = reply[:2].decode("latin-1")
-        if code != expected:
-            raise HsmError("PR", command, f"unexpected reply code {code!r}")
-        return reply[2:4].decode("latin-1"), reply[4:]
+            return asyncio.ensure_future(self._open_and_send(i, command, body))
+        return conn.send(command, body)
+
+    async def _open_and_send(self, i: int, command: str, body: bytes) -> bytes:
+        conn = await self._open(i, command)
+        return await conn.send(command, body)
+
+    async def request(self, command: str, body: bytes = b"") -> tuple[str, bytes]:
+        """Send one raw command; returns ``(error_code, reply fields)`` and checks the reply code.
+
+        Does not raise on a non-``00`` error code (the typed methods do).
+        """
+        return _split_reply(command, await self.submit(command, body))
+
+    def pending(self, command: str, body: bytes, ok: tuple[str, ...], parse: Any) -> PendingReply:
+        """Submit now, await later: ``await client.pending(...)`` gives ``parse(error_code, fields)``."""
+        return PendingReply(self.submit(command, body), command, ok, parse)
 
     async def _call(self, command: str, body: bytes, ok: tuple[str, ...] = ("00",)) -> tuple[str, bytes]:
         err, fields = await self.request(command, body)
@@ -488,9 +559,18 @@ class HsmClient:
 
     # -- PIN translation -------------------------------------------------------------------------
     async def _translate(self, cmd: str, src: str, dst: str, pin_block: bytes, pan: str, sf: str, df: str) -> bytes:
+        return await self._translate_submit(cmd, src, dst, pin_block, pan, sf, df)
+
+    def _translate_submit(self, cmd: str, src: str, dst: str, pin_block: bytes, pan: str, sf: str,
+                          df: str) -> PendingReply:
         body = f"{src}{dst}12".encode() + _hexb(pin_block) + f"{sf}{df}{account_number(pan)}".encode()
-        _, f = await self._call(cmd, body)
-        return bytes.fromhex(f[2:18].decode())
+        return self.pending(cmd, body, ("00",), _translated_block)
+
+    def translate_pin_tpk_to_zpk_submit(
+        self, tpk: str, zpk: str, pin_block: bytes, pan: str, src_fmt: str = "01", dst_fmt: str = "01"
+    ) -> PendingReply:
+        """:meth:`translate_pin_tpk_to_zpk`, sent now; await the result when it is needed."""
+        return self._translate_submit("CA", tpk, zpk, pin_block, pan, src_fmt, dst_fmt)
 
     async def translate_pin_tpk_to_zpk(
         self, tpk: str, zpk: str, pin_block: bytes, pan: str, src_fmt: str = "01", dst_fmt: str = "01"
@@ -613,8 +693,14 @@ class HsmClient:
     ) -> bytes:
         """``M6``: the MAC of ``data``.  ``pos-ecb`` returns the 8 ASCII bytes of field 64;
         ``x9.19`` / ``x9.9`` return the 8-byte last cipher block (truncate as the profile says)."""
-        _, f = await self._call("M6", self._mac_body("0", tak, data, algorithm, padding, key_type))
-        return f if algorithm.lower() == "pos-ecb" else bytes.fromhex(f.decode())
+        return await self.generate_mac_submit(tak, data, algorithm=algorithm, padding=padding, key_type=key_type)
+
+    def generate_mac_submit(
+        self, tak: str, data: bytes, *, algorithm: str = "pos-ecb", padding: str | None = None, key_type: str = "TAK"
+    ) -> PendingReply:
+        """:meth:`generate_mac`, sent now; await the result when it is needed."""
+        body = self._mac_body("0", tak, data, algorithm, padding, key_type)
+        return self.pending("M6", body, ("00",), _mac_ascii if algorithm.lower() == "pos-ecb" else _mac_hex)
 
     async def verify_mac(
         self,
@@ -628,10 +714,22 @@ class HsmClient:
     ) -> bool:
         """``M8``: True if ``mac`` (as :meth:`generate_mac` returns it, or a 4-byte truncation of
         an x9.x MAC) matches."""
+        return await self.verify_mac_submit(tak, data, mac, algorithm=algorithm, padding=padding, key_type=key_type)
+
+    def verify_mac_submit(
+        self,
+        tak: str,
+        data: bytes,
+        mac: bytes,
+        *,
+        algorithm: str = "pos-ecb",
+        padding: str | None = None,
+        key_type: str = "TAK",
+    ) -> PendingReply:
+        """:meth:`verify_mac`, sent now; await the result when it is needed."""
         body = self._mac_body("0", tak, data, algorithm, padding, key_type)
         mac_field = mac if algorithm.lower() == "pos-ecb" else _hexb(mac)
-        err, _ = await self._call("M8", body + mac_field, ok=("00", "01"))
-        return err == "00"
+        return self.pending("M8", body + mac_field, ("00", "01"), _is_ok)
 
     # -- EMV -------------------------------------------------------------------------------------
     async def verify_arqc(

@@ -76,6 +76,10 @@ class Context:
     mac_reply: bool = False
     txn_type: str = "unknown"
     started: float = field(default_factory=time.perf_counter)
+    #: (ZPK under LMK, field 52, PAN, pending CA) sent to the HSM together with the MAC check
+    pin_prefetch: Any = None
+    #: journal writes the reply must wait for (an approval's commit, overlapped with the reply MAC)
+    before_reply: list[Any] | None = None
 
     @property
     def mti(self) -> str:

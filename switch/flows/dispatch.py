@@ -21,6 +21,10 @@ log = logging.getLogger("switch.flows")
 
 Flow = Callable[[Context], Awaitable[None]]
 
+#: transaction types whose flow translates a PIN block through ``upstream.authorize``
+_PIN_FLOWS = frozenset({"sale", "balance", "preauth", "completion", "void", "preauth_void", "completion_void",
+                        "refund"})
+
 
 @dataclass(slots=True)
 class Services:
@@ -128,13 +132,19 @@ class Processor:
                 return self._finish(ctx, None)
             mac = req.get("64")
             try:
-                mac_ok = mac is not None and await svc.security.verify_mac(term, wire.mac_input(ctx.body),
-                                                                           bytes.fromhex(mac))
+                if mac is None:
+                    mac_ok = False
+                else:
+                    check = svc.security.verify_mac_submit(term, wire.mac_input(ctx.body), bytes.fromhex(mac))
+                    self._prefetch_pin(ctx, term)  # the CA travels with the M8: one HSM round trip for both
+                    mac_ok = await check
             except Exception as exc:  # HSM down or erroring: nothing is forwarded
+                self._drop_prefetch(ctx)
                 log.warning("MAC check failed in the HSM", extra=kv(tid=tid, stan=req.get("11"), error=str(exc)))
                 ctx.fail(RC.SYSTEM_ERROR)
                 return self._finish(ctx, None)
             if not mac_ok:
+                self._drop_prefetch(ctx)
                 log.warning("bad MAC", extra=kv(tid=tid, mid=mid, stan=req.get("11"), mti=req["t"]))
                 if svc.metrics is not None:
                     svc.metrics.mac_failures.inc()
@@ -147,19 +157,88 @@ class Processor:
         except Exception:
             log.exception("flow failed", extra=kv(tid=tid, mid=mid, stan=req.get("11"), type=entry.txn_type))
             ctx.fail(RC.SYSTEM_ERROR)
+        self._drop_prefetch(ctx)
         if term.resign_required and not ctx.processing_request:
             ctx.processing_request = PR_SIGN_ON_AGAIN
         if ctx.mac_reply and ctx.reply.get("39") != RC.MAC_ERROR:
+            # The reply MAC is computed while the approval's journal commit completes; the reply
+            # leaves only when both are done (and becomes a 96 if the commit failed).
             body_out = wire.encode({**ctx.reply, "64": "0" * 16})
-            try:
-                reply_mac = await svc.security.generate_mac(term, wire.mac_input(body_out))
-            except Exception as exc:
-                # No MAC: a terminal checks the MAC of an approval, finds it wrong and reverses the
-                # transaction (0400, 39 = A0), which undoes it upstream; that is the safe outcome.
-                log.error("reply MAC failed in the HSM", extra=kv(tid=tid, stan=req.get("11"), error=str(exc)))
-                reply_mac = b"\x00" * 8
+            mac_wait = self._submit_reply_mac(ctx, term, body_out)
+            if ctx.before_reply and not await self._before_reply(ctx):
+                if mac_wait is not None:
+                    mac_wait.discard()
+                body_out = wire.encode({**ctx.reply, "64": "0" * 16})
+                mac_wait = self._submit_reply_mac(ctx, term, body_out)
+            reply_mac = b"\x00" * 8
+            if mac_wait is not None:
+                try:
+                    reply_mac = await mac_wait
+                except Exception as exc:
+                    self._reply_mac_failed(ctx, exc)
             return self._finish(ctx, body_out[:-8] + reply_mac)
+        if ctx.before_reply:
+            await self._before_reply(ctx)
         return self._finish(ctx, None)
+
+    def _prefetch_pin(self, ctx: Context, term: Any) -> None:
+        """Send the PIN translation (TPK -> the issuer's ZPK) now, next to the MAC check.
+
+        Only for flows that translate a PIN (``_PIN_FLOWS``) with clear tracks; the flow uses it when
+        route and PIN block still match (``upstream._authorize``), otherwise it is discarded.  Nothing
+        goes upstream before the MAC verified.
+        """
+        req = ctx.req
+        pin_block = req.get("52")
+        if pin_block is None or ctx.txn_type not in _PIN_FLOWS or req.get("53", "")[2:3] == "1":
+            return
+        pan = wire.pan_of(req)
+        if not pan or not pan.isdigit() or not 12 <= len(pan) <= 19:
+            return
+        route = self.services.router.lookup(pan)
+        if route is None or not route.zpk_under_lmk:
+            return
+        try:
+            pending = self.services.security.translate_pin_submit(
+                term, route.zpk_under_lmk, bytes.fromhex(pin_block), pan)
+        except Exception:  # the flow translates (and reports) on its own
+            return
+        ctx.pin_prefetch = (route.zpk_under_lmk, pin_block, pan, pending)
+
+    @staticmethod
+    def _drop_prefetch(ctx: Context) -> None:
+        if ctx.pin_prefetch is not None:
+            ctx.pin_prefetch[3].discard()
+            ctx.pin_prefetch = None
+
+    def _submit_reply_mac(self, ctx: Context, term: Any, body_out: bytes) -> Any:
+        try:
+            return self.services.security.generate_mac_submit(term, wire.mac_input(body_out))
+        except Exception as exc:
+            self._reply_mac_failed(ctx, exc)
+            return None
+
+    @staticmethod
+    def _reply_mac_failed(ctx: Context, exc: BaseException) -> None:
+        # No MAC: a terminal checks the MAC of an approval, finds it wrong and reverses the
+        # transaction (0400, 39 = A0), which undoes it upstream; that is the safe outcome.
+        log.error("reply MAC failed in the HSM", extra=kv(tid=ctx.req.get("41"), stan=ctx.req.get("11"),
+                                                          error=str(exc)))
+
+    async def _before_reply(self, ctx: Context) -> bool:
+        """Wait for the journal writes the reply depends on; a failure turns the reply into 96."""
+        waits, ctx.before_reply = ctx.before_reply or [], None
+        ok = True
+        for wait in waits:
+            try:
+                await wait
+            except Exception:
+                log.exception("journal write before the reply failed", extra=kv(
+                    tid=ctx.req.get("41"), stan=ctx.req.get("11"), type=ctx.txn_type))
+                ok = False
+        if not ok:
+            ctx.fail(RC.SYSTEM_ERROR)
+        return ok
 
     async def undelivered(self, ctx: Context) -> None:
         """The reply could not be written: reverse an approval the terminal will never see."""

@@ -29,7 +29,7 @@ async def _online(ctx: Context, txn_type: str) -> None:
     if txn_type in _REQUIRES_AMOUNT and _amount(ctx.req) <= 0:
         ctx.fail(RC.INVALID_AMOUNT)
         return
-    out = await authorize(ctx, txn_type)
+    out = await authorize(ctx, txn_type, defer_commit=True)  # the dispatcher awaits the commit before replying
     fill_reply(ctx, out)
 
 

@@ -27,26 +27,31 @@ class Security:
                 child = self._children[command] = m.hsm_latency.labels(command)
             child.observe(time.perf_counter() - t0)
 
+    def _timed(self, command: str, pending: Any) -> TimedReply:
+        return TimedReply(pending, command, time.perf_counter(), self)
+
+    # Each ``*_submit`` sends its command at once and returns an awaitable (with ``discard()``):
+    # commands submitted back to back share one write to the HSM and come back in one read.
+    def verify_mac_submit(self, term: Any, data: bytes, mac: bytes) -> TimedReply:
+        return self._timed("verify_mac", self.hsm.verify_mac_submit(
+            term.mak_under_lmk, data, mac, algorithm=term.mac_algorithm))
+
+    def generate_mac_submit(self, term: Any, data: bytes) -> TimedReply:
+        return self._timed("generate_mac", self.hsm.generate_mac_submit(
+            term.mak_under_lmk, data, algorithm=term.mac_algorithm))
+
+    def translate_pin_submit(self, term: Any, zpk_under_lmk: str, pin_block: bytes, pan: str | None) -> TimedReply:
+        return self._timed("translate_pin", self.hsm.translate_pin_tpk_to_zpk_submit(
+            term.pik_under_lmk, zpk_under_lmk, pin_block, pan or "0" * 13))
+
     async def verify_mac(self, term: Any, data: bytes, mac: bytes) -> bool:
-        t0 = time.perf_counter()
-        try:
-            return bool(await self.hsm.verify_mac(term.mak_under_lmk, data, mac, algorithm=term.mac_algorithm))
-        finally:
-            self._observe("verify_mac", t0)
+        return bool(await self.verify_mac_submit(term, data, mac))
 
     async def generate_mac(self, term: Any, data: bytes) -> bytes:
-        t0 = time.perf_counter()
-        try:
-            return bytes(await self.hsm.generate_mac(term.mak_under_lmk, data, algorithm=term.mac_algorithm))
-        finally:
-            self._observe("generate_mac", t0)
+        return bytes(await self.generate_mac_submit(term, data))
 
     async def translate_pin(self, term: Any, zpk_under_lmk: str, pin_block: bytes, pan: str | None) -> bytes:
-        t0 = time.perf_counter()
-        try:
-            return bytes(await self.hsm.translate_pin_tpk_to_zpk(term.pik_under_lmk, zpk_under_lmk, pin_block, pan or "0" * 13))
-        finally:
-            self._observe("translate_pin", t0)
+        return bytes(await self.translate_pin_submit(term, zpk_under_lmk, pin_block, pan))
 
     async def decrypt_track(self, term: Any, value: str) -> str:
         """Undo the terminal's TDK encryption of a track field (60.3 004, 53.3 = 1; dialect §9.3)."""
@@ -64,3 +69,24 @@ class Security:
             return await self.hsm.generate_working_keys_for_terminal(term.tmk_under_lmk, mode=mode)
         finally:
             self._observe("working_keys", t0)
+
+
+class TimedReply:
+    """An HSM command in flight whose latency is observed when it is awaited."""
+
+    __slots__ = ("_pending", "_command", "_t0", "_security")
+
+    def __init__(self, pending: Any, command: str, t0: float, security: Security) -> None:
+        self._pending = pending
+        self._command = command
+        self._t0 = t0
+        self._security = security
+
+    def __await__(self) -> Any:
+        try:
+            return (yield from self._pending.__await__())
+        finally:
+            self._security._observe(self._command, self._t0)
+
+    def discard(self) -> None:
+        self._pending.discard()

@@ -61,6 +61,8 @@ class Outcome:
     auth_code: str = ""
     upstream: dict[str, str] | None = None
     route: Any = None
+    #: the approval's journal commit when it was deferred (``authorize(defer_commit=True)``)
+    committed: Any = None
 
 
 def payment_method(req: dict[str, str]) -> str:
@@ -115,6 +117,14 @@ async def original_lock(ctx: Context, orig_id: int) -> AsyncIterator[None]:
             locks.pop(orig_id, None)
 
 
+def wait_before_reply(ctx: Context, fut: Any) -> None:
+    """The reply to this request must not be written before ``fut`` (a journal write) is done."""
+    if ctx.before_reply is None:
+        ctx.before_reply = [fut]
+    else:
+        ctx.before_reply.append(fut)
+
+
 def release(ctx: Context, key: tuple[Any, ...], outcome: Any) -> None:
     fut = ctx.services.inflight_keys.pop(key, None)
     if fut is not None and not fut.done():
@@ -122,27 +132,35 @@ def release(ctx: Context, key: tuple[Any, ...], outcome: Any) -> None:
 
 
 async def authorize(ctx: Context, txn_type: str, *, mti_up: str | None = None, amount: int | None = None,
-                    original: Any = None) -> Outcome:
+                    original: Any = None, defer_commit: bool = False) -> Outcome:
     """Route, translate the PIN, journal, ask the issuer; returns the outcome (39 and references).
 
     A copy of the same request (same terminal, batch, STAN and MTI class) arriving while the first
     is in flight gets the first one's outcome (nothing goes upstream twice); a copy arriving after
     the first was journaled gets 94.
+
+    ``defer_commit``: return as soon as the approval's journal commit is queued; the commit is put
+    on ``ctx.before_reply``, which the dispatcher awaits (next to the reply MAC) before any reply is
+    written.  Only for flows that do nothing after ``authorize`` but build the reply.
     """
     key, first = claim(ctx)
     if first is not None:
         out = await asyncio.shield(first)
-        return out if out is not None else Outcome(RC.DUPLICATE)
+        if out is None:
+            return Outcome(RC.DUPLICATE)
+        if out.committed is not None:  # this copy's reply, too, waits for the first one's commit
+            wait_before_reply(ctx, out.committed)
+        return out
     out: Outcome | None = None
     try:
-        out = await _authorize(ctx, txn_type, mti_up, amount, original)
+        out = await _authorize(ctx, txn_type, mti_up, amount, original, defer_commit)
         return out
     finally:
         release(ctx, key, out)
 
 
 async def _authorize(ctx: Context, txn_type: str, mti_up: str | None, amount: int | None,
-                     original: Any) -> Outcome:
+                     original: Any, defer_commit: bool = False) -> Outcome:
     req, term, svc = ctx.req, ctx.terminal, ctx.services
     if req.get("53", "")[2:3] == "1":  # tracks encrypted under the TDK: decrypt in the HSM first
         if not term.tdk_under_lmk:
@@ -162,8 +180,14 @@ async def _authorize(ctx: Context, txn_type: str, mti_up: str | None, amount: in
     if "52" in req:
         if not route.zpk_under_lmk:
             return Outcome(RC.SYSTEM_ERROR, route=route)
+        pre = ctx.pin_prefetch  # sent with the MAC check when route and block were already known
+        if pre is not None and pre[0] == route.zpk_under_lmk and pre[1] == req["52"] and pre[2] == pan:
+            ctx.pin_prefetch = None
+            translating = pre[3]
+        else:
+            translating = svc.security.translate_pin_submit(term, route.zpk_under_lmk, bytes.fromhex(req["52"]), pan)
         try:
-            zpb = await svc.security.translate_pin(term, route.zpk_under_lmk, bytes.fromhex(req["52"]), pan)
+            zpb = await translating
         except HsmError as exc:
             if exc.code in _PIN_BLOCK_ERRORS:  # the block does not decode under this terminal's PIK
                 return Outcome(RC.PIN_FORMAT, route=route)
@@ -230,8 +254,13 @@ async def _authorize(ctx: Context, txn_type: str, mti_up: str | None, amount: in
         extra = {"card_org": resp["63"][:3]} if len(resp.get("63", "")) >= 3 else {}
         if rc == RC.PARTIAL and resp.get("4", "").isdigit():
             extra["amount"] = int(resp["4"])
-        await journal.commit_approval(txn_id, rrn=rrn, auth_code=auth, response_code=rc,
-                                      upstream_ref=f"{resp.get('11', '')}|{resp.get('7', '')}", **extra)
+        commit = journal.commit_approval(txn_id, rrn=rrn, auth_code=auth, response_code=rc,
+                                         upstream_ref=f"{resp.get('11', '')}|{resp.get('7', '')}", **extra)
+        if defer_commit:
+            committed = asyncio.ensure_future(commit)
+            wait_before_reply(ctx, committed)
+            return Outcome(rc, txn_id, rrn, auth, resp, route, committed)
+        await commit
     else:
         await journal.update_state(txn_id, "declined", response_code=rc)
     return Outcome(rc, txn_id, rrn, auth, resp, route)
