@@ -268,41 +268,42 @@ class TraceFilter:
     positives below 1 % up to about 1.5 million rows.
 
     Positions come from Python's own ``hash`` of the key tuple (double hashing: position ``i`` is
-    ``h1 + i * h2`` modulo the size, ``h1`` / ``h2`` the low / high half of the 64-bit hash).  String
+    ``h1 + i * h2`` modulo the size, ``h1`` from the low bits of the 64-bit hash, ``h2`` (odd) from the
+    bits above 32).  String
     hashes are seeded per process, which is fine: the filter lives in one process and is rebuilt from
     the journal at start-up.  Expected false-positive rate ``(1 - exp(-k n / m)) ** k``: with the
     defaults (m = 2**24 bits, k = 4) under 0.0001 % at 100 000 keys, 0.2 % at 1 million, 0.8 % at
-    1.5 million (measured: 0, 0.21 % and 0.82 % of 200 000 absent keys).
+    1.5 million (measured: 0, 0.19 % and 0.81 % of 200 000 absent keys).
     """
 
     def __init__(self, bits: int = 1 << 24, hashes: int = 4) -> None:
-        self._m = bits
+        self._m = 1 << max(3, (bits - 1).bit_length())  # a power of two (``bits`` rounded up)
+        self._mask = self._m - 1
         self._k = hashes
-        self._bits = bytearray((bits + 7) // 8)
+        self._bits = bytearray(self._m // 8)
         self.count = 0
 
-    def _positions(self, terminal_id: str, merchant_id: str, stan: str) -> list[int]:
-        h = hash((terminal_id, merchant_id, stan)) & 0xFFFF_FFFF_FFFF_FFFF
-        m = self._m
-        step = (h >> 32) | 1
-        return [(h + i * step) % m for i in range(self._k)]
-
     def add(self, terminal_id: str, merchant_id: str, stan: str) -> None:
+        h = hash((terminal_id, merchant_id, stan))
+        mask = self._mask
+        p = h & mask
+        step = ((h >> 32) & mask) | 1
         bits = self._bits
-        for p in self._positions(terminal_id, merchant_id, stan):
+        for _ in range(self._k):
             bits[p >> 3] |= 1 << (p & 7)
+            p = (p + step) & mask
         self.count += 1
 
     def might_contain(self, terminal_id: str, merchant_id: str, stan: str) -> bool:
-        h = hash((terminal_id, merchant_id, stan)) & 0xFFFF_FFFF_FFFF_FFFF
-        m = self._m
-        step = (h >> 32) | 1
+        h = hash((terminal_id, merchant_id, stan))
+        mask = self._mask
+        p = h & mask
+        step = ((h >> 32) & mask) | 1
         bits = self._bits
-        p = h % m
         for _ in range(self._k):
             if not bits[p >> 3] & (1 << (p & 7)):
-                return False  # the common answer: usually at the first position
-            p = (p + step) % m
+                return False  # the common answer, usually at the first position
+            p = (p + step) & mask
         return True
 
 
