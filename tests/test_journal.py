@@ -197,6 +197,20 @@ async def test_one_bad_write_does_not_sink_its_group(journal: Journal) -> None:
     assert len(await journal.in_flight()) == 20
 
 
+async def test_results_come_back_with_one_wakeup_per_commit(journal: Journal, monkeypatch) -> None:
+    import switch.journal_sqlite as js
+
+    wakeups: list[int] = []
+    resolve = js._resolve  # what each call_soon_threadsafe from the writer thread runs on the loop
+    monkeypatch.setattr(js, "_resolve", lambda items: (wakeups.append(len(items)), resolve(items)))
+    rrns = [journal.next_rrn() for _ in range(100)]  # within the reserved block: no commit of its own
+    commits = journal.commit_count
+    ids = await asyncio.gather(*(journal.record(sale(stan=i)) for i in range(100)))
+    await asyncio.gather(*(journal.commit_approval(i, rrn, "000001") for i, rrn in zip(ids, rrns, strict=True)))
+    assert sum(wakeups) == 200
+    assert len(wakeups) == journal.commit_count - commits  # not one per write
+
+
 def test_a_failing_operation_fails_alone_on_the_replay_path(tmp_path: Path) -> None:
     from switch.journal_sqlite import SqliteWriter
 
