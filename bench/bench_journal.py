@@ -129,14 +129,19 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=200)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--synchronous", default="FULL")
+    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="the switch runs on uvloop")
     a = p.parse_args()
+    if a.loop == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     print(f"journal module: {switch.journal.__file__}")
     with tempfile.TemporaryDirectory(dir=".") as d:
         res = [asyncio.run(_cpu_run(str(Path(d) / f"c{i}.db"), a.sales, a.concurrency, a.synchronous))
                for i in range(a.runs)]
         wr = statistics.median(r[0] for r in res) * 1e6
         lp = statistics.median(r[1] for r in res) * 1e6
-        print(f"{a.concurrency} concurrent sales, synchronous={a.synchronous}: writer thread {wr:.1f} us CPU per "
+        print(f"{a.concurrency} concurrent sales, {a.loop}, synchronous={a.synchronous}: writer thread {wr:.1f} us CPU per "
               f"write, event loop {lp:.1f} us CPU per sale (find_by_trace + next_rrn + record + commit_approval); "
               f"runs: " + ", ".join(f"{r[0] * 1e6:.1f}/{r[1] * 1e6:.1f}" for r in res))
         lat = sorted(asyncio.run(_idle_latency(str(Path(d) / "l.db"), 300)))
