@@ -40,10 +40,12 @@ class SwitchServer:
         self.protocol_errors = 0
         self.requests = 0
         self._server: asyncio.base_events.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.port: int | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        self.processor.services.loop = loop
         self._server = await loop.create_server(lambda: TerminalProtocol(self, self.limits), host, port,
                                                 reuse_address=True, backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -119,7 +121,8 @@ class SwitchServer:
         conn.request_started()
         if self.metrics is not None:
             self.metrics.in_flight.inc()
-        task = asyncio.get_running_loop().create_task(self._handle(conn, frame, offset))
+        loop = self._loop or asyncio.get_running_loop()
+        task = loop.create_task(self._handle(conn, frame, offset))
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
         task.conn = conn  # type: ignore[attr-defined]

@@ -41,7 +41,10 @@ class Services:
     qr_poll: float = 3.0  # order status query interval while the customer confirms
     batch_seed: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
-    #: (41, 42, batch, 11, MTI class) of financial requests being processed -> future of their outcome
+    #: the event loop the flows run on (set by the server; found on first use otherwise)
+    loop: Any = None
+    #: (41, 42, batch, 11, MTI class) of financial requests being processed -> future of their
+    #: outcome (None until a duplicate copy waits for it)
     inflight_keys: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     #: journal id of an original -> [lock, users]: void/refund/completion/reversal of one row run one at a time
     original_locks: dict[int, Any] = field(default_factory=dict)

@@ -92,11 +92,21 @@ def claim(ctx: Context) -> tuple[tuple[Any, ...], asyncio.Future[Any] | None]:
     req, term = ctx.req, ctx.terminal
     key = (term.tid, term.mid, batch_of(req), req.get("11", ""), req["t"][:2])
     inflight = ctx.services.inflight_keys
-    first = inflight.get(key)
-    if first is not None:
+    if key in inflight:  # the future is made only when a copy actually waits for it
+        first = inflight[key]
+        if first is None:
+            first = inflight[key] = loop_of(ctx).create_future()
         return key, first
-    inflight[key] = asyncio.get_running_loop().create_future()
+    inflight[key] = None
     return key, None
+
+
+def loop_of(ctx: Context) -> asyncio.AbstractEventLoop:
+    """The switch's event loop (cached on the services: ``get_running_loop`` costs a getpid())."""
+    loop = ctx.services.loop
+    if loop is None:
+        loop = ctx.services.loop = asyncio.get_running_loop()
+    return loop  # type: ignore[no-any-return]
 
 
 @contextlib.asynccontextmanager
@@ -257,7 +267,7 @@ async def _authorize(ctx: Context, txn_type: str, mti_up: str | None, amount: in
         commit = journal.commit_approval(txn_id, rrn=rrn, auth_code=auth, response_code=rc,
                                          upstream_ref=f"{resp.get('11', '')}|{resp.get('7', '')}", **extra)
         if defer_commit:
-            committed = asyncio.ensure_future(commit)
+            committed = loop_of(ctx).create_task(commit)
             wait_before_reply(ctx, committed)
             return Outcome(rc, txn_id, rrn, auth, resp, route, committed)
         await commit
