@@ -36,6 +36,8 @@ class SwitchServer:
         self.metrics = metrics
         self.connections: set[TerminalProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        if metrics is not None:  # read at scrape time: no gauge update per request
+            metrics.in_flight.set_function(lambda: len(self.tasks))
         self.draining = False
         self.protocol_errors = 0
         self.requests = 0
@@ -119,8 +121,6 @@ class SwitchServer:
             return
         self.requests += 1
         conn.request_started()
-        if self.metrics is not None:
-            self.metrics.in_flight.inc()
         loop = self._loop or asyncio.get_running_loop()
         task = loop.create_task(self._handle(conn, frame, offset))
         self.tasks.add(task)
@@ -129,8 +129,6 @@ class SwitchServer:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
-        if self.metrics is not None:
-            self.metrics.in_flight.dec()
         task.conn.request_done()  # type: ignore[attr-defined]
 
     async def _handle(self, conn: TerminalProtocol, frame: wire.Frame, offset: int) -> None:
