@@ -14,6 +14,7 @@ Amounts are in fen. ``status`` is one of :data:`STATUS_CODES` (the response code
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import tomllib
@@ -70,6 +71,7 @@ class Account:
         return account_id_for(self.pan)
 
 
+@functools.lru_cache(maxsize=4096)
 def account_id_for(pan: str) -> str:
     """Stable ledger id of a card: ``A`` + 15 hex of SHA-256(PAN); the ledger never stores the PAN."""
     return "A" + hashlib.sha256(pan.encode()).hexdigest()[:15].upper()

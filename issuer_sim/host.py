@@ -14,6 +14,7 @@ import datetime as _dt
 import itertools
 import logging
 import random
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -125,15 +126,18 @@ class IssuerHost:
         first = self._in_progress.get(ident)
         stored = dict(await asyncio.shield(first)) if first is not None else self.ledger.stored_response(key)
         if stored is not None:
-            log.info("retransmission", extra=kv(mti=msg.get("t"), stan=msg.get("11"), rc=stored.get("39")))
+            if log.isEnabledFor(logging.INFO):
+                log.info("retransmission", extra=kv(mti=msg.get("t"), stan=msg.get("11"), rc=stored.get("39")))
             stored.update({k: msg[k] for k in ("t", "11", "7") if k in msg})
             stored["t"] = h2h.response_mti(msg["t"])
+            await self.ledger.committed()  # the stored answer may still be in the open batch
             return stored
         done: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
         self._in_progress[ident] = done
         try:
             resp = await self._answer(msg, kind)
             self.ledger.store_response(key, resp)
+            await self.ledger.committed()  # group commit: durable before anyone sees the answer
             done.set_result(resp)
         except BaseException as exc:
             done.set_exception(exc)
@@ -149,8 +153,9 @@ class IssuerHost:
         try:
             return await self._authorise(msg, kind)
         except _Decline as d:
-            log.info("declined", extra=kv(kind=kind.value, rc=d.code, reason=d.reason, stan=msg.get("11"),
-                                          pan=_pan_of(msg), amount=msg.get("4")))
+            if log.isEnabledFor(logging.INFO):
+                log.info("declined", extra=kv(kind=kind.value, rc=d.code, reason=d.reason, stan=msg.get("11"),
+                                              pan=_pan_of(msg), amount=msg.get("4")))
             return h2h.response_to(msg, d.code, **d.fields)
 
     # ---------------------------------------------------------------- reversal
@@ -161,8 +166,9 @@ class IssuerHost:
         except h2h.H2HError:
             stan = msg.get("11", "")
         code, pid = self.ledger.reverse(msg.get("41", ""), stan, msg.get("37", ""), msg=msg)
-        log.info("reversal", extra=kv(rc=code, orig_stan=stan, rrn=msg.get("37"), posting=pid,
-                                      reason=msg.get("39")))
+        if log.isEnabledFor(logging.INFO):
+            log.info("reversal", extra=kv(rc=code, orig_stan=stan, rrn=msg.get("37"), posting=pid,
+                                          reason=msg.get("39")))
         resp = h2h.response_to(msg, code)
         return resp
 
@@ -178,7 +184,7 @@ class IssuerHost:
             raise _Decline("14", "unknown card")
         if acct.status != "active":
             raise _Decline(STATUS_CODES[acct.status], f"card {acct.status}")
-        now_yymm = _dt.date.today().strftime("%y%m")
+        now_yymm = _this_month()
         exp = _expiry_of(msg)
         if acct.expiry < now_yymm or (exp is not None and exp != acct.expiry):
             raise _Decline("54", "expired or wrong expiry")
@@ -247,8 +253,9 @@ class IssuerHost:
         if chip:  # tag 91 = ARPC || ARC (= 39), then the account's issuer scripts (71/72)
             icc = h2h.tlv_encode({"91": chip["arpc"] + b"00"}) + b"".join(acct.scripts)
             resp["55"] = icc.hex().upper()
-        log.info("approved", extra=kv(kind=h2h.classify(msg).value, stan=msg.get("11"), pan=_pan_of(msg),
-                                      amount=msg.get("4"), auth=resp.get("38")))
+        if log.isEnabledFor(logging.INFO):
+            log.info("approved", extra=kv(kind=h2h.classify(msg).value, stan=msg.get("11"), pan=_pan_of(msg),
+                                          amount=msg.get("4"), auth=resp.get("38")))
         return resp
 
     async def _arpc(self, chip: dict[str, Any], arc: bytes) -> bytes | None:
@@ -317,6 +324,17 @@ class IssuerHost:
         fails = self.ledger.record_pin_result(aid, ok)
         if not ok:
             raise _Decline("75" if tries and fails >= tries else "55", "wrong PIN")
+
+
+_month_cache: list = [0.0, ""]  # [monotonic time until which the cached YYMM holds, YYMM]
+
+
+def _this_month() -> str:
+    """Today's YYMM (local date, for the expiry check), recomputed at most once a second."""
+    now = time.monotonic()
+    if now >= _month_cache[0]:
+        _month_cache[0], _month_cache[1] = now + 1.0, _dt.date.today().strftime("%y%m")
+    return _month_cache[1]  # type: ignore[no-any-return]
 
 
 def _jitter(j: float) -> float:

@@ -9,13 +9,23 @@ Every posting carries its upstream key (terminal 41, STAN 11, RRN 37, MTI) so th
 
 The ledger never stores a PAN (accounts are keyed by :func:`issuer_sim.accounts.account_id_for`),
 a track, or a PIN block. One connection, used from the event-loop thread only.
+
+Group commit: writes made while an event loop runs join one open transaction (``BEGIN IMMEDIATE``,
+each write in its own ``SAVEPOINT`` so a failing one undoes only itself) that is committed by a
+callback at the next loop turn: one ``COMMIT`` per batch instead of one per write.  Whoever answers
+from the ledger's state must ``await ledger.committed()`` first (the issuer's and the wallets' hosts
+do), so nothing is answered before it is durable; a failed ``COMMIT`` rolls the batch back and fails
+its waiters.  Without a running loop every write commits at once, as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import json
+import logging
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +76,9 @@ CREATE TABLE IF NOT EXISTS responses (
 
 _NO_STORE = ("2", "35", "36", "52", "55")
 
+log = logging.getLogger("posswitch.issuer")
+_running_loop = asyncio._get_running_loop  # the C accessor: None outside a running loop, no exception
+
 
 @dataclass(frozen=True, slots=True)
 class Posting:
@@ -86,15 +99,26 @@ class Posting:
     reversed_by: int | None
 
 
+_day_cache: list = [0.0, ""]  # [monotonic time until which the cached day holds, the day]
+
+
 def _today() -> str:
-    return _dt.date.today().isoformat()
+    """Today's (local) date as ISO text, recomputed at most once a second."""
+    now = time.monotonic()
+    if now >= _day_cache[0]:
+        _day_cache[0], _day_cache[1] = now + 1.0, _dt.date.today().isoformat()
+    return _day_cache[1]  # type: ignore[no-any-return]
 
 
 class Ledger:
     """SQLite-backed ledger (``path`` may be ``":memory:"``)."""
 
-    def __init__(self, path: str | Path = ":memory:") -> None:
+    def __init__(self, path: str | Path = ":memory:", *, group_commit: bool = True) -> None:
         self.path = str(path)
+        self.group_commit = group_commit
+        self._depth = 0              # nesting of _tx() blocks
+        self._batch = False          # a group-commit transaction is open, its COMMIT is scheduled
+        self._waiter: asyncio.Future[None] | None = None  # resolved by that COMMIT (made on demand)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         if self.path != ":memory:":
@@ -103,7 +127,35 @@ class Ledger:
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
+        if self._batch:
+            self._commit_batch()
         self._db.close()
+
+    # -------------------------------------------------------------- group commit
+    def committed(self) -> asyncio.Future[None] | _Done:
+        """Await it before answering from the ledger: done once every write made so far is committed."""
+        if not self._batch:
+            return _DONE
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        return self._waiter
+
+    def _commit_batch(self) -> None:
+        if not self._batch:  # already committed (close)
+            return
+        self._batch = False
+        waiter, self._waiter = self._waiter, None
+        try:
+            self._db.execute("COMMIT")
+        except Exception as exc:  # the batch is lost: nobody may answer from it
+            log.error("ledger_commit_failed", exc_info=True)
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+            return
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -------------------------------------------------------------- accounts
     def ensure_accounts(self, accounts: list[Account] | tuple[Account, ...]) -> None:
@@ -138,10 +190,11 @@ class Ledger:
         """Reset (good PIN) or increment (bad PIN) the consecutive-failure count; returns it."""
         with self._tx():
             if ok:
-                self._db.execute("UPDATE accounts SET pin_fails = 0 WHERE account_id = ?", (account_id,))
-            else:
-                self._db.execute("UPDATE accounts SET pin_fails = pin_fails + 1 WHERE account_id = ?",
+                self._db.execute("UPDATE accounts SET pin_fails = 0 WHERE account_id = ? AND pin_fails != 0",
                                  (account_id,))
+                return 0
+            self._db.execute("UPDATE accounts SET pin_fails = pin_fails + 1 WHERE account_id = ?",
+                             (account_id,))
         return self.pin_fails(account_id)
 
     def daily_spent(self, account_id: str, business_date: str | None = None) -> int:
@@ -266,24 +319,59 @@ class Ledger:
 
     # -------------------------------------------------------------- transactions
     def _tx(self) -> _Tx:
-        return _Tx(self._db)
+        return _Tx(self)
+
+
+class _Done:
+    """An already-finished awaitable (nothing to wait for): no future, no loop turn."""
+
+    __slots__ = ()
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        return
+        yield  # pragma: no cover - makes this a generator
+
+
+_DONE = _Done()
 
 
 class _Tx:
-    """``BEGIN IMMEDIATE`` .. ``COMMIT`` (``ROLLBACK`` on error); nested use joins the outer one."""
+    """One atomic group of writes; nested use joins the outer one.
 
-    __slots__ = ("_db", "_outer")
+    In a running event loop (group commit): ``SAVEPOINT`` .. ``RELEASE`` (``ROLLBACK TO`` on error)
+    inside the batch transaction, which is opened here and committed at the next loop turn.  Else
+    ``BEGIN IMMEDIATE`` .. ``COMMIT`` (``ROLLBACK`` on error).
+    """
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-        self._outer = False
+    __slots__ = ("_l",)
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._l = ledger
 
     def __enter__(self) -> _Tx:
-        self._outer = not self._db.in_transaction
-        if self._outer:
-            self._db.execute("BEGIN IMMEDIATE")
+        led = self._l
+        if led._depth == 0:
+            db = led._db
+            if not led._batch:
+                loop = _running_loop() if led.group_commit else None
+                db.execute("BEGIN IMMEDIATE")
+                if loop is not None:
+                    led._batch = True
+                    loop.call_soon(led._commit_batch)
+            if led._batch:
+                db.execute("SAVEPOINT tx")
+        led._depth += 1
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if self._outer:
-            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        led = self._l
+        led._depth -= 1
+        if led._depth:
+            return
+        db = led._db
+        if led._batch:
+            if exc_type:
+                db.execute("ROLLBACK TO tx")
+            db.execute("RELEASE tx")
+        else:
+            db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -155,6 +155,7 @@ class WalletHost:
         if rule is not None and rule.action == "decline":
             return Outcome(h2h.response_to(msg, rule.code), self.config.latency)
         resp = self.process(msg, kind)
+        await self.ledger.committed()  # group commit: no answer from a state that is not yet durable
         if rule is not None and rule.action == "drop_response":
             return Outcome(None)
         delay = self.config.latency + (rule.pause() if rule is not None and rule.action == "delay" else 0.0)
@@ -192,7 +193,8 @@ class WalletHost:
         order = _Order(key, request, user, amount, f"{wallet[:2].upper()}{next(self._ids):020d}")
         self.orders[key] = order
         loop = asyncio.get_running_loop()
-        log.info("wallet_pay", extra=kv(wallet=wallet, order=key[1], amount=amount, confirm=user.confirm))
+        if log.isEnabledFor(logging.INFO):
+            log.info("wallet_pay", extra=kv(wallet=wallet, order=key[1], amount=amount, confirm=user.confirm))
         if user.confirm == "auto":
             self._settle(order)
         else:

@@ -275,3 +275,50 @@ async def test_internal_error_answers_96(issuer, link):
     issuer.ledger.post = boom
     resp = await link.request(req("sale", amount=5))
     assert resp["39"] == "96"
+
+
+async def test_group_commit_one_commit_per_batch_durable_before_answer(tmp_path):
+    """Sales authorised in the same loop turn share one COMMIT, and each is committed (visible to
+    another connection) by the time its answer exists."""
+    from issuer_sim.host import IssuerHost
+
+    db = tmp_path / "ledger.db"
+    host = IssuerHost(accounts_mod.parse(config_doc()), Ledger(db))
+    await host.ledger.committed()  # the account rows written at start
+    statements: list[str] = []
+    host.ledger._db.set_trace_callback(statements.append)
+    answers = await asyncio.gather(*(host.process(req("sale", amount=100, stan=f"{900 + i:06d}"))
+                                     for i in range(5)))
+    assert [a["39"] for a in answers] == ["00"] * 5
+    assert statements.count("COMMIT") == 1 and statements.count("BEGIN IMMEDIATE") == 1
+    other = Ledger(db)
+    try:
+        assert other.balance(PAN_OK) == 100_000 - 500 and len(other.postings(PAN_OK)) == 5
+    finally:
+        other.close()
+        host.ledger.close()
+
+
+async def test_failed_group_commit_fails_the_batch():
+    """A COMMIT that fails rolls the whole batch back and fails every request waiting on it."""
+    from issuer_sim.host import IssuerHost
+
+    host = IssuerHost(accounts_mod.parse(config_doc()), Ledger())
+    await host.ledger.committed()
+    real = host.ledger._db
+
+    class FailingCommit:
+        in_transaction = property(lambda self: real.in_transaction)
+
+        def execute(self, sql, *args):
+            if sql == "COMMIT":
+                raise __import__("sqlite3").OperationalError("disk I/O error")
+            return real.execute(sql, *args)
+
+    host.ledger._db = FailingCommit()  # type: ignore[assignment]
+    results = await asyncio.gather(*(host.process(req("sale", amount=100, stan=f"{800 + i:06d}"))
+                                     for i in range(3)), return_exceptions=True)
+    assert all(isinstance(r, Exception) for r in results)
+    host.ledger._db = real
+    assert host.ledger.balance(PAN_OK) == 100_000 and host.ledger.postings() == []
+    host.ledger.close()
