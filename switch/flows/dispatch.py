@@ -164,21 +164,13 @@ class Processor:
         if term.resign_required and not ctx.processing_request:
             ctx.processing_request = PR_SIGN_ON_AGAIN
         if ctx.mac_reply and ctx.reply.get("39") != RC.MAC_ERROR:
-            # The reply MAC is computed while the approval's journal commit completes; the reply
-            # leaves only when both are done (and becomes a 96 if the commit failed).
+            # The reply MAC is computed while the approval's journal commit (already queued by the
+            # flow) completes; the reply leaves only when both are done (a 96 if the commit failed).
             body_out = wire.encode({**ctx.reply, "64": "0" * 16})
-            mac_wait = self._submit_reply_mac(ctx, term, body_out)
+            reply_mac = await self._reply_mac(ctx, term, body_out)
             if ctx.before_reply and not await self._before_reply(ctx):
-                if mac_wait is not None:
-                    mac_wait.discard()
                 body_out = wire.encode({**ctx.reply, "64": "0" * 16})
-                mac_wait = self._submit_reply_mac(ctx, term, body_out)
-            reply_mac = b"\x00" * 8
-            if mac_wait is not None:
-                try:
-                    reply_mac = await mac_wait
-                except Exception as exc:
-                    self._reply_mac_failed(ctx, exc)
+                reply_mac = await self._reply_mac(ctx, term, body_out)
             return self._finish(ctx, body_out[:-8] + reply_mac)
         if ctx.before_reply:
             await self._before_reply(ctx)
@@ -214,19 +206,15 @@ class Processor:
             ctx.pin_prefetch[3].discard()
             ctx.pin_prefetch = None
 
-    def _submit_reply_mac(self, ctx: Context, term: Any, body_out: bytes) -> Any:
+    async def _reply_mac(self, ctx: Context, term: Any, body_out: bytes) -> bytes:
         try:
-            return self.services.security.generate_mac_submit(term, wire.mac_input(body_out))
+            return bytes(await self.services.security.generate_mac_submit(term, wire.mac_input(body_out)))
         except Exception as exc:
-            self._reply_mac_failed(ctx, exc)
-            return None
-
-    @staticmethod
-    def _reply_mac_failed(ctx: Context, exc: BaseException) -> None:
-        # No MAC: a terminal checks the MAC of an approval, finds it wrong and reverses the
-        # transaction (0400, 39 = A0), which undoes it upstream; that is the safe outcome.
-        log.error("reply MAC failed in the HSM", extra=kv(tid=ctx.req.get("41"), stan=ctx.req.get("11"),
-                                                          error=str(exc)))
+            # No MAC: a terminal checks the MAC of an approval, finds it wrong and reverses the
+            # transaction (0400, 39 = A0), which undoes it upstream; that is the safe outcome.
+            log.error("reply MAC failed in the HSM", extra=kv(tid=ctx.req.get("41"), stan=ctx.req.get("11"),
+                                                              error=str(exc)))
+            return b"\x00" * 8
 
     async def _before_reply(self, ctx: Context) -> bool:
         """Wait for the journal writes the reply depends on; a failure turns the reply into 96."""
