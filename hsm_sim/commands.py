@@ -262,6 +262,16 @@ class Hsm:
         header = frame[:hl]
         text = frame[hl:].decode("latin-1")
         cmd = text[:2]
+        fast = _FAST.get(cmd)
+        if fast is not None and not self._debug:
+            try:
+                reply = fast(self, text)
+            except Exception:  # pragma: no cover - the general path below answers (and logs) it
+                reply = None
+            if reply is not None:
+                counts = self.counts
+                counts[cmd] = counts.get(cmd, 0) + 1
+                return header + reply
         if len(frame) < hl + 2:
             log.warning("hsm request too short", extra=kv(length=len(frame)))
             return header + b"ZZ15"
@@ -920,3 +930,117 @@ def cmd_m0(hsm: Hsm, f: Fields) -> tuple[str, str]:
 def cmd_m2(hsm: Hsm, f: Fields) -> tuple[str, str]:
     """Decrypt a data block: same layout as M0."""
     return _data_command(hsm, f, False)
+
+
+# ------------------------------------------------------------------------------ fast paths
+#
+# The four commands of every sale (M8 verify MAC, CA translate PIN, M6 generate MAC at the
+# switch; EC verify PVV at the issuer) are answered here without the ``Fields`` cursor, the
+# handler table or ``finish``: fixed offsets, keys only from ``Hsm.key_cache``.  A fast path
+# answers only the common, fully valid case and returns ``None`` for anything else (a stored
+# ``K`` key, a key not seen before, a trailer or ``%`` LMK id, a field that does not parse, a
+# PIN block that does not decode, a PIN over the maximum length ...); the general handler then
+# parses the request from the start and gives the error code, log line and key-cache fill.
+# Replies are byte-identical to the general path's (``tests/test_hsm_properties.py``).
+
+FastPath = Callable[[Hsm, str], "bytes | None"]
+_FAST: dict[str, FastPath] = {}
+_PAD_METHODS = frozenset("0123")
+_MAC_KEY_TYPES = frozenset(("003", "008"))
+
+
+def _cached_key(hsm: Hsm, text: str, pos: int, key_type: str) -> tuple[tuple[bytes, Any] | None, int]:
+    """The key field at ``pos`` from the decrypted-key cache (as ``Fields.key_clear`` looks it up)."""
+    first = text[pos : pos + 1]
+    if first == "K" or text[pos + 1 : pos + 2] == "K":  # a stored key: the general path
+        return None, pos
+    end = pos + _FIELD_LEN.get(first, 16)
+    return hsm.key_cache.get((key_type, text[pos:end])), end
+
+
+def _fast_mac(hsm: Hsm, text: str) -> bytes | None:
+    """M6/M8, binary input, algorithm 91 (UnionPay POS ECB): mode 0 · fmt 0 · 91 · pad · type 3 · key ·
+    length 4H · data [· MAC 8]."""
+    if text[2:6] != "0091" or text[6:7] not in _PAD_METHODS:
+        return None
+    kt = text[7:10]
+    if kt not in _MAC_KEY_TYPES:
+        return None
+    entry, p = _cached_key(hsm, text, 10, kt)
+    if entry is None:
+        return None
+    n_hex = text[p : p + 4]
+    if len(n_hex) != 4 or not _HEX_DIGITS.issuperset(n_hex):
+        return None
+    start = p + 4
+    end = start + int(n_hex, 16)
+    mac = fc.mac_pos_ecb(entry[0], text[start:end].encode("latin-1"))
+    if text[1] == "6":  # M6: nothing after the data
+        return b"M700" + mac if len(text) == end else None
+    if len(text) != end + 8:  # M8: exactly the 8-character MAC after the data
+        return None
+    return b"M900" if fc.mac_equal(text[end:].encode("latin-1"), mac) else b"M901"
+
+
+def _fast_translate(hsm: Hsm, text: str) -> bytes | None:
+    """CA/CC: source key · ZPK · max PIN length 2 · block 16H · src fmt 2 · dst fmt 2 · account 12."""
+    ca = text[1] == "A"
+    src, p = _cached_key(hsm, text, 2, "002" if ca else "001")
+    if src is None:
+        return None
+    dst, p = _cached_key(hsm, text, p, "001")
+    if dst is None or len(text) != p + 34:
+        return None
+    seg = text[p:]
+    sfmt = _DES_PIN_FORMATS.get(seg[18:20])
+    dfmt = _DES_PIN_FORMATS.get(seg[20:22])
+    digits = seg[:2] + seg[22:]
+    if sfmt is None or dfmt is None or not (digits.isascii() and digits.isdigit()):
+        return None
+    try:
+        block = bytes.fromhex(seg[2:18])
+    except ValueError:
+        return None
+    if len(block) != 8:
+        return None
+    pan = seg[22:] + "0"
+    try:
+        pin = fc.pin_block_decode(src[1].decrypt(block), pan, sfmt)
+    except CryptoError:
+        return None
+    if len(pin) > int(seg[:2]):
+        return None
+    out = dst[1].encrypt(fc.pin_block_encode(pin, pan, dfmt))
+    return f"{'CB' if ca else 'CD'}00{len(pin):02d}{out.hex().upper()}{seg[20:22]}".encode("latin-1")
+
+
+def _fast_pvv(hsm: Hsm, text: str) -> bytes | None:
+    """EC/DC: PIN key · PVK pair · block 16H · fmt 2 · account 12 · PVKI 1 · PVV 4."""
+    ec = text[0] == "E"
+    pin_key, p = _cached_key(hsm, text, 2, "001" if ec else "002")
+    if pin_key is None:
+        return None
+    pvk, p = _cached_key(hsm, text, p, "002")
+    if pvk is None or len(pvk[0]) != 16 or len(text) != p + 35:
+        return None
+    seg = text[p:]
+    fmt = _DES_PIN_FORMATS.get(seg[16:18])
+    digits = seg[18:]
+    if fmt is None or not (digits.isascii() and digits.isdigit()):
+        return None
+    try:
+        block = bytes.fromhex(seg[:16])
+    except ValueError:
+        return None
+    if len(block) != 8:
+        return None
+    pan = seg[18:30] + "0"
+    try:
+        pin = fc.pin_block_decode(pin_key[1].decrypt(block), pan, fmt)
+        ok = fc.mac_equal(fc.visa_pvv(pvk[0], pan, seg[30], pin).encode(), seg[31:].encode())
+    except CryptoError:
+        return None
+    return (b"ED" if ec else b"DD") + (b"00" if ok else b"01")
+
+
+_FAST.update(M6=_fast_mac, M8=_fast_mac, CA=_fast_translate, CC=_fast_translate, EC=_fast_pvv, DC=_fast_pvv)
