@@ -4,7 +4,9 @@
 
 * connect, and reconnect with exponential backoff (+ jitter) whenever the connection drops;
 * allocate the upstream STAN (field 11, per link) and field 7, match answers on
-  (11, 41, 37) with a per-request timeout; late answers are logged and dropped;
+  (11, 41, 37) with a per-request timeout; late answers are logged and dropped. Timeouts cost no
+  timer per request: each pending request has a deadline, queued per timeout value (so each queue
+  is in deadline order), and one watchdog timer expires the due ones (at most ``_TICK`` late);
 * coalesce writes: every message queued during one event-loop turn leaves in one ``transport.write``;
 * send a 0800 echo when the link has been idle for ``echo_interval``; no answer closes and reconnects;
 * reversals: a reversible request that times out (or whose connection drops before the answer)
@@ -21,8 +23,10 @@ any of ``link_state(link, up)``, ``upstream_latency(link, mti, seconds, code)``,
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
+import math
 import random
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -40,6 +44,11 @@ log = logging.getLogger("posswitch.issuer_link")
 
 #: 0420s sent at once by the reversal task
 REVERSAL_BATCH = 32
+
+#: the deadline watchdog runs at most once per this many seconds (a timeout fires up to this late)
+_TICK = 0.01
+
+_MISSING: Any = object()
 
 
 class IssuerLinkError(Exception):
@@ -230,7 +239,12 @@ class IssuerLink:
         self.state = LinkState.DOWN
         self.connects = 0
         self._proto: _LinkProtocol | None = None
-        self._inflight: dict[tuple[str, str, str], asyncio.Future[dict[str, str]]] = {}
+        #: requests awaiting an answer, by upstream STAN: (match key (11, 41, 37), future, deadline)
+        self._inflight: dict[str, tuple[tuple[str, str, str], asyncio.Future[dict[str, str]], float]] = {}
+        #: per timeout value, (deadline, STAN) of the requests sent with it, oldest first
+        self._deadlines: dict[float, collections.deque[tuple[float, str]]] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog_at = math.inf
         self._stan = random.randrange(1, 999999)
         self._tasks: list[asyncio.Task[None]] = []
         self._up = asyncio.Event()
@@ -251,6 +265,7 @@ class IssuerLink:
         self._loop = asyncio.get_running_loop()
         self._up = asyncio.Event()
         self._reversal_wake = asyncio.Event()
+        self._watchdog, self._watchdog_at = None, math.inf  # a timer of an earlier loop never fires
         self._tasks = [self._loop.create_task(c) for c in (self._run(), self._echoer(), self._reverser())]
         if wait:
             await self.wait_up(wait)
@@ -275,6 +290,10 @@ class IssuerLink:
             if self._proto.transport is not None:
                 self._proto.transport.close()
         self._fail_inflight()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog, self._watchdog_at = None, math.inf
+        self._deadlines.clear()
         self._set_state(LinkState.CLOSED)
 
     @property
@@ -329,56 +348,111 @@ class IssuerLink:
 
     def _fail_inflight(self) -> None:
         inflight, self._inflight = self._inflight, {}
-        for fut in inflight.values():
+        for _, fut, _ in inflight.values():
             if not fut.done():
                 fut.set_exception(_Lost())
 
     # ---------------------------------------------------------------- request / response
     def _next_stan(self) -> str:
+        inflight = self._inflight
         for _ in range(1000):
             self._stan = self._stan % 999999 + 1
             stan = f"{self._stan:06d}"
-            if not any(k[0] == stan for k in self._inflight):
+            if stan not in inflight:
                 return stan
         raise IssuerUnavailable(f"{self.name}: no free STAN")
 
     def _on_message(self, msg: dict[str, str]) -> None:
-        fut = self._inflight.pop(h2h.match_key(msg), None)
-        if fut is None or fut.done():
-            self._m_late(self.name)
-            log.warning("issuer_unmatched_response", extra=kv(link=self.name, mti=msg.get("t"),
-                                                             stan=msg.get("11"), rrn=msg.get("37"),
-                                                             rc=msg.get("39")))
-            # a late 0430/0230 still acknowledges its queued message (the issuer did process it)
-            item = self._queued_by_key.get((msg.get("41", ""), msg.get("37", "")))
-            if item is not None and msg.get("t") in ("0430", "0230"):
-                self._spawn(self._ack(item, msg.get("39", ""), late=True))
-            return
-        fut.set_result(msg)
+        stan = msg.get("11", "")
+        entry = self._inflight.get(stan)
+        if entry is not None and entry[0] == (stan, msg.get("41", ""), msg.get("37", "")):
+            del self._inflight[stan]
+            fut = entry[1]
+            if not fut.done():
+                fut.set_result(msg)
+                return
+        self._m_late(self.name)
+        log.warning("issuer_unmatched_response", extra=kv(link=self.name, mti=msg.get("t"),
+                                                         stan=msg.get("11"), rrn=msg.get("37"),
+                                                         rc=msg.get("39")))
+        # a late 0430/0230 still acknowledges its queued message (the issuer did process it)
+        item = self._queued_by_key.get((msg.get("41", ""), msg.get("37", "")))
+        if item is not None and msg.get("t") in ("0430", "0230"):
+            self._spawn(self._ack(item, msg.get("39", ""), late=True))
 
-    async def _exchange(self, msg: dict[str, str], timeout: float) -> dict[str, str]:
-        """Send ``msg`` with a fresh STAN and field 7; raise ``TimeoutError`` / ``_Lost``."""
+    def _arm_watchdog(self, when: float) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._watchdog = self._loop.call_at(when, self._check_deadlines)
+        self._watchdog_at = when
+
+    def _check_deadlines(self) -> None:
+        """Fail the requests whose deadline passed with ``TimeoutError``; re-arm for the next one."""
+        self._watchdog, self._watchdog_at = None, math.inf
+        inflight = self._inflight
+        if not inflight:  # every queued deadline belongs to an answered (or failed) request
+            self._deadlines.clear()
+            return
+        now = self._loop.time()
+        nearest = math.inf
+        for timeout, queue in list(self._deadlines.items()):
+            while queue and queue[0][0] <= now:
+                stan = queue.popleft()[1]
+                entry = inflight.get(stan)
+                # answered requests left the dict; a reused STAN carries its own (later) deadline
+                if entry is not None and entry[2] <= now:
+                    del inflight[stan]
+                    fut = entry[1]
+                    if not fut.done():
+                        fut.set_exception(TimeoutError())
+            if queue:
+                nearest = min(nearest, queue[0][0])
+            else:
+                del self._deadlines[timeout]
+        if nearest != math.inf:
+            self._arm_watchdog(max(nearest, now + _TICK))
+
+    async def _exchange(self, msg: dict[str, str], timeout: float | None) -> dict[str, str]:
+        """Send ``msg`` with a fresh STAN and field 7 (set in ``msg``); raise ``TimeoutError`` / ``_Lost``."""
         proto = self._proto
         if proto is None:
             raise _NotSent()
-        out = dict(msg)
-        out["11"] = self._next_stan()
-        out["7"] = h2h.transmission_time()
-        wire = h2h.frame(out)  # H2HError propagates: a bad message is the caller's bug
-        key = h2h.match_key(out)
-        fut: asyncio.Future[dict[str, str]] = self._loop.create_future()
-        self._inflight[key] = fut
-        msg.clear()
-        msg.update(out)
+        stan = self._next_stan()
+        prev = (msg.get("11", _MISSING), msg.get("7", _MISSING))
+        msg["11"] = stan
+        msg["7"] = h2h.transmission_time()
+        try:
+            wire = h2h.frame(msg)  # H2HError propagates: a bad message is the caller's bug
+        except BaseException:
+            for k, v in zip(("11", "7"), prev, strict=True):  # leave msg as it was
+                if v is _MISSING:
+                    msg.pop(k, None)
+                else:
+                    msg[k] = v
+            raise
+        loop = self._loop
+        fut: asyncio.Future[dict[str, str]] = loop.create_future()
+        if timeout is None:
+            deadline = math.inf
+        else:
+            deadline = loop.time() + timeout
+            queue = self._deadlines.get(timeout)
+            if queue is None:
+                queue = self._deadlines[timeout] = collections.deque()
+            queue.append((deadline, stan))
+            if deadline < self._watchdog_at:
+                self._arm_watchdog(deadline)
+        entry = ((stan, msg.get("41", ""), msg.get("37", "")), fut, deadline)
+        self._inflight[stan] = entry
         try:
             try:
                 proto.send(wire)
             except _Lost:
                 raise _NotSent() from None
-            return await asyncio.wait_for(fut, timeout)
+            return await fut
         finally:
-            if self._inflight.get(key) is fut:
-                del self._inflight[key]
+            if self._inflight.get(stan) is entry:
+                del self._inflight[stan]
 
     async def request(self, msg: dict[str, str], timeout: float | None = None) -> dict[str, str]:
         """Send a request and return the issuer's answer.
