@@ -20,7 +20,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ._compat import implementation_of, load
 from .errors import FastcoreError
+
+#: the fast scan of :func:`check_numeric_fields`: compiled twin ``_fields`` or pure ``_fields_py``
+_impl = load("fields")
+IMPLEMENTATION: str = implementation_of(_impl)
+_numeric_ok = _impl.numeric_ok
 
 __all__ = [
     "FieldFormatError",
@@ -54,6 +60,7 @@ __all__ = [
     "tdk_block",
     "tdk_replace",
     "check_numeric_fields",
+    "IMPLEMENTATION",
 ]
 
 
@@ -535,24 +542,15 @@ def tdk_replace(padded: str, start: int, block: bytes) -> str:
 _TRACK_FIELDS = frozenset({"35", "36"})
 #: keys never checked as fields (MTI is checked on its own; bitmaps and header are not digits)
 _NOT_FIELDS = frozenset({"t", "p", "1", "h"})
-_DIGIT_CHARS = "0123456789"
 _TRACK_CHARS = "0123456789Dd"
 _ENC_TRACK_CHARS = "0123456789ABCDEFabcdef"
-#: (POS_SPEC, its BCD (nibble) fields other than the track fields), computed on first use
+#: (POS_SPEC, its BCD (nibble) fields), computed on first use
 _pos_nibbles: tuple[Any, frozenset[str]] | None = None
 
 
 def _nibble_fields(spec: Mapping[str, Mapping[str, Any]]) -> frozenset[str]:
     """Keys of ``spec`` whose length counts nibbles (BCD), without the MTI/bitmap/header keys."""
     return frozenset(k for k, f in spec.items() if k not in _NOT_FIELDS and f.get("len_count") == "nibbles")
-
-
-def _only(value: str, allowed: str) -> bool:
-    """True when every character of ``value`` is in ``allowed`` (``strip`` leaves nothing)."""
-    try:
-        return not value.strip(allowed)
-    except (AttributeError, TypeError):  # not a str: the character walk raises what it always raised
-        return False
 
 
 def check_numeric_fields(doc: Mapping[str, str], spec: Mapping[str, Mapping[str, Any]] | None = None,
@@ -565,8 +563,8 @@ def check_numeric_fields(doc: Mapping[str, str], spec: Mapping[str, Mapping[str,
     TDK block is hex).  ``MTI`` (``t``) must be 4 digits.  ``spec`` defaults to ``POS_SPEC``, whose
     nibble fields are looked up once (``POS_SPEC`` is not edited at run time).
 
-    A valid value is accepted with one ``str.strip``; the characters are walked only to name the
-    offset of a bad one.
+    A valid document is accepted by one scan (``_fields.numeric_ok``, compiled); the characters
+    are walked here only to name the field and offset of a bad one.
     """
     global _pos_nibbles
     if spec is None:
@@ -578,20 +576,21 @@ def check_numeric_fields(doc: Mapping[str, str], spec: Mapping[str, Mapping[str,
         nibbles = cached[1]
     else:
         nibbles = _nibble_fields(spec)
+    if _numeric_ok(doc, nibbles, _TRACK_FIELDS, encrypted_tracks):
+        return
+    # something is wrong: walk the fields in order to name the field and the offset
     mti = doc.get("t")
+    tracks = _ENC_TRACK_CHARS if encrypted_tracks else _TRACK_CHARS
     if mti is not None:
         if len(mti) != 4:
             raise FieldFormatError("t", f"MTI must be 4 digits, got {mti!r}")
-        if not _only(mti, _DIGIT_CHARS):
-            _digits("t", mti)
+        _digits("t", mti)
     for field, value in doc.items():
         if field not in nibbles:
             continue
         if field in _TRACK_FIELDS:
-            allowed = _ENC_TRACK_CHARS if encrypted_tracks else _TRACK_CHARS
-            if not _only(value, allowed):
-                for i, ch in enumerate(value):
-                    if ch not in allowed:
-                        raise FieldFormatError(field, f"invalid track character {ch!r}", i)
-        elif not _only(value, _DIGIT_CHARS):
+            for i, ch in enumerate(value):
+                if ch not in tracks:
+                    raise FieldFormatError(field, f"invalid track character {ch!r}", i)
+        else:
             _digits(field, value)
