@@ -22,6 +22,7 @@ from enum import StrEnum
 from iso8583.specs import default_ascii
 
 from _fastcore import iso8583  # compiled drop-in for pyiso8583 (pure twin when not built)
+from _fastcore import tlv as _tlv
 
 __all__ = [
     "SPEC", "MAX_FRAME", "H2HError", "FrameReader", "TxnKind",
@@ -273,10 +274,28 @@ _TAG_BYTES: dict[str, bytes] = {}
 _TAG_CACHE_MAX = 1024
 
 
+#: compiled BER-TLV decoder (stricter than this dialect's: see :func:`tlv_decode`), None when not built
+_FAST_TLV = _tlv.decode_dict if _tlv.IMPLEMENTATION == "c" else None
+
+
 def tlv_decode(data: bytes) -> dict[str, bytes]:
-    """Decode a flat BER-TLV list into ``{TAG_HEX: value}``; constructed tags (71/72) keep raw values."""
+    """Decode a flat BER-TLV list into ``{TAG_HEX: value}``; constructed tags (71/72) keep raw values.
+
+    The compiled decoder answers when its result is surely ours: it raised nothing (no 00 padding,
+    duplicate, tag over 4 bytes or bad length), no tag starts with FF (padding here) and every
+    length was one byte (the sizes add up). Anything else takes the loop below.
+    """
     if type(data) is not bytes:
         data = bytes(data)
+    if _FAST_TLV is not None:
+        try:
+            fast = _FAST_TLV(data)
+        except Exception:  # noqa: BLE001 - the loop below raises ours (or accepts it)
+            fast = None
+        if fast is not None:
+            tags = "".join(fast)
+            if "FF" not in tags and len(tags) // 2 + len(fast) + sum(map(len, fast.values())) == len(data):
+                return fast
     out: dict[str, bytes] = {}
     names = _TAG_HEX
     i, n = 0, len(data)
