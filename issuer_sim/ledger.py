@@ -71,7 +71,7 @@ CREATE TABLE IF NOT EXISTS responses (
     rrn         TEXT NOT NULL,
     response    TEXT NOT NULL,           -- JSON, without PAN/track/PIN fields
     PRIMARY KEY (mti, terminal_id, stan, rrn)
-);
+) WITHOUT ROWID;
 """
 
 _NO_STORE = ("2", "35", "36", "52", "55")
@@ -188,13 +188,10 @@ class Ledger:
 
     def record_pin_result(self, account_id: str, ok: bool) -> int:
         """Reset (good PIN) or increment (bad PIN) the consecutive-failure count; returns it."""
-        with self._tx():
-            if ok:
-                self._db.execute("UPDATE accounts SET pin_fails = 0 WHERE account_id = ? AND pin_fails != 0",
-                                 (account_id,))
-                return 0
-            self._db.execute("UPDATE accounts SET pin_fails = pin_fails + 1 WHERE account_id = ?",
-                             (account_id,))
+        if ok:
+            self._write1("UPDATE accounts SET pin_fails = 0 WHERE account_id = ? AND pin_fails != 0", (account_id,))
+            return 0
+        self._write1("UPDATE accounts SET pin_fails = pin_fails + 1 WHERE account_id = ?", (account_id,))
         return self.pin_fails(account_id)
 
     def daily_spent(self, account_id: str, business_date: str | None = None) -> int:
@@ -312,14 +309,24 @@ class Ledger:
     def store_response(self, msg: dict[str, str], resp: dict[str, str]) -> None:
         # a response's 55 is issuer data (tag 91, scripts), not the card's: kept for replay
         doc = {k: v for k, v in resp.items() if k not in _NO_STORE or k == "55"}
-        with self._tx():
-            self._db.execute(
-                "INSERT OR REPLACE INTO responses(mti, terminal_id, stan, rrn, response) VALUES (?,?,?,?,?)",
-                (msg.get("t", ""), msg.get("41", ""), msg.get("11", ""), msg.get("37", ""), json.dumps(doc)))
+        self._write1(
+            "INSERT OR REPLACE INTO responses(mti, terminal_id, stan, rrn, response) VALUES (?,?,?,?,?)",
+            (msg.get("t", ""), msg.get("41", ""), msg.get("11", ""), msg.get("37", ""), json.dumps(doc)))
 
     # -------------------------------------------------------------- transactions
     def _tx(self) -> _Tx:
         return _Tx(self)
+
+    def _write1(self, sql: str, params: tuple[object, ...]) -> None:
+        """One write statement (atomic on its own: no savepoint needed) in the current transaction,
+        the group-commit batch (opened here if need be), or on its own outside an event loop."""
+        if not self._batch and not self._depth:
+            loop = _running_loop() if self.group_commit else None
+            if loop is not None:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._batch = True
+                loop.call_soon(self._commit_batch)
+        self._db.execute(sql, params)
 
 
 class _Done:
