@@ -508,9 +508,12 @@ def qr_pay_request(*, payment_code: str, amount: int, terminal_id: str, merchant
         raise H2HError("payment code must be 10-32 digits", field="48")
     if amount <= 0:
         raise H2HError("amount (fen) must be > 0", field="4")
-    local = local or _dt.datetime.now()
-    return {"t": "0200", "3": "000000", "4": f"{amount:012d}", "7": transmission_time(), "11": stan,
-            "12": local.strftime("%H%M%S"), "13": local.strftime("%m%d"), "22": "031", "25": "00",
+    if local is None:
+        _, f7, f12, f13 = _now_fields()
+    else:
+        f7, f12, f13 = transmission_time(), local.strftime("%H%M%S"), local.strftime("%m%d")
+    return {"t": "0200", "3": "000000", "4": f"{amount:012d}", "7": f7, "11": stan,
+            "12": f12, "13": f13, "22": "031", "25": "00",
             "32": acquirer_id, "37": rrn, "41": terminal_id.ljust(8), "42": merchant_id.ljust(15),
             "48": payment_code, "49": currency}
 
