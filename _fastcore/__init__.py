@@ -2,7 +2,8 @@
 
 No asyncio, no I/O, no configuration lives here.  Each public module
 (``_fastcore.iso8583``, ``_fastcore.tlv``, ``_fastcore.framing``,
-``_fastcore.crypto``) is a selector over two twins with one API: a compiled
+``_fastcore.crypto``; ``_fastcore.fields`` for its numeric-field scan) is a selector over two twins
+with one API: a compiled
 Cython module ``_fastcore._<name>`` and a pure-Python module
 ``_fastcore._<name>_py``.  ``POSSWITCH_NO_EXTENSIONS=1`` selects the pure twins.
 """
