@@ -118,6 +118,7 @@ class Ledger:
         self.group_commit = group_commit
         self._depth = 0              # nesting of _tx() blocks
         self._batch = False          # a group-commit transaction is open, its COMMIT is scheduled
+        self._batch_loop: asyncio.AbstractEventLoop | None = None  # ... on this loop
         self._waiter: asyncio.Future[None] | None = None  # resolved by that COMMIT (made on demand)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
@@ -137,8 +138,18 @@ class Ledger:
         if not self._batch:
             return _DONE
         if self._waiter is None:
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._waiter = loop.create_future()
+            if loop is not self._batch_loop:  # the loop that was to commit it ended first: commit now
+                waiter = self._waiter
+                self._commit_batch()
+                return waiter
         return self._waiter
+
+    def _open_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        self._batch, self._batch_loop = True, loop
+        loop.call_soon(self._commit_batch)
 
     def _commit_batch(self) -> None:
         if not self._batch:  # already committed (close)
@@ -323,9 +334,7 @@ class Ledger:
         if not self._batch and not self._depth:
             loop = _running_loop() if self.group_commit else None
             if loop is not None:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._batch = True
-                loop.call_soon(self._commit_batch)
+                self._open_batch(loop)
         self._db.execute(sql, params)
 
 
@@ -361,10 +370,10 @@ class _Tx:
             db = led._db
             if not led._batch:
                 loop = _running_loop() if led.group_commit else None
-                db.execute("BEGIN IMMEDIATE")
                 if loop is not None:
-                    led._batch = True
-                    loop.call_soon(led._commit_batch)
+                    led._open_batch(loop)
+                else:
+                    db.execute("BEGIN IMMEDIATE")
             if led._batch:
                 db.execute("SAVEPOINT tx")
         led._depth += 1

@@ -322,3 +322,20 @@ async def test_failed_group_commit_fails_the_batch():
     host.ledger._db = real
     assert host.ledger.balance(PAN_OK) == 100_000 and host.ledger.postings() == []
     host.ledger.close()
+
+
+async def test_batch_of_an_ended_loop_is_committed_by_the_next_wait(tmp_path):
+    """A batch opened under a loop that ended before its commit turn is committed by the next
+    ``committed()`` (a ledger that outlives its loop never keeps writes uncommitted)."""
+    led = Ledger(tmp_path / "ledger.db")
+    gone = asyncio.new_event_loop()
+    try:
+        led._open_batch(gone)  # as if that loop wrote and stopped before its commit callback ran
+        led._db.execute("INSERT INTO accounts(account_id, pan_masked, balance) VALUES ('AX', 'x', 7)")
+        await led.committed()
+        other = Ledger(tmp_path / "ledger.db")
+        assert other.balance("AX") == 7
+        other.close()
+    finally:
+        gone.close()
+        led.close()
