@@ -8,7 +8,8 @@ first write after an idle spell is committed at once.  While one commit is being
 accumulates, so under load the number of commits stays far below the number of writes.  The operations
 of a batch run back to back; if one raises, the transaction is rolled back and the batch replayed with a
 SAVEPOINT per operation, so one failing operation does not sink the others (operations must therefore
-only act on the connection: one may run twice, the first run undone).  Reads use a separate connection on their own thread: WAL lets them run beside the writer.
+only act on the connection: one may run twice, the first run undone).  Reads use a separate connection
+on their own thread: WAL lets them run beside the writer.
 
 Migrations are idempotent: ``schema_version(component, version)`` records what each component
 (``journal``, ``registry``) has applied.
@@ -176,7 +177,11 @@ def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[tuple
 
 
 class SqliteWriter:
-    """The single writing connection of one database, on its own thread, with group commit."""
+    """The single writing connection of one database, on its own thread, with group commit.
+
+    An operation ``fn(conn)`` must only act on ``conn``: if another operation of its batch fails, the
+    batch is rolled back and run again (see :meth:`_execute`).
+    """
 
     def __init__(
         self,
@@ -493,7 +498,9 @@ class SqliteJournalStore:
         if sql is None:
             if not _COLUMN_SET.issuperset(cols):  # the journal checked them: never text from outside in SQL
                 raise JournalError(f"journal: unknown field in {sorted(cols)!r}")
-            sql = _UPDATE_SQL[cols] = f"UPDATE txn SET {','.join(f'{k}=?' for k in cols)} WHERE id=?"
+            sql = f"UPDATE txn SET {','.join(f'{k}=?' for k in cols)} WHERE id=?"
+            if len(_UPDATE_SQL) < 256:
+                _UPDATE_SQL[cols] = sql
         params = (*fields.values(), txn_id)
 
         def _update(c: sqlite3.Connection) -> None:
