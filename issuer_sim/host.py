@@ -58,6 +58,15 @@ class Outcome:
         self.delay = delay
 
 
+class _NoWaiter:
+    """Marks a request in progress that no copy waits for yet (no future made until one does)."""
+
+    __slots__ = ()
+
+
+_NO_WAITER = _NoWaiter()
+
+
 class _Decline(Exception):
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(reason)
@@ -94,7 +103,7 @@ class IssuerHost:
         self._auth = itertools.count(1)
         #: requests being authorised now, by their retransmission key: a copy arriving meanwhile waits for
         #: the first one's answer instead of being authorised (and debited) a second time
-        self._in_progress: dict[tuple[str, str, str, str], asyncio.Future[dict[str, str]]] = {}
+        self._in_progress: dict[tuple[str, str, str, str], asyncio.Future[dict[str, str]] | _NoWaiter] = {}
         ledger.ensure_accounts(list(config.accounts.values()))
 
     # ---------------------------------------------------------------- entry point
@@ -124,7 +133,12 @@ class IssuerHost:
         key = dict(msg, t="0220", **{"11": ""}) if h2h.is_advice(msg) else msg
         ident = (key.get("t", ""), key.get("41", ""), key.get("11", ""), key.get("37", ""))
         first = self._in_progress.get(ident)
-        stored = dict(await asyncio.shield(first)) if first is not None else self.ledger.stored_response(key)
+        if first is not None:
+            if first is _NO_WAITER:  # the first copy made no future: nobody was waiting until now
+                first = self._in_progress[ident] = asyncio.get_running_loop().create_future()
+            stored = dict(await asyncio.shield(first))
+        else:
+            stored = self.ledger.stored_response(key)
         if stored is not None:
             if log.isEnabledFor(logging.INFO):
                 log.info("retransmission", extra=kv(mti=msg.get("t"), stan=msg.get("11"), rc=stored.get("39")))
@@ -132,17 +146,21 @@ class IssuerHost:
             stored["t"] = h2h.response_mti(msg["t"])
             await self.ledger.committed()  # the stored answer may still be in the open batch
             return stored
-        done: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
-        self._in_progress[ident] = done
+        self._in_progress[ident] = _NO_WAITER  # a copy arriving meanwhile makes the future it waits on
         try:
             resp = await self._answer(msg, kind)
             self.ledger.store_response(key, resp)
             await self.ledger.committed()  # group commit: durable before anyone sees the answer
-            done.set_result(resp)
         except BaseException as exc:
-            done.set_exception(exc)
-            done.exception()  # retrieved: a copy waiting on it re-raises, nobody else must
+            done = self._in_progress[ident]
+            if done is not _NO_WAITER:
+                done.set_exception(exc)
+                done.exception()  # retrieved: a copy waiting on it re-raises, nobody else must
             raise
+        else:
+            done = self._in_progress[ident]
+            if done is not _NO_WAITER:
+                done.set_result(resp)
         finally:
             del self._in_progress[ident]
         return resp

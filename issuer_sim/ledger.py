@@ -306,6 +306,10 @@ class Ledger:
 
     # -------------------------------------------------------------- duplicate detection
     def stored_response(self, msg: dict[str, str]) -> dict[str, str] | None:
+        if not self._batch and not self._depth and self.group_commit:
+            loop = _running_loop()
+            if loop is not None:  # the requests of this turn look up in one transaction, not one each
+                self._open_batch(loop)
         row = self._db.execute(
             "SELECT response FROM responses WHERE mti = ? AND terminal_id = ? AND stan = ? AND rrn = ?",
             (msg.get("t", ""), msg.get("41", ""), msg.get("11", ""), msg.get("37", ""))).fetchone()

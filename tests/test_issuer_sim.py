@@ -339,3 +339,17 @@ async def test_batch_of_an_ended_loop_is_committed_by_the_next_wait(tmp_path):
     finally:
         gone.close()
         led.close()
+
+
+async def test_copy_arriving_while_the_first_is_in_progress_gets_its_answer():
+    """A retransmitted copy that arrives while the original is still being authorised (here: waiting
+    for its group commit) waits for that answer: one posting, the same answer."""
+    from issuer_sim.host import IssuerHost
+
+    host = IssuerHost(accounts_mod.parse(config_doc()), Ledger())
+    await host.ledger.committed()
+    msg = req("sale", amount=250, stan="000777")
+    first, copy = await asyncio.gather(host.process(dict(msg)), host.process(dict(msg)))
+    assert first["39"] == copy["39"] == "00" and first["38"] == copy["38"]
+    assert len(host.ledger.postings(PAN_OK)) == 1 and not host._in_progress
+    host.ledger.close()
