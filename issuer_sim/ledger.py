@@ -75,6 +75,8 @@ CREATE TABLE IF NOT EXISTS responses (
 """
 
 _NO_STORE = ("2", "35", "36", "52", "55")
+#: what a stored response leaves out: a response's 55 is issuer data (tag 91, scripts), kept for replay
+_NOT_IN_STORED_RESPONSE = frozenset(_NO_STORE) - {"55"}
 
 log = logging.getLogger("posswitch.issuer")
 _running_loop = asyncio._get_running_loop  # the C accessor: None outside a running loop, no exception
@@ -97,6 +99,18 @@ class Posting:
     created_at: str
     reverses: int | None
     reversed_by: int | None
+
+
+_now_cache: list = [-1, ""]  # [UTC milliseconds since the epoch, their ISO text]
+
+
+def _now() -> str:
+    """UTC now as ISO text with milliseconds (``created_at``), formatted once per millisecond."""
+    ms = time.time_ns() // 1_000_000
+    if ms != _now_cache[0]:
+        _now_cache[0] = ms
+        _now_cache[1] = _dt.datetime.fromtimestamp(ms / 1000, _dt.UTC).isoformat(timespec="milliseconds")
+    return _now_cache[1]  # type: ignore[no-any-return]
 
 
 _day_cache: list = [0.0, ""]  # [monotonic time until which the cached day holds, the day]
@@ -233,7 +247,7 @@ class Ledger:
         if amount < 0:
             raise ValueError("amount must be >= 0")
         signed = {DEBIT: -amount, CREDIT: amount, HOLD: amount, RELEASE: -amount}[kind]
-        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+        now = _now()
         with self._tx():
             if release_auth:
                 self._release_hold(account_id, release_auth, msg, now)
@@ -247,7 +261,7 @@ class Ledger:
 
     def release(self, account_id: str, auth_code: str, *, msg: dict[str, str]) -> int:
         """Release the open hold with ``auth_code`` (pre-auth void); returns the amount released (0: none)."""
-        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+        now = _now()
         with self._tx():
             return self._release_hold(account_id, auth_code, msg, now)
 
@@ -277,7 +291,7 @@ class Ledger:
         Returns ``("00", posting id)`` when it reversed something now, ``("00", None)`` when it was
         already reversed, ``("25", None)`` when no such original exists.
         """
-        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+        now = _now()
         with self._tx():
             rows = self._db.execute(
                 "SELECT * FROM postings WHERE terminal_id = ? AND stan = ? AND rrn = ? AND kind != 'reversal' "
@@ -322,8 +336,7 @@ class Ledger:
         return resp
 
     def store_response(self, msg: dict[str, str], resp: dict[str, str]) -> None:
-        # a response's 55 is issuer data (tag 91, scripts), not the card's: kept for replay
-        doc = {k: v for k, v in resp.items() if k not in _NO_STORE or k == "55"}
+        doc = {k: v for k, v in resp.items() if k not in _NOT_IN_STORED_RESPONSE}
         self._write1(
             "INSERT OR REPLACE INTO responses(mti, terminal_id, stan, rrn, response) VALUES (?,?,?,?,?)",
             (msg.get("t", ""), msg.get("41", ""), msg.get("11", ""), msg.get("37", ""), json.dumps(doc)))
