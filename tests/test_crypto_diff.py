@@ -188,7 +188,11 @@ def test_visa_pvv_matches_psec(crypto_impl: ModuleType, key: bytes, pin: str, pa
     sc=st.text("0123456789", min_size=3, max_size=3),
 )
 def test_cvv_matches_psec(crypto_impl: ModuleType, key: bytes, pan: str, expiry: str, sc: str) -> None:
-    assert crypto_impl.cvv(key, pan, expiry, sc) == psec.cvv.generate_cvv(key, pan, expiry, sc)
+    ours, theirs = crypto_impl.cvv(key, pan, expiry, sc), psec.cvv.generate_cvv(key, pan, expiry, sc)
+    if len(theirs) == 3:
+        assert ours == theirs
+    else:  # psec stops when the block has fewer than 3 decimal digits; Visa's method goes on with A-F -> 0-5
+        assert len(ours) == 3 and ours.isdigit() and ours.startswith(theirs)
 
 
 # --------------------------------------------------------------------------- EMV vs pyemv
