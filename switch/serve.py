@@ -98,6 +98,9 @@ async def run(cfg: Any, stop: asyncio.Event, drain: float = 10.0) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+    # The journal writer and reader are threads: each SQLite call gives the GIL up and must get it back
+    # from the event loop, which CPython makes wait up to the switch interval (5 ms by default).
+    sys.setswitchinterval(cfg.journal.gil_switch_interval_ms / 1000.0)
 
     async def refresh_registry() -> None:  # pick up `posswitch terminals ...` changes (disable, rotate keys)
         while True:

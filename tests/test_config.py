@@ -55,6 +55,7 @@ port = 2
     assert cfg.routes.issuer_for_pan("6299") == "a"
     assert cfg.routes.issuer_for_pan("4000") is None
     assert cfg.hsm.timeout == 2.0 and cfg.metrics.port == 9108 and cfg.logging.level == "INFO"
+    assert cfg.journal.gil_switch_interval_ms == 1.0
 
 
 def test_overrides_parse_toml_values(tmp_path: Path) -> None:
@@ -89,6 +90,7 @@ def test_cli_arguments(tmp_path: Path) -> None:
         ('journal.pan_hash_key="abcd"', "[journal] pan_hash_key: expected an even number of hex digits"),
         ('journal.backend="postgresql"', "[journal] backend: postgresql is not implemented yet"),
         ('journal.synchronous="sometimes"', "[journal] synchronous: expected one of FULL, NORMAL, OFF"),
+        ("journal.gil_switch_interval_ms=0", "[journal] gil_switch_interval_ms: expected a number 0.05-100, got 0"),
         ('logging.level="chatty"', '[logging] level: expected one of DEBUG'),
         ('acquirer_id="abc"', 'acquirer_id: expected 1-11 digits (field 32), got "abc"'),
         ('mac_profiles.x919.algorithm="md5"', "[mac_profiles.x919] algorithm: expected one of pos-ecb"),
@@ -161,6 +163,7 @@ _KEYS = ["acquirer_id", "listener.host", "listener.port", "listener.max_frame", 
          "listener.idle_timeout", "hsm.port", "hsm.header_len", "hsm.timeout", "issuers.cup.port",
          "issuers.cup.timeout", "issuers.cup.zpk_under_lmk", "issuers.cup.echo_interval", "issuers.cup.kind",
          "routes.default", "journal.path", "journal.group_commit_ms", "journal.synchronous", "journal.pan_hash_key",
+         "journal.gil_switch_interval_ms",
          "metrics.enabled", "metrics.port", "logging.level", "logging.json", "fees.default.debit.rate",
          "fees.default.debit.cap", "settlement.utc_offset_hours", "mac_profiles.x919.algorithm"]
 
