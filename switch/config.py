@@ -99,7 +99,7 @@ class JournalConfig:
     pan_hash_key: bytes = b""
     #: sys.setswitchinterval for the process: how long the event loop may keep the GIL while the journal
     #: writer thread waits for it (CPython's default is 5 ms)
-    gil_switch_interval_ms: float = 1.0
+    gil_switch_interval_ms: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,7 +354,7 @@ def _journal(t: _Table) -> JournalConfig:
         group_commit_ms=t.number("group_commit_ms", 1.0, 0, 1000),
         synchronous=t.string("synchronous", "FULL", choices=("FULL", "NORMAL", "OFF")),
         pan_hash_key=bytes.fromhex(key_hex),
-        gil_switch_interval_ms=t.number("gil_switch_interval_ms", 1.0, 0.05, 100),
+        gil_switch_interval_ms=t.number("gil_switch_interval_ms", 5.0, 0.05, 100),
     )
     t.done()
     return c

@@ -55,7 +55,7 @@ port = 2
     assert cfg.routes.issuer_for_pan("6299") == "a"
     assert cfg.routes.issuer_for_pan("4000") is None
     assert cfg.hsm.timeout == 2.0 and cfg.metrics.port == 9108 and cfg.logging.level == "INFO"
-    assert cfg.journal.gil_switch_interval_ms == 1.0
+    assert cfg.journal.gil_switch_interval_ms == 5.0
 
 
 def test_overrides_parse_toml_values(tmp_path: Path) -> None:
