@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import operator
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -148,7 +148,7 @@ class JournalStore(Protocol):
     async def start(self) -> None: ...
     async def close(self) -> None: ...
     async def insert(self, rec: TxnRecord) -> int: ...
-    async def update(self, txn_id: int, fields: Mapping[str, Any]) -> None: ...
+    def update(self, txn_id: int, fields: Mapping[str, Any]) -> Awaitable[None]: ...
     async def get(self, txn_id: int) -> TxnRecord | None: ...
     async def find_by_trace(
         self, terminal_id: str, merchant_id: str, batch: int | None, stan: str, mti_class: str | None
@@ -450,13 +450,24 @@ class Journal:
         self, txn_id: int, rrn: str, auth_code: str, response_code: str = "00", **fields: Any
     ) -> None:
         """Record an approval durably; call it before writing the approving reply to the terminal."""
+        await self.commit_approval_soon(txn_id, rrn, auth_code, response_code, **fields)
+
+    def commit_approval_soon(
+        self, txn_id: int, rrn: str, auth_code: str, response_code: str = "00", **fields: Any
+    ) -> Awaitable[None]:
+        """:meth:`commit_approval` queued now: await the result (before replying) for the COMMIT.
+
+        The write is in the store's queue when this returns, so other work (e.g. the reply MAC) can run
+        while it commits; no task is created when the store hands back a future (the SQLite store does).
+        """
         if "state" in fields:
             raise TypeError("commit_approval() got multiple values for keyword argument 'state'")
         fields["state"] = APPROVED
         fields["rrn"] = rrn
         fields["auth_code"] = auth_code
         fields["response_code"] = response_code
-        await self._update(txn_id, APPROVED, fields)
+        pending = self._update(txn_id, APPROVED, fields)
+        return asyncio.ensure_future(pending) if asyncio.iscoroutine(pending) else pending
 
     # -- lookups ----------------------------------------------------------------------------------------
     async def get(self, txn_id: int) -> TxnRecord | None:

@@ -229,6 +229,10 @@ class SqliteWriter:
         Cancelling the caller does not cancel the write: once handed to the journal, a record of what
         happened (e.g. an issuer approval) is kept even if the terminal connection waiting for it went.
         """
+        return await self.queue(fn)
+
+    def queue(self, fn: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
+        """:meth:`run` without the ``await``: the write is queued now; the future resolves after its COMMIT."""
         if not self._started:
             raise JournalError("journal: store is not started")
         loop = asyncio.get_running_loop()
@@ -236,7 +240,7 @@ class SqliteWriter:
         self._queue.put((fn, fut, loop))
         # no shield needed: the thread never looks at an event-loop future before the write, and a
         # cancelled one is skipped when results are handed back (its outcome has no one to go to)
-        return await fut
+        return fut
 
     def is_alive(self) -> bool:
         return self._started and self._thread.is_alive()
@@ -492,7 +496,8 @@ class SqliteJournalStore:
         params = _record_values(rec)
         return await self.writer.run(lambda c: c.execute(_INSERT_SQL, params).lastrowid)
 
-    async def update(self, txn_id: int, fields: Mapping[str, Any]) -> None:
+    def update(self, txn_id: int, fields: Mapping[str, Any]) -> asyncio.Future[None]:
+        """Queue the UPDATE now; await the returned future for its COMMIT."""
         cols = tuple(fields)
         sql = _UPDATE_SQL.get(cols)
         if sql is None:
@@ -507,7 +512,7 @@ class SqliteJournalStore:
             if c.execute(sql, params).rowcount != 1:
                 raise JournalError(f"journal: no transaction with id {txn_id}")
 
-        await self.writer.run(_update)
+        return self.writer.queue(_update)
 
     async def mark_settled(self, terminal_id: str, merchant_id: str, batch: int, at: float) -> int:
         sql = (

@@ -118,7 +118,7 @@ async def test_reply_waits_for_the_approval_commit(stack):
     term = await stack.connected_terminal(0)
     journal = stack.journal
     gate = asyncio.Event()
-    real = journal.commit_approval
+    real = journal.commit_approval_soon
     started = asyncio.Event()
 
     async def slow_commit(*a, **kw):
@@ -126,7 +126,7 @@ async def test_reply_waits_for_the_approval_commit(stack):
         await gate.wait()
         return await real(*a, **kw)
 
-    journal.commit_approval = slow_commit
+    journal.commit_approval_soon = lambda *a, **kw: asyncio.ensure_future(slow_commit(*a, **kw))
     rec = _record(stack)
     card = stack.card()
     sale = asyncio.ensure_future(term.sale(card, 500, pin=card.pin))
@@ -153,7 +153,7 @@ async def test_failed_commit_turns_the_approval_into_96(stack):
     async def broken_commit(*a, **kw):
         raise JournalError("journal: disk full (test)")
 
-    journal.commit_approval = broken_commit
+    journal.commit_approval_soon = lambda *a, **kw: asyncio.ensure_future(broken_commit(*a, **kw))
     card = stack.card()
     reply = await term.sale(card, 700, pin=card.pin)
     assert reply.rc == "96"

@@ -264,13 +264,12 @@ async def _authorize(ctx: Context, txn_type: str, mti_up: str | None, amount: in
         extra = {"card_org": resp["63"][:3]} if len(resp.get("63", "")) >= 3 else {}
         if rc == RC.PARTIAL and resp.get("4", "").isdigit():
             extra["amount"] = int(resp["4"])
-        commit = journal.commit_approval(txn_id, rrn=rrn, auth_code=auth, response_code=rc,
-                                         upstream_ref=f"{resp.get('11', '')}|{resp.get('7', '')}", **extra)
-        if defer_commit:
-            committed = loop_of(ctx).create_task(commit)
+        committed = journal.commit_approval_soon(txn_id, rrn=rrn, auth_code=auth, response_code=rc,
+                                                 upstream_ref=f"{resp.get('11', '')}|{resp.get('7', '')}", **extra)
+        if defer_commit:  # queued now; the dispatcher awaits it before the reply is written
             wait_before_reply(ctx, committed)
             return Outcome(rc, txn_id, rrn, auth, resp, route, committed)
-        await commit
+        await committed
     else:
         await journal.update_state(txn_id, "declined", response_code=rc)
     return Outcome(rc, txn_id, rrn, auth, resp, route)
