@@ -3,7 +3,8 @@
 * The PIN translation (CA) is sent to the HSM together with the MAC check (M8), and the flow uses
   that answer instead of translating again; a bad MAC still forwards nothing.
 * The approval's journal commit runs while the reply MAC (M6) is computed, but the reply is written
-  only after the commit; a commit that fails turns the reply into 96, also for a duplicated frame.
+  only after the commit; a commit that fails turns the reply into 96 and the issuer's approval is
+  reversed, as is one whose flow fails unexpectedly after the issuer answered.
 """
 
 from __future__ import annotations
@@ -155,8 +156,42 @@ async def test_failed_commit_turns_the_approval_into_96(stack):
 
     journal.commit_approval_soon = lambda *a, **kw: asyncio.ensure_future(broken_commit(*a, **kw))
     card = stack.card()
+    ledger = stack.issuers["cup"].ledger
+    before = ledger.balance(card.pan)
     reply = await term.sale(card, 700, pin=card.pin)
     assert reply.rc == "96"
     assert "64" in reply.doc  # the 96 is MACed like any reply to a MACed request
+    # the issuer approved and debited; the switch could not record it, so it reverses the debit
+    assert await _eventually(lambda: ledger.balance(card.pan) == before)
     row = await stack.journal.find_by_trace(terminal_id(0), MERCHANT_ID, None, reply.request["11"])
-    assert row is not None and row.state != "approved"
+    assert row is not None and row.state == "reversed" and row.response_code == "96"
+
+
+async def test_unexpected_failure_after_the_issuer_answered_is_reversed(stack):
+    term = await stack.connected_terminal(0)
+    link = stack.links["cup"]
+    real = link.request
+
+    async def answered_then_failed(*a, **kw):
+        await real(*a, **kw)  # the issuer authorises and debits...
+        raise RuntimeError("bug after the answer (test)")  # ...and the switch trips over its own feet
+
+    link.request = answered_then_failed
+    card = stack.card()
+    ledger = stack.issuers["cup"].ledger
+    before = ledger.balance(card.pan)
+    reply = await term.sale(card, 900, pin=card.pin)
+    assert reply.rc == "96"
+    assert await _eventually(lambda: ledger.balance(card.pan) == before)
+    row = await stack.journal.find_by_trace(terminal_id(0), MERCHANT_ID, None, reply.request["11"])
+    assert row is not None and row.state == "reversed"
+
+
+async def _eventually(pred, timeout: float = 10.0) -> bool:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        if pred():
+            return True
+        await asyncio.sleep(0.02)
+    return pred()

@@ -251,6 +251,9 @@ async def _authorize(ctx: Context, txn_type: str, mti_up: str | None, amount: in
         log.warning("issuer timeout", extra=kv(issuer=route.name, tid=term.tid, stan=req.get("11"), rrn=rrn))
         await journal.update_state(txn_id, "reversed", response_code=RC.ISSUER_TIMEOUT)
         return Outcome(RC.ISSUER_TIMEOUT, txn_id, rrn, route=route)
+    except Exception:  # the request may have reached the issuer and nothing will answer the terminal: undo it
+        await undo_in_doubt(journal, route, up, None, txn_id, "issuer request failed")
+        raise
     rc = resp.get("39", RC.SYSTEM_ERROR)  # (the link itself records the issuer round trip metric)
     auth = resp.get("38", "")
     if txn_id in svc.reversed_in_flight:  # the terminal reversed it while we waited for the issuer
@@ -264,15 +267,49 @@ async def _authorize(ctx: Context, txn_type: str, mti_up: str | None, amount: in
         extra = {"card_org": resp["63"][:3]} if len(resp.get("63", "")) >= 3 else {}
         if rc == RC.PARTIAL and resp.get("4", "").isdigit():
             extra["amount"] = int(resp["4"])
-        committed = journal.commit_approval_soon(txn_id, rrn=rrn, auth_code=auth, response_code=rc,
-                                                 upstream_ref=f"{resp.get('11', '')}|{resp.get('7', '')}", **extra)
-        if defer_commit:  # queued now; the dispatcher awaits it before the reply is written
-            wait_before_reply(ctx, committed)
-            return Outcome(rc, txn_id, rrn, auth, resp, route, committed)
-        await committed
+        try:
+            committed = journal.commit_approval_soon(
+                txn_id, rrn=rrn, auth_code=auth, response_code=rc,
+                upstream_ref=f"{resp.get('11', '')}|{resp.get('7', '')}", **extra)
+            if defer_commit:  # queued now; the dispatcher awaits it before the reply is written (96 if it fails)
+                wait_before_reply(ctx, committed)
+                committed.add_done_callback(functools.partial(_undo_if_unrecorded, journal, route, up, resp, txn_id))
+                return Outcome(rc, txn_id, rrn, auth, resp, route, committed)
+            await committed
+        except Exception:
+            await undo_in_doubt(journal, route, up, resp, txn_id, "approval not recorded")
+            raise
     else:
         await journal.update_state(txn_id, "declined", response_code=rc)
     return Outcome(rc, txn_id, rrn, auth, resp, route)
+
+
+async def undo_in_doubt(journal: Any, route: Any, up: dict[str, str], resp: dict[str, str] | None, txn_id: int,
+                        why: str) -> None:
+    """The issuer may have approved ``up`` but the terminal will be told 96 (an unexpected failure after
+    the request went upstream, or an approval the journal could not record): queue a 0420 and mark the
+    row reversed.  Best effort: if the journal is what failed, the row stays in flight and the next
+    start-up's recovery reverses it."""
+    upstream = {**up, "11": (resp or {}).get("11", up.get("11", "")), "7": (resp or {}).get("7", up.get("7", ""))}
+    log.error("in-doubt transaction reversed upstream", extra=kv(issuer=route.name, rrn=up.get("37"), why=why))
+    try:
+        await route.link.reverse(upstream, RC.SYSTEM_ERROR)
+        await journal.update_state(txn_id, "reversed", response_code=RC.SYSTEM_ERROR)
+    except Exception as exc:
+        log.error("in-doubt transaction: reversal not recorded, recovery will retry at start-up",
+                  extra=kv(issuer=route.name, rrn=up.get("37"), error=repr(exc)))
+
+
+_undo_tasks: set[asyncio.Task[None]] = set()  # keeps the reversals of unrecorded approvals referenced
+
+
+def _undo_if_unrecorded(journal: Any, route: Any, up: dict[str, str], resp: dict[str, str], txn_id: int,
+                        committed: asyncio.Future[Any]) -> None:
+    if committed.cancelled() or committed.exception() is None:
+        return
+    task = asyncio.ensure_future(undo_in_doubt(journal, route, up, resp, txn_id, "approval not recorded"))
+    _undo_tasks.add(task)
+    task.add_done_callback(_undo_tasks.discard)
 
 
 def fill_reply(ctx: Context, out: Outcome) -> dict[str, str]:
