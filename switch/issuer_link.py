@@ -28,6 +28,7 @@ import itertools
 import logging
 import math
 import random
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -82,6 +83,10 @@ class ReversalStore(Protocol):
 
     async def count(self, link: str) -> int: ...
 
+    async def oldest(self, link: str) -> float | None:
+        """When the oldest unacknowledged item of ``link`` was queued (Unix time), None if none."""
+        ...
+
 
 class MemoryReversalStore:
     """In-memory :class:`ReversalStore` (lost on restart; the journal-backed store is not)."""
@@ -89,11 +94,13 @@ class MemoryReversalStore:
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._items: dict[int, tuple[str, dict[str, str]]] = {}
+        self._queued_at: dict[int, float] = {}
         self.acked: list[tuple[int, str, dict[str, str]]] = []
 
     async def add(self, link: str, msg: dict[str, str]) -> int:
         item = next(self._ids)
         self._items[item] = (link, {k: v for k, v in msg.items() if k not in h2h.SENSITIVE_FIELDS})
+        self._queued_at[item] = time.time()
         return item
 
     async def pending(self, link: str) -> list[tuple[int, dict[str, str]]]:
@@ -101,11 +108,15 @@ class MemoryReversalStore:
 
     async def ack(self, item_id: int, response_code: str) -> None:
         entry = self._items.pop(item_id, None)
+        self._queued_at.pop(item_id, None)
         if entry is not None:
             self.acked.append((item_id, response_code, entry[1]))
 
     async def count(self, link: str) -> int:
         return sum(1 for lk, _ in self._items.values() if lk == link)
+
+    async def oldest(self, link: str) -> float | None:
+        return min((self._queued_at[i] for i, (lk, _) in self._items.items() if lk == link), default=None)
 
 
 class _Lost(Exception):
@@ -185,7 +196,6 @@ class SwitchMetricsHooks:
 
     def __init__(self, metrics: Any) -> None:
         self.m = metrics
-        self._pending: dict[str, int] = {}
 
     def link_state(self, link: str, up: bool) -> None:
         self.m.issuer_link_up.labels(link).set(1 if up else 0)
@@ -194,8 +204,10 @@ class SwitchMetricsHooks:
         self.m.issuer_latency.labels(link).observe(seconds)
 
     def pending_reversals(self, link: str, n: int) -> None:
-        self._pending[link] = n
-        self.m.pending_reversals.set(sum(self._pending.values()))
+        self.m.set_pending_reversals(link, n)
+
+    def oldest_pending_reversal(self, link: str, queued_at: float | None) -> None:
+        self.m.set_oldest_pending_reversal(link, queued_at)
 
 
 class IssuerLink:
@@ -234,6 +246,7 @@ class IssuerLink:
         self._m_state: Callable[..., None] = getattr(metrics, "link_state", _noop)
         self._m_latency: Callable[..., None] = getattr(metrics, "upstream_latency", _noop)
         self._m_pending: Callable[..., None] = getattr(metrics, "pending_reversals", _noop)
+        self._m_oldest: Callable[..., None] = getattr(metrics, "oldest_pending_reversal", _noop)
         self._m_timeout: Callable[..., None] = getattr(metrics, "timeout", _noop)
         self._m_late: Callable[..., None] = getattr(metrics, "late_response", _noop)
         self.state = LinkState.DOWN
@@ -306,6 +319,13 @@ class IssuerLink:
 
     async def pending_reversals(self) -> int:
         return await self.reversals.count(self.name)
+
+    async def _report_pending(self) -> None:
+        """Depth and age of this link's store-and-forward queue, for the metrics."""
+        n = await self.reversals.count(self.name)
+        self._m_pending(self.name, n)
+        oldest = getattr(self.reversals, "oldest", None)
+        self._m_oldest(self.name, await oldest(self.name) if n and oldest is not None else None)
 
     def _set_state(self, state: str) -> None:
         if state != self.state:
@@ -492,7 +512,7 @@ class IssuerLink:
         orig.setdefault("7", "0000000000")
         rev = h2h.reversal_for(orig, reason)
         item = await self.reversals.add(self.name, rev)
-        self._m_pending(self.name, await self.reversals.count(self.name))
+        await self._report_pending()
         log.info("reversal_queued", extra=kv(link=self.name, id=item, orig_stan=orig.get("11"),
                                              rrn=orig.get("37"), reason=reason))
         self._reversal_wake.set()
@@ -505,7 +525,7 @@ class IssuerLink:
         if not h2h.is_advice(msg):
             raise ValueError(f"advise() takes a 0220 advice, not {msg.get('t')}")
         item = await self.reversals.add(self.name, dict(msg))
-        self._m_pending(self.name, await self.reversals.count(self.name))
+        await self._report_pending()
         log.info("advice_queued", extra=kv(link=self.name, id=item, rrn=msg.get("37")))
         self._reversal_wake.set()
         return item
@@ -522,7 +542,7 @@ class IssuerLink:
                 # pipelined: a batch of 0420s leaves in one write, each waits for its own 0430
                 acked = await asyncio.gather(*(self._send_reversal(i, r) for i, r in pending[:REVERSAL_BATCH]))
                 if any(acked):
-                    self._m_pending(self.name, await self.reversals.count(self.name))
+                    await self._report_pending()
                 else:
                     await asyncio.sleep(self.reversal_retry)
 
@@ -549,7 +569,7 @@ class IssuerLink:
         log.info("reversal_acked", extra=kv(link=self.name, id=item, rc=code, late=late,
                                             done=code in h2h.REVERSAL_DONE))
         if late:
-            self._m_pending(self.name, await self.reversals.count(self.name))
+            await self._report_pending()
         return True
 
     def _spawn(self, coro: Any) -> None:

@@ -98,6 +98,11 @@ class SqliteReversalStore:
         sql = "SELECT COUNT(*) FROM reversal_queue WHERE link=? AND acked_at IS NULL"
         return await self._store.reader.run(lambda c: int(c.execute(sql, (link,)).fetchone()[0]))
 
+    async def oldest(self, link: str) -> float | None:
+        """When the oldest unacknowledged item of ``link`` was queued (Unix time), None if none."""
+        sql = "SELECT MIN(created_at) FROM reversal_queue WHERE link=? AND acked_at IS NULL"
+        return await self._store.reader.run(lambda c: c.execute(sql, (link,)).fetchone()[0])
+
     async def total_pending(self) -> int:
         """All links together (for the pending-reversals gauge)."""
         sql = "SELECT COUNT(*) FROM reversal_queue WHERE acked_at IS NULL"

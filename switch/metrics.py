@@ -17,6 +17,7 @@ import asyncio
 import inspect
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -61,6 +62,13 @@ class SwitchMetrics:
         self.connected_terminals = Gauge("posswitch_connected_terminals", "Open terminal connections", registry=r)
         self.issuer_link_up = Gauge("posswitch_issuer_link_up", "1 when the issuer link is up", ["issuer"], registry=r)
         self.pending_reversals = Gauge("posswitch_pending_reversals", "Reversals not yet acknowledged", registry=r)
+        #: per issuer link: unacknowledged store-and-forward items, and when the oldest was queued
+        self._pending_by_link: dict[str, int] = {}
+        self._oldest_by_link: dict[str, float] = {}
+        self.pending_reversals_age = Gauge(
+            "posswitch_pending_reversals_oldest_age_seconds",
+            "Age of the oldest reversal or advice not yet acknowledged (0 when none)", registry=r)
+        self.pending_reversals_age.set_function(self._oldest_pending_age)
         self.journal_commit_latency = Histogram(
             "posswitch_journal_commit_seconds", "Journal group commit duration", buckets=FAST_BUCKETS, registry=r)
         self.journal_commit_writes = Histogram(
@@ -75,6 +83,21 @@ class SwitchMetrics:
     def observe_transaction(self, txn_type: str, response_code: str, seconds: float) -> None:
         self.transactions.labels(txn_type, response_code).inc()
         self.e2e_latency.labels(txn_type).observe(seconds)
+
+    def set_pending_reversals(self, link: str, n: int) -> None:
+        """Depth of one link's store-and-forward queue; the gauge shows the sum over the links."""
+        self._pending_by_link[link] = n
+        self.pending_reversals.set(sum(self._pending_by_link.values()))
+
+    def set_oldest_pending_reversal(self, link: str, queued_at: float | None) -> None:
+        if queued_at is None:
+            self._oldest_by_link.pop(link, None)
+        else:
+            self._oldest_by_link[link] = queued_at
+
+    def _oldest_pending_age(self) -> float:
+        oldest = min(self._oldest_by_link.values(), default=None)
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest)
 
     def journal_commit_hook(self) -> Callable[[int, float], None]:
         """``on_commit`` callback for :class:`switch.journal.Journal` (thread-safe)."""

@@ -123,3 +123,41 @@ async def test_journal_health_follows_the_writer(tmp_path: Path) -> None:
         assert status == 503 and json.loads(body)["checks"] == {"journal": False}
     finally:
         await m.stop()
+
+
+async def test_store_and_forward_depth_and_age_cover_every_link(tmp_path: Path) -> None:
+    """posswitch_pending_reversals sums the links' queues; ..._oldest_age_seconds is the oldest item's age."""
+    from switch.issuer_link import IssuerLink
+
+    m = SwitchMetrics()
+    port = await m.start("127.0.0.1", 0)
+    j = await Journal.open(str(tmp_path / "j.db"), b"k" * 32)
+    # links that never connect (port 9 is closed): their reversals wait in the store
+    a = IssuerLink("127.0.0.1", 9, name="cup", metrics=m, reversal_store=j.reversal_store())
+    b = IssuerLink("127.0.0.1", 9, name="visa", metrics=m)
+
+    def original(rrn: str) -> dict[str, str]:
+        return {"t": "0200", "2": "6212341234567890", "3": "000000", "4": "000000000100", "11": "000001",
+                "37": rrn, "41": "00000001", "42": "898310048140001", "49": "156"}
+
+    async def scrape() -> tuple[float, float]:
+        s = samples((await http_get(port, "/metrics"))[2])
+        return s[("posswitch_pending_reversals", ())], s[("posswitch_pending_reversals_oldest_age_seconds", ())]
+
+    try:
+        assert await scrape() == (0, 0)
+        first = await a.reverse(original("000000000001"))
+        await asyncio.sleep(0.2)
+        second = await b.reverse(original("000000000002"))
+        depth, age = await scrape()
+        assert depth == 2 and age >= 0.2
+        await a.reversals.ack(first, "00")  # the oldest is acknowledged: the age is now the younger one's
+        await a._report_pending()
+        depth, younger = await scrape()
+        assert depth == 1 and younger < age
+        await b.reversals.ack(second, "00")
+        await b._report_pending()
+        assert await scrape() == (0, 0)
+    finally:
+        await j.close()
+        await m.stop()
