@@ -531,6 +531,10 @@ class IssuerLink:
         return item
 
     async def _reverser(self) -> None:
+        try:  # what a previous process left in the durable store shows at once, even with the issuer down
+            await self._report_pending()
+        except Exception as exc:
+            log.warning("pending reversals not counted", extra=kv(link=self.name, error=repr(exc)))
         while not self._closing:
             await self._reversal_wake.wait()
             self._reversal_wake.clear()

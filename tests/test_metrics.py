@@ -161,3 +161,28 @@ async def test_store_and_forward_depth_and_age_cover_every_link(tmp_path: Path) 
     finally:
         await j.close()
         await m.stop()
+
+
+async def test_a_queue_left_by_a_previous_process_shows_at_start(tmp_path: Path) -> None:
+    from switch.issuer_link import IssuerLink
+
+    j = await Journal.open(str(tmp_path / "j.db"), b"k" * 32)
+    store = j.reversal_store()
+    await store.add("cup", {"t": "0420", "11": "000001", "37": "000000000001", "41": "00000001"})
+    await asyncio.sleep(0.1)
+    m = SwitchMetrics()
+    port = await m.start("127.0.0.1", 0)
+    link = IssuerLink("127.0.0.1", 9, name="cup", metrics=m, reversal_store=store)  # the issuer is down
+    try:
+        await link.start()
+        for _ in range(100):
+            s = samples((await http_get(port, "/metrics"))[2])
+            if s[("posswitch_pending_reversals", ())] == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert s[("posswitch_pending_reversals", ())] == 1
+        assert s[("posswitch_pending_reversals_oldest_age_seconds", ())] >= 0.1
+    finally:
+        await link.close()
+        await j.close()
+        await m.stop()
