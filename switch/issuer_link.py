@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import math
@@ -226,6 +227,7 @@ class IssuerLink:
         backoff: tuple[float, float] = (0.05, 5.0),
         reversal_timeout: float | None = None,
         reversal_retry: float = 1.0,
+        reversal_retry_max: float = 60.0,
         reversal_store: ReversalStore | None = None,
         metrics: Any = None,
         coalesce: bool = True,
@@ -239,6 +241,10 @@ class IssuerLink:
         self.backoff = backoff
         self.reversal_timeout = reversal_timeout if reversal_timeout is not None else timeout
         self.reversal_retry = reversal_retry
+        #: store-and-forward backoff: the pause after a round with no answer doubles up to this
+        self.reversal_retry_max = max(reversal_retry, reversal_retry_max)
+        self.reversal_delay = reversal_retry  # the pause before the next round if this one gets no answer
+        self._retry_now = asyncio.Event()  # set when the link comes up: pending items go at once
         self.reversals: ReversalStore = reversal_store or MemoryReversalStore()
         # metric hooks, looked up once (missing ones are no-ops)
         if metrics is not None and hasattr(metrics, "issuer_link_up") and not hasattr(metrics, "link_state"):
@@ -278,6 +284,7 @@ class IssuerLink:
         self._loop = asyncio.get_running_loop()
         self._up = asyncio.Event()
         self._reversal_wake = asyncio.Event()
+        self._retry_now = asyncio.Event()
         self._watchdog, self._watchdog_at = None, math.inf  # a timer of an earlier loop never fires
         self._tasks = [self._loop.create_task(c) for c in (self._run(), self._echoer(), self._reverser())]
         if wait:
@@ -333,6 +340,9 @@ class IssuerLink:
             level = logging.INFO if LinkState.UP in (state, self.state) or state == LinkState.CLOSED else logging.DEBUG
             log.log(level, "issuer_link_state", extra=kv(link=self.name, state=state, host=self.host,
                                                          port=self.port))
+        if state == LinkState.UP and self.state != LinkState.UP:
+            self.reversal_delay = self.reversal_retry  # a fresh connection: store-and-forward starts over
+            self._retry_now.set()
         self.state = state
         self._m_state(self.name, state == LinkState.UP)
 
@@ -546,9 +556,14 @@ class IssuerLink:
                 # pipelined: a batch of 0420s leaves in one write, each waits for its own 0430
                 acked = await asyncio.gather(*(self._send_reversal(i, r) for i, r in pending[:REVERSAL_BATCH]))
                 if any(acked):
+                    self.reversal_delay = self.reversal_retry
                     await self._report_pending()
-                else:
-                    await asyncio.sleep(self.reversal_retry)
+                else:  # nothing answered: back off (doubling, capped) so a sick issuer is not hammered
+                    self._retry_now.clear()
+                    delay = self.reversal_delay
+                    self.reversal_delay = min(delay * 2, self.reversal_retry_max)
+                    with contextlib.suppress(TimeoutError):  # a reconnect ends the pause early
+                        await asyncio.wait_for(self._retry_now.wait(), delay)
 
     async def _send_reversal(self, item: int, rev: dict[str, str]) -> bool:
         if item in self._attempted and rev.get("t") in ("0420", "0220"):

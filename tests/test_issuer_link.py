@@ -464,3 +464,32 @@ async def test_late_0430_acknowledges_the_reversal(issuer):
         assert issuer.faults.rules[1].hits == 1                # acknowledged by the late answer, not a retry
     finally:
         await link.close()
+
+
+async def test_store_and_forward_backs_off_while_the_issuer_stays_silent(issuer):
+    """Each round of unanswered reversals doubles the pause before the next (capped); an answer resets it."""
+    issuer.faults.add(action="drop", kind="reversal", times=6)  # the issuer ignores the first six attempts
+    delays_seen: list[float] = []
+    link = IssuerLink("127.0.0.1", issuer.port, timeout=0.5, reversal_timeout=0.03, reversal_retry=0.02,
+                      reversal_retry_max=0.16)
+    send = link._send_reversal
+
+    async def spy(item, rev):
+        delays_seen.append(link.reversal_delay)  # the pause that follows if this attempt goes unanswered
+        return await send(item, rev)
+
+    link._send_reversal = spy
+    await link.start(wait=2)
+    try:
+        approved = await link.request(sale(500))
+        assert approved["39"] == "00"
+        await link.reverse(approved, "98")
+
+        async def done():
+            return await link.pending_reversals() == 0
+        await eventually(done, timeout=10)
+        assert delays_seen == [0.02, 0.04, 0.08, 0.16, 0.16, 0.16, 0.16]
+        assert link.reversal_delay == 0.02  # answered: the next outage starts from the short pause again
+        assert issuer.ledger.balance(PAN) == 100_000
+    finally:
+        await link.close()
