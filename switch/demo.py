@@ -121,7 +121,29 @@ async def _drive(stack: Any, i: int, deadline: float, stats: Stats, rng: random.
             await term.sign_on()
         if kind.startswith("sale") and kind != "sale QR" and reply.approved:
             sales.append((card, reply))
+        if len(term.approvals) >= _BATCH_FULL:  # field 48 counts in 3 digits: settle a full batch, go on
+            await _settle_full_batch(term, stats)
+            sales.clear()  # a settled sale is refunded, not voided; keep the mix simple
     return term
+
+
+#: approvals in a simulated terminal's open batch at which the demo settles it mid-run (field 48 counts
+#: debits and credits in 3 digits; the terminal application does the same by itself)
+_BATCH_FULL = 999
+
+
+async def _settle_full_batch(term: Any, stats: Stats) -> None:
+    from switch.sim_terminal import settlement_balanced
+
+    try:
+        reply = await term.settle()
+        if not settlement_balanced(reply):
+            print(f"  {term.tid}  batch {term.batch} full: 0510 39={reply.rc}  NOT balanced")
+        await term.end_batch()
+    except Exception:
+        stats.errors += 1
+        return
+    stats.add("settlement (batch full)", reply)
 
 
 async def _drive_app(stack: Any, i: int, deadline: float, stats: Stats, rng: random.Random,

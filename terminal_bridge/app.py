@@ -52,6 +52,12 @@ from .state import REVERSAL_DROP, BatchRecord, PendingReversal, StateStore, Stor
 log = logging.getLogger(__name__)
 
 NETWORK_MESSAGE = "网络异常，请重试"
+#: field 48 of the 0500 counts debits and credits per half in 3 digits (dialect §8): a batch holding
+#: this many of one kind is full and is settled before the next transaction that adds a record
+MAX_BATCH_COUNT = 999
+#: operations that add a debit / a credit to the batch's settlement totals
+_DEBIT_OPS = frozenset({"sale", "qr_sale", "completion"})
+_CREDIT_OPS = frozenset({"void", "refund", "completion_void"})
 REVERSAL_DONE = frozenset(("00", "12", "25"))
 APPROVED = frozenset(("00", "10", "11", "A2", "A4", "A5", "A6"))
 #: field 39 -> what the merchant's screen says (the rest: "交易失败 NN" + the English text of §10)
@@ -419,7 +425,21 @@ class TerminalApp:
             if res is not None and not res.ok:
                 res.operation = op
                 return res
+        if self._batch_full(op):  # like a real terminal: settle the full batch first
+            log.info("batch full, settling first", extra=kv(tid=self.tid, batch=self.state.batch, op=op))
+            res = await self._settle_locked()
+            if not res.ok:
+                return Result(op, False, "BATCH", f"batch full and settlement failed: {res.message}",
+                              display=self.show("批次已满", "请先结算"))
         return None
+
+    def _batch_full(self, op: str) -> bool:
+        """True when ``op`` would add a debit (or credit) to a batch already holding the most field 48 counts."""
+        if op in _DEBIT_OPS:
+            return any(half.debit_count >= MAX_BATCH_COUNT for half in self.totals())
+        if op in _CREDIT_OPS:
+            return any(half.credit_count >= MAX_BATCH_COUNT for half in self.totals())
+        return False
 
     def _host_requests(self, reply: Reply) -> None:
         """Header digit 6 = 3: the host wants a new sign-on (e.g. after a key rotation)."""
@@ -972,45 +992,48 @@ class TerminalApp:
     async def settle(self) -> Result:
         """0500 settlement, then the 0320 batch upload (all records when not balanced, IC records always)."""
         async with self._lock:
-            blocked = await self._prepare("settle")
-            if blocked:
-                return blocked
-            dom, forn = self.totals()
-            doc = self._base("0500", None, "00", "201")
-            doc.update({"48": F.build_settlement_totals(dom, forn), "49": "156",
-                        "63": self.config.operator.ljust(3)})
-            self.save()
-            try:
-                reply = await self.client.exchange(encode(doc))
-                check_reply(doc, reply)
-            except NetworkError as exc:
-                return self._network_failure("settle", exc)
-            except ReplyError as exc:
-                return Result("settle", False, "REPLY", str(exc), display=self.show("结算失败"))
-            self._host_requests(reply)
-            if reply.rc != "00":
-                return Result("settle", False, reply.rc, f"settlement refused: {reply.rc}",
-                              display=self.show("结算失败", reply.rc))
-            try:
-                rdom, rforn = F.parse_settlement_totals(reply.doc.get("48", ""))
-                balanced = rdom.result == "1" and rforn.result == "1"
-            except F.FieldFormatError:
-                balanced = False
-            try:
-                uploaded = await self._batch_upload(balanced)
-            except NetworkError as exc:
-                return self._network_failure("settle", exc, detail={"balanced": balanced})
-            batch = self.state.batch
-            self.state.batch = batch % 999999 + 1
-            self.state.records = []
-            self.save()
-            text = "对账平" if balanced else "对账不平"
-            log.info("batch settled", extra=kv(tid=self.tid, batch=batch, balanced=balanced, uploaded=uploaded))
-            res = Result("settle", True, "00", f"结算完成 {text}", detail={
-                "balanced": balanced, "uploaded": uploaded, "batch": batch,
-                "debit": dom.debit_amount + forn.debit_amount, "credit": dom.credit_amount + forn.credit_amount},
-                display=self.show("结算完成", text))
-            return await self._after(res)
+            return await self._settle_locked()
+
+    async def _settle_locked(self) -> Result:
+        blocked = await self._prepare("settle")
+        if blocked:
+            return blocked
+        dom, forn = self.totals()
+        doc = self._base("0500", None, "00", "201")
+        doc.update({"48": F.build_settlement_totals(dom, forn), "49": "156",
+                    "63": self.config.operator.ljust(3)})
+        self.save()
+        try:
+            reply = await self.client.exchange(encode(doc))
+            check_reply(doc, reply)
+        except NetworkError as exc:
+            return self._network_failure("settle", exc)
+        except ReplyError as exc:
+            return Result("settle", False, "REPLY", str(exc), display=self.show("结算失败"))
+        self._host_requests(reply)
+        if reply.rc != "00":
+            return Result("settle", False, reply.rc, f"settlement refused: {reply.rc}",
+                          display=self.show("结算失败", reply.rc))
+        try:
+            rdom, rforn = F.parse_settlement_totals(reply.doc.get("48", ""))
+            balanced = rdom.result == "1" and rforn.result == "1"
+        except F.FieldFormatError:
+            balanced = False
+        try:
+            uploaded = await self._batch_upload(balanced)
+        except NetworkError as exc:
+            return self._network_failure("settle", exc, detail={"balanced": balanced})
+        batch = self.state.batch
+        self.state.batch = batch % 999999 + 1
+        self.state.records = []
+        self.save()
+        text = "对账平" if balanced else "对账不平"
+        log.info("batch settled", extra=kv(tid=self.tid, batch=batch, balanced=balanced, uploaded=uploaded))
+        res = Result("settle", True, "00", f"结算完成 {text}", detail={
+            "balanced": balanced, "uploaded": uploaded, "batch": batch,
+            "debit": dom.debit_amount + forn.debit_amount, "credit": dom.credit_amount + forn.credit_amount},
+            display=self.show("结算完成", text))
+        return await self._after(res)
 
     async def _send_0320(self, doc: dict[str, str]) -> None:
         self.save()

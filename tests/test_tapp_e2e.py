@@ -199,6 +199,28 @@ async def test_settlement_balanced_uploads_ic_records_and_opens_next_batch(stack
     assert (await app.sign_on()).ok and app.state.batch == batch + 1
 
 
+async def test_a_full_batch_is_settled_before_the_next_sale(stack: Stack, tmp_path: Path, monkeypatch) -> None:
+    """Field 48 counts in 3 digits: like a real terminal, a batch holding the most debits is settled (and
+    uploaded) before the next sale, which then opens the new batch."""
+    import terminal_bridge.app as app_mod
+
+    monkeypatch.setattr(app_mod, "MAX_BATCH_COUNT", 3)
+    app = make_app(stack.port, tmp_path / "t.json", i=1)
+    for amount in (100, 200, 300):
+        assert (await app.sale(amount, card=swipe_of(stack.card("cup", 1)), pin=PIN)).ok
+    batch = app.state.batch
+    s4 = await app.sale(400, card=swipe_of(stack.card("cup", 1)), pin=PIN)
+    assert s4.ok
+    assert app.state.batch == batch + 1  # the full batch was settled first
+    assert [r.amount for r in app.state.records] == [400]
+    host = await stack.journal.batch_totals(app.tid, app.mid, batch)
+    assert (host.domestic.debit_amount, host.domestic.debit_count) == (600, 3)
+    row = await stack.journal.find_by_rrn(app.tid, app.mid, s4.rrn)
+    assert row is not None and int(row.batch) == batch + 1
+    # a void adds a credit: the credit side is far from full, so it stays in the open batch
+    assert (await app.void(s4.stan)).ok and app.state.batch == batch + 1
+
+
 async def test_key_check_value_mismatch_is_refused(stack: Stack, tmp_path: Path) -> None:
     app = make_app(stack.port, tmp_path / "t.json", tmk=testbed.test_tmk(1))  # terminal 0 with terminal 1's TMK
     res = await app.sign_on()
