@@ -259,8 +259,7 @@ async def _authorize(ctx: Context, txn_type: str, mti_up: str | None, amount: in
     if txn_id in svc.reversed_in_flight:  # the terminal reversed it while we waited for the issuer
         svc.reversed_in_flight.discard(txn_id)
         if rc in h2h.APPROVED:
-            await route.link.reverse({**up, "11": resp.get("11", up.get("11", "")), "7": resp.get("7", up.get("7", ""))},
-                                     "98")
+            await route.link.reverse(_as_sent(up, resp), "98")
         await journal.update_state(txn_id, "reversed", response_code=rc)
         return Outcome(RC.ISSUER_TIMEOUT if rc in h2h.APPROVED else rc, txn_id, rrn, route=route)
     if rc in h2h.APPROVED:  # 00, and 10 partial approval (F4 may be lower) / 11 VIP
@@ -284,16 +283,21 @@ async def _authorize(ctx: Context, txn_type: str, mti_up: str | None, amount: in
     return Outcome(rc, txn_id, rrn, auth, resp, route)
 
 
+def _as_sent(up: dict[str, str], resp: dict[str, str] | None) -> dict[str, str]:
+    """``up`` with the STAN (11) and transmission time (7) the link gave it, as the issuer echoed them."""
+    echoed = resp or {}
+    return {**up, "11": echoed.get("11", up.get("11", "")), "7": echoed.get("7", up.get("7", ""))}
+
+
 async def undo_in_doubt(journal: Any, route: Any, up: dict[str, str], resp: dict[str, str] | None, txn_id: int,
                         why: str) -> None:
     """The issuer may have approved ``up`` but the terminal will be told 96 (an unexpected failure after
     the request went upstream, or an approval the journal could not record): queue a 0420 and mark the
     row reversed.  Best effort: if the journal is what failed, the row stays in flight and the next
     start-up's recovery reverses it."""
-    upstream = {**up, "11": (resp or {}).get("11", up.get("11", "")), "7": (resp or {}).get("7", up.get("7", ""))}
     log.error("in-doubt transaction reversed upstream", extra=kv(issuer=route.name, rrn=up.get("37"), why=why))
     try:
-        await route.link.reverse(upstream, RC.SYSTEM_ERROR)
+        await route.link.reverse(_as_sent(up, resp), RC.SYSTEM_ERROR)
         await journal.update_state(txn_id, "reversed", response_code=RC.SYSTEM_ERROR)
     except Exception as exc:
         log.error("in-doubt transaction: reversal not recorded, recovery will retry at start-up",
