@@ -37,6 +37,7 @@ __all__ = [
     "parse_field61",
     "build_field61",
     "SettlementHalf",
+    "MAX_SETTLEMENT_COUNT",
     "parse_settlement_totals",
     "build_settlement_totals",
     "settlement_result",
@@ -228,6 +229,8 @@ class SettlementHalf:
 
 
 _HALF = 31
+#: the most debits (or credits) one half of field 48 can count: 3 digits
+MAX_SETTLEMENT_COUNT = 999
 
 
 def _parse_half(value: str, base: int) -> SettlementHalf:

@@ -25,6 +25,7 @@ import tempfile
 import time
 from typing import Any
 
+from _fastcore.fields import MAX_SETTLEMENT_COUNT
 from switch.logsafe import configure_logging
 
 
@@ -129,7 +130,7 @@ async def _drive(stack: Any, i: int, deadline: float, stats: Stats, rng: random.
 
 #: approvals in a simulated terminal's open batch at which the demo settles it mid-run (field 48 counts
 #: debits and credits in 3 digits; the terminal application does the same by itself)
-_BATCH_FULL = 999
+_BATCH_FULL = MAX_SETTLEMENT_COUNT
 
 
 async def _settle_full_batch(term: Any, stats: Stats) -> None:

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 NETWORK_MESSAGE = "网络异常，请重试"
 #: field 48 of the 0500 counts debits and credits per half in 3 digits (dialect §8): a batch holding
 #: this many of one kind is full and is settled before the next transaction that adds a record
-MAX_BATCH_COUNT = 999
+MAX_BATCH_COUNT = F.MAX_SETTLEMENT_COUNT
 #: operations that add a debit / a credit to the batch's settlement totals
 _DEBIT_OPS = frozenset({"sale", "qr_sale", "completion"})
 _CREDIT_OPS = frozenset({"void", "refund", "completion_void"})
