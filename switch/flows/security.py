@@ -44,15 +44,6 @@ class Security:
         return self._timed("translate_pin", self.hsm.translate_pin_tpk_to_zpk_submit(
             term.pik_under_lmk, zpk_under_lmk, pin_block, pan or "0" * 13))
 
-    async def verify_mac(self, term: Any, data: bytes, mac: bytes) -> bool:
-        return bool(await self.verify_mac_submit(term, data, mac))
-
-    async def generate_mac(self, term: Any, data: bytes) -> bytes:
-        return bytes(await self.generate_mac_submit(term, data))
-
-    async def translate_pin(self, term: Any, zpk_under_lmk: str, pin_block: bytes, pan: str | None) -> bytes:
-        return bytes(await self.translate_pin_submit(term, zpk_under_lmk, pin_block, pan))
-
     async def decrypt_track(self, term: Any, value: str) -> str:
         """Undo the terminal's TDK encryption of a track field (60.3 004, 53.3 = 1; dialect §9.3)."""
         padded, start, block = tdk_block(value)
