@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from switch.logsafe import mask_pan
+from switch.sqlite_wal import WalCheckpointer
 
 from .accounts import Account, account_id_for
 
@@ -134,16 +135,23 @@ class Ledger:
         self._batch = False          # a group-commit transaction is open, its COMMIT is scheduled
         self._batch_loop: asyncio.AbstractEventLoop | None = None  # ... on this loop
         self._waiter: asyncio.Future[None] | None = None  # resolved by that COMMIT (made on demand)
+        self._checkpointer: WalCheckpointer | None = None
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         if self.path != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # checkpoints on a thread of their own: never inside a COMMIT on the event loop
+            self._checkpointer = WalCheckpointer(self.path, name="ledger-checkpoint")
+            self._checkpointer.prepare_writer(self._db)
+            self._checkpointer.start()
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
         if self._batch:
             self._commit_batch()
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         self._db.close()
 
     # -------------------------------------------------------------- group commit
@@ -172,6 +180,8 @@ class Ledger:
         waiter, self._waiter = self._waiter, None
         try:
             self._db.execute("COMMIT")
+            if self._checkpointer is not None:
+                self._checkpointer.after_commit(self._db)
         except Exception as exc:  # the batch is lost: nobody may answer from it
             log.error("ledger_commit_failed", exc_info=True)
             if self._db.in_transaction:

@@ -44,6 +44,7 @@ from switch.journal import (
     TxnRecord,
 )
 from switch.logsafe import kv
+from switch.sqlite_wal import WalCheckpointer
 
 log = logging.getLogger("switch.journal")
 
@@ -192,8 +193,12 @@ class SqliteWriter:
         synchronous: str = "FULL",
         on_commit: Callable[[int, float], None] | None = None,
         name: str = "journal-writer",
+        background_checkpoints: bool = False,
     ) -> None:
         self.path = path
+        #: WAL checkpoints on a thread of their own (:mod:`switch.sqlite_wal`) instead of inside a COMMIT
+        self.checkpointer = (WalCheckpointer(path, name=name + "-checkpoint")
+                             if background_checkpoints and path != ":memory:" else None)
         self.window = max(0.0, group_commit_ms) / 1000.0
         self.max_batch = max_batch
         self.synchronous = synchronous
@@ -209,10 +214,14 @@ class SqliteWriter:
     def start(self, init: Callable[[sqlite3.Connection], Any] | None = None) -> None:
         """Open the connection (and run ``init``, e.g. migrations) synchronously, then start the thread."""
         self._conn = connect(self.path, self.synchronous)
+        if self.checkpointer is not None:
+            self.checkpointer.prepare_writer(self._conn)
         if init is not None:
             init(self._conn)
         self._started = True
         self._thread.start()
+        if self.checkpointer is not None:
+            self.checkpointer.start()
 
     def submit(self, fn: Callable[[sqlite3.Connection], Any]) -> concurrent.futures.Future[Any]:
         """Queue ``fn(conn)`` from any thread; the future resolves after the COMMIT that includes it."""
@@ -237,6 +246,7 @@ class SqliteWriter:
             raise JournalError("journal: store is not started")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
+
         self._queue.put((fn, fut, loop))
         # no shield needed: the thread never looks at an event-loop future before the write, and a
         # cancelled one is skipped when results are handed back (its outcome has no one to go to)
@@ -252,6 +262,8 @@ class SqliteWriter:
         self._started = False
         self._queue.put(_STOP)
         self._thread.join()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -320,6 +332,8 @@ class SqliteWriter:
                     conn.execute("ROLLBACK")
                 outcomes = self._replay(conn, batch, i)
             conn.execute("COMMIT")
+            if self.checkpointer is not None:
+                self.checkpointer.after_commit(conn)
         except Exception as exc:
             log.error("journal commit failed", extra=kv(ops=len(batch), error=str(exc)))
             try:
@@ -460,7 +474,8 @@ class SqliteJournalStore:
     ) -> None:
         self.path = str(path)
         self.writer = SqliteWriter(
-            self.path, group_commit_ms=group_commit_ms, synchronous=synchronous, on_commit=on_commit
+            self.path, group_commit_ms=group_commit_ms, synchronous=synchronous, on_commit=on_commit,
+            background_checkpoints=True,
         )
         self.reader = SqliteReader(self.path)
         self._started = False
