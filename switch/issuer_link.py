@@ -172,7 +172,7 @@ class _LinkProtocol(asyncio.Protocol):
             return
         self._out.append(wire)
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            self._flush_handle = self.link._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_handle = None

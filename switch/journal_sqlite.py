@@ -210,6 +210,7 @@ class SqliteWriter:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._conn: sqlite3.Connection | None = None
         self._started = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the last queue() call
 
     def start(self, init: Callable[[sqlite3.Connection], Any] | None = None) -> None:
         """Open the connection (and run ``init``, e.g. migrations) synchronously, then start the thread."""
@@ -244,7 +245,9 @@ class SqliteWriter:
         """:meth:`run` without the ``await``: the write is queued now; the future resolves after its COMMIT."""
         if not self._started:
             raise JournalError("journal: store is not started")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or not loop.is_running():  # the running loop of this thread, if it is the same
+            loop = self._loop = asyncio.get_running_loop()  # (each call costs a getpid() syscall)
         fut: asyncio.Future[Any] = loop.create_future()
 
         self._queue.put((fn, fut, loop))
