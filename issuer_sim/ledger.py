@@ -142,7 +142,7 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             # checkpoints on a thread of their own: never inside a COMMIT on the event loop
-            self._checkpointer = WalCheckpointer(self.path, name="ledger-checkpoint")
+            self._checkpointer = WalCheckpointer(self.path, name="ledger-checkpoint", owner=self)
             self._checkpointer.prepare_writer(self._db)
             self._checkpointer.start()
         self._db.executescript(_SCHEMA)

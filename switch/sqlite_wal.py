@@ -23,6 +23,7 @@ import logging
 import os
 import sqlite3
 import threading
+import weakref
 
 from switch.logsafe import kv
 
@@ -36,8 +37,10 @@ class WalCheckpointer:
     CHECK_EVERY = 32
 
     def __init__(self, path: str, *, interval: float = 0.02, wal_limit: int = 4 << 20,
-                 name: str = "wal-checkpoint") -> None:
+                 name: str = "wal-checkpoint", owner: object = None) -> None:
         self.path = path
+        #: the object whose database this is: the thread ends by itself once it is garbage (never closed)
+        self._owner = weakref.ref(owner) if owner is not None else None
         self.interval = interval
         self.wal_limit = wal_limit
         self.checkpoints = 0  # by the background thread
@@ -81,6 +84,8 @@ class WalCheckpointer:
         try:
             while True:
                 stopping = self._stop.wait(self.interval)
+                if self._owner is not None and self._owner() is None:
+                    return  # its writer is gone without stop(): nothing more will be written
                 try:
                     st = os.stat(self._wal)
                     if (st.st_size, st.st_mtime_ns) == seen and not stopping:

@@ -116,3 +116,15 @@ def test_issuer_ledger_checkpoints_in_the_background(tmp_path):
     mem = Ledger(":memory:")  # no WAL, no thread
     assert mem._checkpointer is None
     mem.close()
+
+
+def test_checkpointer_of_a_ledger_never_closed_ends_with_it(tmp_path):
+    import gc
+
+    led = Ledger(tmp_path / "ledger.db")
+    thread = led._checkpointer._thread
+    assert thread.is_alive()
+    del led
+    gc.collect()
+    thread.join(5)
+    assert not thread.is_alive()
