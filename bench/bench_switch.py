@@ -1,6 +1,6 @@
 """Switch end to end: HSM, issuer and switch as separate processes, loaded by bench/loadgen.py.
 
-Three runs against one set of processes (``posswitch hsm``, ``posswitch issuer --hsm``, ``posswitch
+Four runs against one set of processes (``posswitch hsm``, ``posswitch issuer --hsm``, ``posswitch
 serve --config``; journal on SQLite ``synchronous = FULL`` with group commit, metrics on):
 
 1. ``switch max``: closed loop, ``--in-flight`` MACed swipe sales with PIN from ``--terminals``
@@ -9,7 +9,10 @@ serve --config``; journal on SQLite ``synchronous = FULL`` with group commit, me
 2. ``ceiling``: the same sales as the switch sends them upstream (H2H 0200, PIN under the ZPK),
    closed loop through ``bench/forwarder.py`` (bare uvloop relay) to the same issuer: the most the
    rest of the system allows.  The switch's throughput is reported as a ratio of it.
-3. ``switch half``: sales paced at half the throughput of run 1 (p99 goal ≤ 5 ms there).
+3. ``ceiling half``: the forwarder chain of run 2 paced at the rate of run 4: the latency floor of
+   the issuer simulator, HSM and load generator (on this 2-core box) at that load, same run.
+4. ``switch half``: sales paced at half the throughput of run 1 (p99 goal ≤ 5 ms there); the table
+   says how many ms the switch adds at p50 and p99 over ``ceiling half``.
 
 A second test keeps the first version of this suite: the whole stack in one process
 (``switch.testbed.Stack``), contactless sales, standard asyncio loop vs uvloop.
@@ -200,7 +203,8 @@ def run_loadgen(args: list[str], timeout: float) -> dict[str, Any]:
 def run(seconds: float = 10.0, warmup: float = 2.0, terminals: int = 8, in_flight: int = 64,
         synchronous: str = "FULL", no_extensions: bool = False, workdir: str | None = None,
         verbose: bool = True) -> dict[str, Any]:
-    """Start the processes, run the three loads, stop everything; returns the three loadgen reports."""
+    """Start the processes, run the four loads, stop everything; returns the four loadgen reports
+    (and ``ratio``, switch max / ceiling throughput)."""
     tmp = tempfile.TemporaryDirectory(prefix="bench_switch-") if workdir is None else None
     wd = Path(workdir or tmp.name)  # type: ignore[union-attr]
     wd.mkdir(parents=True, exist_ok=True)
@@ -240,11 +244,14 @@ def run(seconds: float = 10.0, warmup: float = 2.0, terminals: int = 8, in_fligh
         fwd.wait_line("forwarder listening")
         if verbose:
             print("ceiling: same sales through the bare forwarder to the issuer ...", flush=True)
-        results["ceiling"] = run_loadgen(
-            ["--mode", "h2h", "--port", str(ports["forwarder"]), "--in-flight", str(in_flight),
-             "--stan-start", "300001", "--zpk", ZPK_CLEAR.hex(), "--pid", f"forwarder={fwd.pid}",
-             "--pid", f"hsm={hsm.pid}", "--pid", f"issuer={issuer.pid}", *common], lg_timeout)
-        half = max(1.0, results["switch max"]["tps"] / 2)
+        h2h_args = ["--mode", "h2h", "--port", str(ports["forwarder"]), "--in-flight", str(in_flight),
+                    "--zpk", ZPK_CLEAR.hex(), "--pid", f"forwarder={fwd.pid}", "--pid", f"hsm={hsm.pid}",
+                    "--pid", f"issuer={issuer.pid}", *common]
+        results["ceiling"] = run_loadgen([*h2h_args, "--stan-start", "300001"], lg_timeout)
+        half = max(1.0, results["switch max"]["tps"] / 2)  # both paced runs get this same rate
+        if verbose:
+            print(f"ceiling half: the forwarder chain paced at {half:.0f}/s ...", flush=True)
+        results["ceiling half"] = run_loadgen([*h2h_args, "--rate", str(half), "--stan-start", "450001"], lg_timeout)
         if verbose:
             print(f"switch half: paced at {half:.0f}/s ...", flush=True)
         m0 = _try_scrape(ports["metrics"])
@@ -277,17 +284,27 @@ def _cpu(r: dict[str, Any], name: str) -> str:
     return f"{c['us_per_txn']:.0f}" if c and c["us_per_txn"] is not None else "-"
 
 
+def half_overhead_ms(results: dict[str, Any]) -> tuple[float, float]:
+    """What the switch adds at half load: ``switch half`` minus ``ceiling half`` latency, p50 and p99
+    (the same pacing rate, so the difference is the switch's share; noise can make it negative)."""
+    sw, floor = results["switch half"], results["ceiling half"]
+    return sw["p50_ms"] - floor["p50_ms"], sw["p99_ms"] - floor["p99_ms"]
+
+
 def table(results: dict[str, Any]) -> str:
     head = ("| Run | txn/s | p50 ms | p99 ms | p999 ms | approved | switch µs/sale | HSM µs | issuer µs "
             "| loadgen µs | forwarder µs |")
     rows = [head, "|" + "---|" * 11]
-    for name in ("switch max", "ceiling", "switch half"):
+    for name in ("switch max", "ceiling", "ceiling half", "switch half"):
         r = results[name]
         rows.append(f"| {name} | {r['tps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} "
                     f"| {r['approved']}/{r['txns']} | {_cpu(r, 'switch')} | {_cpu(r, 'hsm')} | {_cpu(r, 'issuer')} "
                     f"| {_cpu(r, 'loadgen')} | {_cpu(r, 'forwarder')} |")
     rows.append(f"\nswitch throughput / ceiling = {results['ratio']:.2f}  "
                 f"(goals: switch CPU <= 40 µs/sale, p99 <= 5 ms at half of max)")
+    d50, d99 = half_overhead_ms(results)
+    rows.append(f"switch half adds {d50:.2f} ms at p50 and {d99:.2f} ms at p99 over the rest of the system "
+                f"at the same rate (ceiling half)")
     for name in ("switch max", "switch half"):
         parts = results[name].get("breakdown_ms")
         if parts:
@@ -297,17 +314,24 @@ def table(results: dict[str, Any]) -> str:
 
 
 def test_switch_end_to_end(benchmark: Any, ratio_table: Any) -> None:
-    """One run of the three loads (BENCH_SWITCH_SECONDS, default 5 s each); prints the table."""
+    """One run of the four loads (BENCH_SWITCH_SECONDS, default 5 s each); prints the table."""
     seconds = float(os.environ.get("BENCH_SWITCH_SECONDS", "5"))
     results = benchmark.pedantic(run, kwargs={"seconds": seconds, "warmup": 1.5, "verbose": False},
                                  rounds=1, iterations=1)
     print("\n" + table(results))
     benchmark.extra_info.update({k: v for k, v in results.items() if k != "ratio"})
+    d50, d99 = half_overhead_ms(results)
+    benchmark.extra_info["switch half adds ms"] = {"p50": round(d50, 3), "p99": round(d99, 3)}
     sw, ceil = results["switch max"]["tps"], results["ceiling"]["tps"]
     if sw and ceil:  # seconds per transaction; ratio printed = switch / ceiling throughput
         ratio_table.record("switch end to end (vs bare forwarder ceiling)", "sale, PIN+MAC, journaled",
                            1.0 / ceil, 1.0 / sw)
-    assert results["switch max"]["approved"] > 0 and results["ceiling"]["approved"] > 0
+    group = "switch half latency (vs ceiling half, same rate)"  # seconds; ratio = floor / switch latency
+    for q in ("p50", "p99"):
+        floor_ms, sw_ms = results["ceiling half"][f"{q}_ms"], results["switch half"][f"{q}_ms"]
+        if floor_ms and sw_ms:
+            ratio_table.record(group, f"{q}, sale, PIN+MAC, journaled", floor_ms / 1e3, sw_ms / 1e3)
+    assert all(results[name]["approved"] > 0 for name in ("switch max", "ceiling", "ceiling half", "switch half"))
 
 
 # ---------------------------------------------------------------- in-process stack, uvloop vs asyncio
