@@ -8,7 +8,9 @@ asyncio server (no extra dependency):
 * ``GET /health``: ``200`` with a JSON body when every registered check passes, else ``503``.
 
 Label sets stay small and bounded: transaction type, response code, issuer name, HSM command.
-Never a PAN, terminal id or merchant id as a label.
+Never a PAN, terminal id or merchant id as a label.  The instruments updated per request on the event
+loop (transactions, their latency, HSM and issuer round trips) are lock-free ones from
+:mod:`switch.loop_metrics`; the rest are prometheus-client's (the journal's is fed from its thread).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from prometheus_client import (
 )
 
 from switch.logsafe import kv
+from switch.loop_metrics import LoopCounter, LoopHistogram
 
 log = logging.getLogger("switch.metrics")
 
@@ -48,15 +51,16 @@ class SwitchMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry(auto_describe=True)
-        self.transactions = Counter(
+        # updated per request on the event-loop thread: lock-free instruments (switch.loop_metrics)
+        self.transactions = LoopCounter(
             "posswitch_transactions", "Transactions answered, by type and response code (39)",
             ["type", "response_code"], registry=r)
-        self.e2e_latency = Histogram(
+        self.e2e_latency = LoopHistogram(
             "posswitch_transaction_seconds", "Request received to reply written, by transaction type",
             ["type"], buckets=LATENCY_BUCKETS, registry=r)
-        self.issuer_latency = Histogram(
+        self.issuer_latency = LoopHistogram(
             "posswitch_issuer_seconds", "Issuer round trip", ["issuer"], buckets=LATENCY_BUCKETS, registry=r)
-        self.hsm_latency = Histogram(
+        self.hsm_latency = LoopHistogram(
             "posswitch_hsm_seconds", "HSM command round trip", ["command"], buckets=FAST_BUCKETS, registry=r)
         self.in_flight = Gauge("posswitch_in_flight", "Requests being processed", registry=r)
         self.connected_terminals = Gauge("posswitch_connected_terminals", "Open terminal connections", registry=r)
