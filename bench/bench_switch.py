@@ -292,12 +292,15 @@ def half_overhead_ms(results: dict[str, Any]) -> tuple[float, float]:
 
 
 def table(results: dict[str, Any]) -> str:
-    head = ("| Run | txn/s | p50 ms | p99 ms | p999 ms | approved | switch µs/sale | HSM µs | issuer µs "
-            "| loadgen µs | forwarder µs |")
-    rows = [head, "|" + "---|" * 11]
+    head = ("| Run | paced at /s | txn/s | late starts | p50 ms | p99 ms | p999 ms | approved | switch µs/sale "
+            "| HSM µs | issuer µs | loadgen µs | forwarder µs |")
+    rows = [head, "|" + "---|" * 13]
     for name in ("switch max", "ceiling", "ceiling half", "switch half"):
         r = results[name]
-        rows.append(f"| {name} | {r['tps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} "
+        paced = f"{r['rate']:.0f}" if r.get("rate") else "closed loop"
+        # late starts: paced starts that found every slot busy (the run fell behind its rate)
+        rows.append(f"| {name} | {paced} | {r['tps']:.0f} | {r.get('late_starts', 0)} | {r['p50_ms']:.2f} "
+                    f"| {r['p99_ms']:.2f} | {r['p999_ms']:.2f} "
                     f"| {r['approved']}/{r['txns']} | {_cpu(r, 'switch')} | {_cpu(r, 'hsm')} | {_cpu(r, 'issuer')} "
                     f"| {_cpu(r, 'loadgen')} | {_cpu(r, 'forwarder')} |")
     rows.append(f"\nswitch throughput / ceiling = {results['ratio']:.2f}  "
