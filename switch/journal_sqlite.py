@@ -136,11 +136,10 @@ JOURNAL_MIGRATIONS: list[tuple[int, list[str]]] = [
     (
         6,
         [
-            # fewer indexes to maintain per sale (each one is B-tree work and a WAL page per write):
-            # - txn_rrn: no query of the switch needs it (find_by_rrn uses txn_term_rrn; the daily
-            #   max_rrn_with_prefix scans the covering txn_term_rrn instead; `posswitch terminals txns --rrn`
-            #   without --terminal/--merchant now scans the table)
-            "DROP INDEX IF EXISTS txn_rrn",
+            # fewer indexes to maintain per sale (each one is B-tree work and WAL pages per commit).
+            # txn_rrn stays: max_rrn_with_prefix (start-up and the first RRN of each day, on the event
+            # loop) seeks it (a digit-only LIKE prefix is indexable) instead of scanning all rows, and
+            # `posswitch terminals txns --rrn` uses it.
             # - txn_batch folded into txn_trace: lookups by trace give all four columns; batch totals and
             #   mark_settled use its (terminal_id, merchant_id, batch) prefix
             "DROP INDEX IF EXISTS txn_batch",
