@@ -20,6 +20,7 @@ from switch.journal import (
     JournalError,
     TxnRecord,
 )
+from switch.journal_sqlite import JOURNAL_MIGRATIONS
 
 KEY = bytes(range(32))
 PAN = "6212345678901234567"
@@ -317,7 +318,8 @@ async def test_migrations_are_idempotent(tmp_path: Path) -> None:
         await j.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT version FROM schema_version WHERE component='journal'").fetchone() == (5,)
+        assert conn.execute("SELECT version FROM schema_version WHERE component='journal'").fetchone() == (
+            JOURNAL_MIGRATIONS[-1][0],)
         assert conn.execute("SELECT COUNT(*) FROM txn").fetchone() == (3,)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
