@@ -447,13 +447,16 @@ class Journal:
         return self.store.update(txn_id, fields)
 
     async def commit_approval(
-        self, txn_id: int, rrn: str, auth_code: str, response_code: str = "00", **fields: Any
+        self, txn_id: int, rrn: str | None, auth_code: str, response_code: str = "00", **fields: Any
     ) -> None:
-        """Record an approval durably; call it before writing the approving reply to the terminal."""
+        """Record an approval durably; call it before writing the approving reply to the terminal.
+
+        ``rrn=None`` leaves the row's RRN as it is (the row was recorded with it): the UPDATE then touches
+        no RRN index entry."""
         await self.commit_approval_soon(txn_id, rrn, auth_code, response_code, **fields)
 
     def commit_approval_soon(
-        self, txn_id: int, rrn: str, auth_code: str, response_code: str = "00", **fields: Any
+        self, txn_id: int, rrn: str | None, auth_code: str, response_code: str = "00", **fields: Any
     ) -> Awaitable[None]:
         """:meth:`commit_approval` queued now: await the result (before replying) for the COMMIT.
 
@@ -463,7 +466,8 @@ class Journal:
         if "state" in fields:
             raise TypeError("commit_approval() got multiple values for keyword argument 'state'")
         fields["state"] = APPROVED
-        fields["rrn"] = rrn
+        if rrn is not None:
+            fields["rrn"] = rrn
         fields["auth_code"] = auth_code
         fields["response_code"] = response_code
         pending = self._update(txn_id, APPROVED, fields)

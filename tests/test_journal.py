@@ -72,6 +72,16 @@ async def test_approval_is_durable_before_the_call_returns(journal: Journal, tmp
     assert row[5] is not None
 
 
+async def test_approval_without_rrn_keeps_the_recorded_one(journal: Journal, tmp_path: Path) -> None:
+    """The sale path records the RRN with the row and approves with ``rrn=None``: the UPDATE leaves it."""
+    rrn = journal.next_rrn()
+    txn_id = await journal.record(sale(rrn=rrn, state="sent"))
+    await journal.commit_approval(txn_id, None, "654321")
+    row = await journal.get(txn_id)
+    assert (row.state, row.rrn, row.auth_code) == ("approved", rrn, "654321")
+    assert await journal.find_by_rrn(TID, MID, rrn) is not None
+
+
 async def test_no_clear_pan_track_or_pin_block_on_disk(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     j = await Journal.open(str(path), KEY)

@@ -267,8 +267,8 @@ async def _authorize(ctx: Context, txn_type: str, mti_up: str | None, amount: in
         if rc == RC.PARTIAL and resp.get("4", "").isdigit():
             extra["amount"] = int(resp["4"])
         try:
-            committed = journal.commit_approval_soon(
-                txn_id, rrn=rrn, auth_code=auth, response_code=rc,
+            committed = journal.commit_approval_soon(  # rrn=None: the row holds it since record()
+                txn_id, rrn=None, auth_code=auth, response_code=rc,
                 upstream_ref=f"{resp.get('11', '')}|{resp.get('7', '')}", **extra)
             if defer_commit:  # queued now; the dispatcher awaits it before the reply is written (96 if it fails)
                 wait_before_reply(ctx, committed)
