@@ -373,6 +373,11 @@ class Journal:
         """True while the store accepts writes (for ``/health``)."""
         return self.store.is_healthy()
 
+    def wal_bytes(self) -> int | None:
+        """Size of the store's write-ahead log, None for a store without one."""
+        size = getattr(self.store, "wal_bytes", None)
+        return size() if size is not None else None
+
     @property
     def commit_count(self) -> int:
         """How many COMMITs the store has issued (group commit makes this far below the write count)."""

@@ -77,6 +77,9 @@ class SwitchMetrics:
             "posswitch_journal_commit_seconds", "Journal group commit duration", buckets=FAST_BUCKETS, registry=r)
         self.journal_commit_writes = Histogram(
             "posswitch_journal_commit_writes", "Writes per journal commit", buckets=BATCH_BUCKETS, registry=r)
+        self.journal_wal_bytes = Gauge(
+            "posswitch_journal_wal_bytes", "Size of the journal's write-ahead log file (read at scrape time)",
+            registry=r)
         self.rejected_frames = Counter(
             "posswitch_rejected_frames", "Frames or messages refused, by reason", ["reason"], registry=r)
         self.mac_failures = Counter("posswitch_mac_failures", "Request MACs that did not verify", registry=r)
@@ -113,9 +116,12 @@ class SwitchMetrics:
         return hook
 
     def watch_journal(self, journal: Any) -> None:
-        """Feed the journal commit histograms and add a ``journal`` health check (writer alive)."""
+        """Feed the journal commit histograms, add a ``journal`` health check (writer alive) and the WAL
+        size gauge (a store with a write-ahead log)."""
         journal.set_commit_hook(self.journal_commit_hook())
         self.set_health_check("journal", journal.is_healthy)
+        if getattr(journal, "wal_bytes", None) is not None and journal.wal_bytes() is not None:
+            self.journal_wal_bytes.set_function(journal.wal_bytes)
 
     def set_health_check(self, name: str, check: HealthCheck) -> None:
         """Register a check (sync or async, returns True when healthy) shown by ``/health``."""

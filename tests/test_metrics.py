@@ -186,3 +186,20 @@ async def test_a_queue_left_by_a_previous_process_shows_at_start(tmp_path: Path)
         await link.close()
         await j.close()
         await m.stop()
+
+
+async def test_journal_wal_size_is_read_at_scrape_time(tmp_path: Path) -> None:
+    import os
+
+    m = SwitchMetrics()
+    j = await Journal.open(str(tmp_path / "w.db"), b"k" * 32)
+    m.watch_journal(j)
+    try:
+        await asyncio.gather(*(j.record(dict(terminal_id="00000001", merchant_id="898310048140001",
+                                             txn_type="sale", amount=1)) for _ in range(50)))
+        wal = os.path.getsize(str(tmp_path / "w.db-wal"))
+        assert wal > 0
+        assert samples(m.exposition())[("posswitch_journal_wal_bytes", ())] == wal
+    finally:
+        await j.close()
+    assert samples(m.exposition())[("posswitch_journal_wal_bytes", ())] == 0  # closed: the WAL is gone
