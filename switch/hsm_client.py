@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -284,9 +285,20 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+#: command -> the reply code that answers it (second letter + 1: ``M8`` -> ``b"M9"``)
+_REPLY_CODES: dict[str, bytes] = {}
+
+
+def _reply_code(command: str) -> bytes:
+    code = _REPLY_CODES.get(command)
+    if code is None:
+        code = _REPLY_CODES[command] = (command[:1] + chr(ord(command[1]) + 1)).encode("latin-1")
+    return code
+
+
 def _split_reply(command: str, reply: bytes) -> tuple[str, bytes]:
     """``(error_code, fields)`` of a raw reply, after checking it answers ``command``."""
-    if reply[:1] != command[:1].encode("latin-1") or reply[1:2] != chr(ord(command[1]) + 1).encode("latin-1"):
+    if reply[:2] != _reply_code(command):
         raise HsmError("PR", command, f"unexpected reply code {reply[:2].decode('latin-1')!r}")
     return reply[2:4].decode("latin-1"), reply[4:]
 
@@ -319,20 +331,38 @@ class PendingReply:
     them one after the other costs one wake-up.  Call :meth:`discard` if the result is not wanted.
     """
 
-    __slots__ = ("_fut", "_command", "_ok", "_parse")
+    __slots__ = ("_fut", "_command", "_ok", "_parse", "_observer", "_t0")
 
     def __init__(self, fut: asyncio.Future[bytes], command: str, ok: tuple[str, ...], parse: Any) -> None:
         self._fut = fut
         self._command = command
         self._ok = ok
         self._parse = parse
+        self._observer: Any = None
+
+    def observe_with(self, observer: Any, t0: float) -> PendingReply:
+        """When awaited, ``observer.observe(seconds since t0)`` (a histogram child), success or not."""
+        self._observer = observer
+        self._t0 = t0
+        return self
 
     def __await__(self) -> Any:
-        reply = yield from self._fut.__await__()
-        err, fields = _split_reply(self._command, reply)
+        if self._observer is None:
+            return self._result((yield from self._fut.__await__()))
+        try:
+            return self._result((yield from self._fut.__await__()))
+        finally:
+            self._observer.observe(time.perf_counter() - self._t0)
+
+    def _result(self, reply: bytes) -> Any:
+        command = self._command
+        code = _REPLY_CODES.get(command) or _reply_code(command)
+        if reply[:2] != code:
+            raise HsmError("PR", command, f"unexpected reply code {reply[:2].decode('latin-1')!r}")
+        err = reply[2:4].decode("latin-1")
         if err not in self._ok:
-            raise HsmError(err, self._command)
-        return self._parse(err, fields)
+            raise HsmError(err, command)
+        return self._parse(err, reply[4:])
 
     def discard(self) -> None:
         """Not awaited after all: retrieve a failure quietly when it comes."""

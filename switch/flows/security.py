@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from _fastcore.fields import tdk_block, tdk_replace
+from switch.hsm_client import PendingReply
 
 
 class Security:
@@ -27,20 +28,28 @@ class Security:
                 child = self._children[command] = m.hsm_latency.labels(command)
             child.observe(time.perf_counter() - t0)
 
-    def _timed(self, command: str, pending: Any) -> TimedReply:
+    def _timed(self, command: str, pending: Any) -> Any:
+        m = self.metrics
+        if m is None:  # nothing to observe: the client's own awaitable as it is
+            return pending
+        if type(pending) is PendingReply:  # the client's reply observes itself: no wrapper per command
+            child = self._children.get(command)
+            if child is None:
+                child = self._children[command] = m.hsm_latency.labels(command)
+            return pending.observe_with(child, time.perf_counter())
         return TimedReply(pending, command, time.perf_counter(), self)
 
     # Each ``*_submit`` sends its command at once and returns an awaitable (with ``discard()``):
     # commands submitted back to back share one write to the HSM and come back in one read.
-    def verify_mac_submit(self, term: Any, data: bytes, mac: bytes) -> TimedReply:
+    def verify_mac_submit(self, term: Any, data: bytes, mac: bytes) -> Any:
         return self._timed("verify_mac", self.hsm.verify_mac_submit(
             term.mak_under_lmk, data, mac, algorithm=term.mac_algorithm))
 
-    def generate_mac_submit(self, term: Any, data: bytes) -> TimedReply:
+    def generate_mac_submit(self, term: Any, data: bytes) -> Any:
         return self._timed("generate_mac", self.hsm.generate_mac_submit(
             term.mak_under_lmk, data, algorithm=term.mac_algorithm))
 
-    def translate_pin_submit(self, term: Any, zpk_under_lmk: str, pin_block: bytes, pan: str | None) -> TimedReply:
+    def translate_pin_submit(self, term: Any, zpk_under_lmk: str, pin_block: bytes, pan: str | None) -> Any:
         return self._timed("translate_pin", self.hsm.translate_pin_tpk_to_zpk_submit(
             term.pik_under_lmk, zpk_under_lmk, pin_block, pan or "0" * 13))
 
@@ -63,7 +72,8 @@ class Security:
 
 
 class TimedReply:
-    """An HSM command in flight whose latency is observed when it is awaited."""
+    """An HSM command in flight whose latency is observed when it is awaited (for an HSM object
+    whose ``*_submit`` does not return a :class:`~switch.hsm_client.PendingReply`)."""
 
     __slots__ = ("_pending", "_command", "_t0", "_security")
 
