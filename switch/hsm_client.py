@@ -147,6 +147,20 @@ def _key_len_flag(key: str) -> str:
     return {"U": "1", "X": "1", "T": "2", "Y": "2"}.get(key[:1].upper(), "0")
 
 
+#: (mode, key, algorithm, padding, key type) -> the M6/M8 fields before the message length
+_MAC_PREFIXES: dict[tuple[str, str, str, str | None, str], bytes] = {}
+_MAC_PREFIXES_MAX = 4096
+
+
+def _mac_prefix(mode: str, tak: str, algorithm: str, padding: str | None, key_type: str) -> bytes:
+    try:
+        alg, default_pad = MAC_ALGORITHMS[algorithm.lower()]
+    except KeyError:
+        raise ValueError(f"unknown MAC algorithm {algorithm!r}; one of {sorted(MAC_ALGORITHMS)}") from None
+    pad = default_pad if padding is None else padding
+    return f"{mode}0{alg}{pad}{_key_type_code(key_type)}{tak}".encode()
+
+
 def _hexb(data: bytes) -> bytes:
     return data.hex().upper().encode()
 
@@ -711,12 +725,14 @@ class HsmClient:
 
     # -- MAC -------------------------------------------------------------------------------------
     def _mac_body(self, mode: str, tak: str, data: bytes, algorithm: str, padding: str | None, key_type: str) -> bytes:
-        try:
-            alg, default_pad = MAC_ALGORITHMS[algorithm.lower()]
-        except KeyError:
-            raise ValueError(f"unknown MAC algorithm {algorithm!r}; one of {sorted(MAC_ALGORITHMS)}") from None
-        pad = default_pad if padding is None else padding
-        return f"{mode}0{alg}{pad}{_key_type_code(key_type)}{tak}{len(data):04X}".encode() + data
+        key = (mode, tak, algorithm, padding, key_type)
+        prefix = _MAC_PREFIXES.get(key)
+        if prefix is None:  # once per terminal MAK: the fields before the length do not change
+            prefix = _mac_prefix(mode, tak, algorithm, padding, key_type)
+            if len(_MAC_PREFIXES) >= _MAC_PREFIXES_MAX:  # MAKs change at sign-on: keep the cache bounded
+                _MAC_PREFIXES.clear()
+            _MAC_PREFIXES[key] = prefix
+        return prefix + b"%04X" % len(data) + data
 
     async def generate_mac(
         self, tak: str, data: bytes, *, algorithm: str = "pos-ecb", padding: str | None = None, key_type: str = "TAK"

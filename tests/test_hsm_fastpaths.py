@@ -17,8 +17,18 @@ from hypothesis import strategies as st
 
 from hsm_sim.lmk import encrypt_under_lmk
 from hsm_sim.server import start_hsm
+from switch import hsm_client
 from switch.flows.security import Security, TimedReply
-from switch.hsm_client import HsmClient, HsmError, PendingReply, _is_ok, _mac_ascii, _split_reply
+from switch.hsm_client import (
+    MAC_ALGORITHMS,
+    HsmClient,
+    HsmError,
+    PendingReply,
+    _is_ok,
+    _key_type_code,
+    _mac_ascii,
+    _split_reply,
+)
 from switch.metrics import SwitchMetrics
 
 
@@ -133,3 +143,46 @@ async def test_security_without_metrics_returns_the_client_reply() -> None:
     pending = Security(Hsm()).generate_mac_submit(_Term, b"x")
     assert type(pending) is PendingReply
     assert await pending == b"ABCDEFGH"
+
+
+def _mac_body_general(mode: str, tak: str, data: bytes, algorithm: str, padding: str | None, key_type: str) -> bytes:
+    """M6/M8 fields as they were built per command before the prefix cache."""
+    try:
+        alg, default_pad = MAC_ALGORITHMS[algorithm.lower()]
+    except KeyError:
+        raise ValueError(f"unknown MAC algorithm {algorithm!r}; one of {sorted(MAC_ALGORITHMS)}") from None
+    pad = default_pad if padding is None else padding
+    return f"{mode}0{alg}{pad}{_key_type_code(key_type)}{tak}{len(data):04X}".encode() + data
+
+
+def _body_outcome(fn, *args):
+    try:
+        return ("ok", fn(*args))
+    except ValueError as exc:
+        return ("error", str(exc))
+
+
+@given(
+    st.sampled_from(["0", "1", "2", "3"]),
+    st.sampled_from(["0123456789ABCDEF", "U" + "AB" * 16, "T" + "CD" * 24]),
+    st.binary(max_size=600),
+    st.sampled_from([*MAC_ALGORITHMS, "POS-ECB", "X9.19", "nope"]),
+    st.sampled_from([None, "0", "1", "2"]),
+    st.sampled_from(["TAK", "MAK", "ZAK", "tak", "003", "BAD-TYPE"]),
+)
+def test_mac_body_equals_the_general_form(mode, tak, data, algorithm, padding, key_type) -> None:
+    client = HsmClient("127.0.0.1", 1)
+    expected = _body_outcome(_mac_body_general, mode, tak, data, algorithm, padding, key_type)
+    assert _body_outcome(client._mac_body, mode, tak, data, algorithm, padding, key_type) == expected
+    assert _body_outcome(client._mac_body, mode, tak, data, algorithm, padding, key_type) == expected  # cached
+
+
+def test_mac_prefix_cache_stays_bounded(monkeypatch) -> None:
+    monkeypatch.setattr(hsm_client, "_MAC_PREFIXES_MAX", 8)
+    hsm_client._MAC_PREFIXES.clear()
+    client = HsmClient("127.0.0.1", 1)
+    for i in range(50):
+        tak = f"{i:016X}"
+        assert client._mac_body("0", tak, b"abc", "pos-ecb", None, "TAK") == _mac_body_general(
+            "0", tak, b"abc", "pos-ecb", None, "TAK")
+        assert len(hsm_client._MAC_PREFIXES) <= 8
