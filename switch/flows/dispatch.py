@@ -26,6 +26,20 @@ _PIN_FLOWS = frozenset({"sale", "balance", "preauth", "completion", "void", "pre
                         "refund"})
 
 
+def _mac_input(reply: dict[str, str]) -> bytes:
+    """MAC input of ``reply`` encoded with field 64 (zeros until the HSM computed it): the reply
+    body is this plus the 8 MAC bytes.  Field 64 is set in place for the encode (no dict copy)."""
+    had = reply.get("64")
+    reply["64"] = "0000000000000000"
+    try:
+        return wire.mac_input(wire.encode(reply))
+    finally:
+        if had is None:
+            del reply["64"]
+        else:
+            reply["64"] = had
+
+
 @dataclass(slots=True)
 class Services:
     """Everything a flow may use; built once by the server."""
@@ -127,7 +141,6 @@ class Processor:
 
     async def _run(self, ctx: Context, entry: Entry, term: Any) -> tuple[bytes, int, Context]:
         svc, req = self.services, ctx.req
-        tid, mid = req.get("41"), req.get("42")
         if entry.maced:
             if not term.mak_under_lmk or not term.signed_on:  # never signed on, or signed off
                 ctx.fail(RC.MAC_ERROR)
@@ -143,12 +156,14 @@ class Processor:
                     mac_ok = await check
             except Exception as exc:  # HSM down or erroring: nothing is forwarded
                 self._drop_prefetch(ctx)
-                log.warning("MAC check failed in the HSM", extra=kv(tid=tid, stan=req.get("11"), error=str(exc)))
+                log.warning("MAC check failed in the HSM", extra=kv(tid=req.get("41"), stan=req.get("11"),
+                                                                    error=str(exc)))
                 ctx.fail(RC.SYSTEM_ERROR)
                 return self._finish(ctx, None)
             if not mac_ok:
                 self._drop_prefetch(ctx)
-                log.warning("bad MAC", extra=kv(tid=tid, mid=mid, stan=req.get("11"), mti=req["t"]))
+                log.warning("bad MAC", extra=kv(tid=req.get("41"), mid=req.get("42"), stan=req.get("11"),
+                                                mti=req["t"]))
                 if svc.metrics is not None:
                     svc.metrics.mac_failures.inc()
                 ctx.fail(RC.MAC_ERROR)
@@ -158,7 +173,8 @@ class Processor:
         try:
             await entry.flow(ctx)
         except Exception:
-            log.exception("flow failed", extra=kv(tid=tid, mid=mid, stan=req.get("11"), type=entry.txn_type))
+            log.exception("flow failed", extra=kv(tid=req.get("41"), mid=req.get("42"), stan=req.get("11"),
+                                                  type=entry.txn_type))
             ctx.fail(RC.SYSTEM_ERROR)
         self._drop_prefetch(ctx)
         if term.resign_required and not ctx.processing_request:
@@ -166,12 +182,12 @@ class Processor:
         if ctx.mac_reply and ctx.reply.get("39") != RC.MAC_ERROR:
             # The reply MAC is computed while the approval's journal commit (already queued by the
             # flow) completes; the reply leaves only when both are done (a 96 if the commit failed).
-            body_out = wire.encode({**ctx.reply, "64": "0" * 16})
-            reply_mac = await self._reply_mac(ctx, term, body_out)
+            mac_in = _mac_input(ctx.reply)
+            reply_mac = await self._reply_mac(ctx, term, mac_in)
             if ctx.before_reply and not await self._before_reply(ctx):
-                body_out = wire.encode({**ctx.reply, "64": "0" * 16})
-                reply_mac = await self._reply_mac(ctx, term, body_out)
-            return self._finish(ctx, body_out[:-8] + reply_mac)
+                mac_in = _mac_input(ctx.reply)
+                reply_mac = await self._reply_mac(ctx, term, mac_in)
+            return self._finish(ctx, mac_in + reply_mac)
         if ctx.before_reply:
             await self._before_reply(ctx)
         return self._finish(ctx, None)
@@ -206,9 +222,9 @@ class Processor:
             ctx.pin_prefetch[3].discard()
             ctx.pin_prefetch = None
 
-    async def _reply_mac(self, ctx: Context, term: Any, body_out: bytes) -> bytes:
+    async def _reply_mac(self, ctx: Context, term: Any, mac_in: bytes) -> bytes:
         try:
-            return bytes(await self.services.security.generate_mac_submit(term, wire.mac_input(body_out)))
+            return bytes(await self.services.security.generate_mac_submit(term, mac_in))
         except Exception as exc:
             # No MAC: a terminal checks the MAC of an approval, finds it wrong and reverses the
             # transaction (0400, 39 = A0), which undoes it upstream; that is the safe outcome.
