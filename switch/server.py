@@ -156,7 +156,7 @@ class SwitchServer:
             if ctx is not None:
                 await self.processor.undelivered(ctx)
             return
-        conn.write(wire.frame_bytes(wire.swap_tpdu(frame.tpdu), wire.reply_header(frame.header, pr), body))
+        conn.write(wire.reply_frame(frame.tpdu, frame.header, pr, body))
 
     def _malformed(self, conn: TerminalProtocol, frame: wire.Frame, offset: int, exc: BaseException) -> None:
         field = getattr(exc, "field", "?")

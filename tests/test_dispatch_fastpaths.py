@@ -1,5 +1,8 @@
 """Dispatch and reply-framing fast paths give the bytes the general forms give.
 
+``wire.reply_frame`` caches the reply TPDU + header per (TPDU, header, digit 6); it must frame
+exactly as ``frame_bytes(swap_tpdu(tpdu), reply_header(header, pr), body)`` and fail the same way.
+
 ``dispatch._mac_input`` encodes the reply once with a zero field 64 set in place (no dict copy);
 the reply body is its result plus the MAC, as ``encode({**reply, "64": zeros})[:-8] + mac`` was.
 """
@@ -11,6 +14,7 @@ from hypothesis import strategies as st
 
 from switch.flows import wire
 from switch.flows.dispatch import _mac_input
+from switch.flows.wire import frame_bytes, reply_frame, reply_header, swap_tpdu
 
 _DIGITS = "0123456789"
 _ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 "
@@ -60,3 +64,25 @@ def test_mac_input_equals_the_copied_reply_encode(reply: dict[str, str], mac: by
     got = _outcome(lambda: (_mac_input(reply), _mac_input(reply) + mac))
     assert got == expected
     assert reply == before and list(reply) == list(before)  # the reply dict is left as it was
+
+
+@given(
+    st.one_of(st.binary(min_size=5, max_size=5).map(lambda b: b"\x60" + b[1:]), st.binary(max_size=6)),
+    st.one_of(st.binary(min_size=6, max_size=6), st.binary(max_size=7)),
+    st.integers(min_value=0, max_value=15),
+    st.one_of(st.binary(max_size=300), st.just(b"\x00" * (0xFFFF - 11)), st.just(b"\x00" * (0xFFFF - 10))),
+)
+def test_reply_frame_equals_the_general_framing(tpdu: bytes, header: bytes, pr: int, body: bytes) -> None:
+    expected = _outcome(lambda: frame_bytes(swap_tpdu(tpdu), reply_header(header, pr), body))
+    assert _outcome(reply_frame, tpdu, header, pr, body) == expected
+    assert _outcome(reply_frame, tpdu, header, pr, body) == expected  # from the cache
+
+
+def test_reply_frame_cache_stays_bounded(monkeypatch) -> None:
+    monkeypatch.setattr(wire, "_REPLY_PREFIXES_MAX", 4)
+    wire._REPLY_PREFIXES.clear()
+    for i in range(40):
+        tpdu, header = bytes([0x60, 0, i, 0, 3]), bytes([0x60, 0x31, 0, 0, 0, i])
+        assert reply_frame(tpdu, header, i % 16, b"body") == frame_bytes(
+            swap_tpdu(tpdu), reply_header(header, i % 16), b"body")
+        assert len(wire._REPLY_PREFIXES) <= 4

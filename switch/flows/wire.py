@@ -156,6 +156,30 @@ def frame_bytes(tpdu: bytes, header: bytes, body: bytes) -> bytes:
     return framing.build_frame(body, tpdu, header)
 
 
+#: (request TPDU, request header, processing request) -> reply TPDU + reply header
+_REPLY_PREFIXES: dict[tuple[bytes, bytes, int], bytes] = {}
+_REPLY_PREFIXES_MAX = 4096
+
+
+def reply_frame(tpdu: bytes, header: bytes, processing_request: int, body: bytes) -> bytes:
+    """``frame_bytes(swap_tpdu(tpdu), reply_header(header, processing_request), body)``.
+
+    A terminal sends the same TPDU and header on every request: the reply TPDU and header are
+    built once per (TPDU, header, digit 6) and cached (bounded).
+    """
+    key = (tpdu, header, processing_request)
+    prefix = _REPLY_PREFIXES.get(key)
+    if prefix is None:
+        prefix = swap_tpdu(tpdu) + reply_header(header, processing_request)
+        if len(_REPLY_PREFIXES) >= _REPLY_PREFIXES_MAX:
+            _REPLY_PREFIXES.clear()
+        _REPLY_PREFIXES[key] = prefix
+    n = len(prefix) + len(body)
+    if n > 0xFFFF:  # too long: the general form raises its error
+        return frame_bytes(swap_tpdu(tpdu), reply_header(header, processing_request), body)
+    return n.to_bytes(2, "big") + prefix + body
+
+
 def mac_input(body: bytes) -> bytes:
     """MAC input of an encoded body whose last field is 64: MTI .. end of field 63."""
     return body[:-8]
