@@ -545,6 +545,11 @@ class SqliteJournalStore:
         params = _record_values(rec)
         return await self.writer.run(lambda c: c.execute(_INSERT_SQL, params).lastrowid)
 
+    def insert_values(self, params: tuple[Any, ...]) -> asyncio.Future[int]:
+        """Queue the INSERT of a row given as its values in ``COLUMNS`` order (checked by the journal);
+        await the returned future for the new id after its COMMIT."""
+        return self.writer.queue(lambda c: c.execute(_INSERT_SQL, params).lastrowid)
+
     def update(self, txn_id: int, fields: Mapping[str, Any]) -> asyncio.Future[None]:
         """Queue the UPDATE now; await the returned future for its COMMIT."""
         cols = tuple(fields)
