@@ -185,6 +185,13 @@ _CHECKED_VALUES: tuple[tuple[str, frozenset[Any]], ...] = (
 _CHECKED_COMBINATIONS: frozenset[tuple[Any, ...]] = frozenset(itertools.product(*(a for _, a in _CHECKED_VALUES)))
 
 
+#: columns an update may set that ``_prepare`` never looks at (no STAN, batch, checked value or trace key):
+#: an update of only these and a valid ``state`` (an approval, a decline) needs no ``_prepare``
+_PLAIN_UPDATE_COLUMNS: frozenset[str] = (
+    _COLUMN_SET - {"stan", "batch", "terminal_id", "merchant_id"} - {name for name, _ in _CHECKED_VALUES}
+) | {"state"}
+
+
 def _check_fields(fields: Mapping[str, Any]) -> None:
     if not _COLUMN_SET.issuperset(fields):  # no forbidden name is a column: one check when all is well
         for key in sorted(fields.keys() - _COLUMN_SET):
@@ -475,10 +482,11 @@ class Journal:
 
     def _update(self, txn_id: int, state: str, fields: dict[str, Any]) -> Any:
         """``update_state`` with ``fields`` (a dict of our own, ``state`` included) already built."""
-        fields = self._prepare(fields)
-        if "stan" in fields or "terminal_id" in fields or "merchant_id" in fields:
-            if fields.get("stan") or fields.get("terminal_id") or fields.get("merchant_id"):
-                self._traces = _widen(self._traces, fields)
+        if not (type(state) is str and state in STATES and _PLAIN_UPDATE_COLUMNS.issuperset(fields)):
+            fields = self._prepare(fields)  # (with only plain columns and a known state it has nothing to do)
+            if "stan" in fields or "terminal_id" in fields or "merchant_id" in fields:
+                if fields.get("stan") or fields.get("terminal_id") or fields.get("merchant_id"):
+                    self._traces = _widen(self._traces, fields)
         now = time.time()
         fields["updated_at"] = now
         if state == APPROVED and "approved_at" not in fields:
@@ -510,6 +518,8 @@ class Journal:
         fields["auth_code"] = auth_code
         fields["response_code"] = response_code
         pending = self._update(txn_id, APPROVED, fields)
+        if isinstance(pending, asyncio.Future):  # the SQLite store's (asyncio.iscoroutine costs more)
+            return pending
         return asyncio.ensure_future(pending) if asyncio.iscoroutine(pending) else pending
 
     # -- lookups ----------------------------------------------------------------------------------------

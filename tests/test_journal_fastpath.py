@@ -2,7 +2,7 @@
 
 ``Journal.record`` of a dict fills ``TxnRecord``'s defaults into the dict and hands the store a tuple
 (``insert_values``) instead of building a ``TxnRecord``; ``_check_fields`` checks the four enumerated
-values with one set lookup.
+values with one set lookup; an update of plain columns (an approval, a decline) skips ``_prepare``.
 Each is compared here with the general path on random (also odd) input: same error, or the same row.
 """
 
@@ -37,7 +37,8 @@ class _NoTupleStore(SqliteJournalStore):
 
 class _Bench:
     """Three journals on one loop: ``fast`` (as shipped), ``fallback`` (no ``insert_values``) and ``ref``
-    (the general path: ``_prepare`` of a copy, ``TxnRecord(**fields)``, the per-value check loop)."""
+    (the general path: ``_prepare`` of a copy, ``TxnRecord(**fields)``, the per-value check loop, and
+    ``_prepare`` on every update)."""
 
     def __init__(self, root: Path) -> None:
         self.loop = asyncio.new_event_loop()
@@ -177,9 +178,10 @@ _update_fields = st.fixed_dictionaries(
 
 
 def _ref_mode(bench: _Bench) -> pytest.MonkeyPatch:
-    """The general path: the per-value check loop."""
+    """The general path: the per-value check loop and ``_prepare`` on every update."""
     m = pytest.MonkeyPatch()
     m.setattr(J, "_CHECKED_COMBINATIONS", frozenset())
+    m.setattr(J, "_PLAIN_UPDATE_COLUMNS", frozenset())
     return m
 
 
