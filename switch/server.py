@@ -35,7 +35,8 @@ class SwitchServer:
         processor.max_total_in_flight = self.limits.max_total_in_flight
         self.metrics = metrics
         self.connections: set[TerminalProtocol] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
+        #: request tasks in flight -> their connection (no attribute set on each Task: that costs a dict)
+        self.tasks: dict[asyncio.Task[None], TerminalProtocol] = {}
         if metrics is not None:  # read at scrape time: no gauge update per request
             metrics.in_flight.set_function(lambda: len(self.tasks))
         self.draining = False
@@ -123,13 +124,11 @@ class SwitchServer:
         conn.request_started()
         loop = self._loop or asyncio.get_running_loop()
         task = loop.create_task(self._handle(conn, frame, offset))
-        self.tasks.add(task)
+        self.tasks[task] = conn
         task.add_done_callback(self._task_done)
-        task.conn = conn  # type: ignore[attr-defined]
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        task.conn.request_done()  # type: ignore[attr-defined]
+        self.tasks.pop(task).request_done()
 
     async def _handle(self, conn: TerminalProtocol, frame: wire.Frame, offset: int) -> None:
         try:
