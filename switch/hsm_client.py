@@ -361,22 +361,19 @@ class PendingReply:
         return self
 
     def __await__(self) -> Any:
-        if self._observer is None:
-            return self._result((yield from self._fut.__await__()))
+        observer = self._observer
         try:
-            return self._result((yield from self._fut.__await__()))
+            reply = yield from self._fut.__await__()
+            command = self._command  # _split_reply, inline
+            if reply[:2] != (_REPLY_CODES.get(command) or _reply_code(command)):
+                raise HsmError("PR", command, f"unexpected reply code {reply[:2].decode('latin-1')!r}")
+            err = reply[2:4].decode("latin-1")
+            if err not in self._ok:
+                raise HsmError(err, command)
+            return self._parse(err, reply[4:])
         finally:
-            self._observer.observe(time.perf_counter() - self._t0)
-
-    def _result(self, reply: bytes) -> Any:
-        command = self._command
-        code = _REPLY_CODES.get(command) or _reply_code(command)
-        if reply[:2] != code:
-            raise HsmError("PR", command, f"unexpected reply code {reply[:2].decode('latin-1')!r}")
-        err = reply[2:4].decode("latin-1")
-        if err not in self._ok:
-            raise HsmError(err, command)
-        return self._parse(err, reply[4:])
+            if observer is not None:
+                observer.observe(time.perf_counter() - self._t0)
 
     def discard(self) -> None:
         """Not awaited after all: retrieve a failure quietly when it comes."""
