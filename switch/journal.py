@@ -439,7 +439,7 @@ class Journal:
     async def record(self, txn: TxnRecord | Mapping[str, Any]) -> int:
         """Insert a new row; returns its id after the COMMIT.  A dict may carry a clear ``pan``."""
         if not isinstance(txn, TxnRecord):
-            return await self._record_fields(txn)
+            return await self.record_soon(txn)
         rec = txn
         _check_fields(dict(zip(COLUMNS, _record_values(rec), strict=True)))
         now = time.time()
@@ -451,10 +451,11 @@ class Journal:
         rec.id = await self.store.insert(rec)
         return rec.id
 
-    def _record_fields(self, txn: Mapping[str, Any]) -> Awaitable[int]:
-        """:meth:`record` of a dict: the row stays a dict (``TxnRecord``'s defaults filled in first, which
-        ``_prepare`` accepts as it accepts absent keys) and goes to the store as a tuple when the store takes
-        one (``insert_values``), so the sale path builds no ``TxnRecord``.  Same checks, same row."""
+    def record_soon(self, txn: Mapping[str, Any]) -> Awaitable[int]:
+        """:meth:`record` of a dict without a coroutine of its own (a bad field raises here): await the result
+        for the id after the COMMIT.  The row stays a dict (``TxnRecord``'s defaults filled in first, which ``_prepare``
+        accepts as it accepts absent keys) and goes to the store as a tuple when the store takes one
+        (``insert_values``), so the sale path builds no ``TxnRecord``.  Same checks, same row."""
         fields = _ROW_DEFAULTS.copy()
         fields.update(txn)
         self._prepare(fields)
@@ -525,6 +526,16 @@ class Journal:
     # -- lookups ----------------------------------------------------------------------------------------
     async def get(self, txn_id: int) -> TxnRecord | None:
         return await self.store.get(txn_id)
+
+    def trace_absent(self, terminal_id: str, merchant_id: str, stan: str) -> bool:
+        """True when :meth:`find_by_trace` of this 6-digit STAN (any batch) would answer None from the
+        filter alone (counted the same); False means "ask :meth:`find_by_trace`".  Saves a coroutine."""
+        if not (type(stan) is str and len(stan) == 6 and stan.isascii() and stan.isdigit()):
+            return False  # find_by_trace normalises (or rejects) it
+        if self._traces.might_contain(terminal_id, merchant_id, stan):
+            return False
+        self.trace_lookups_skipped += 1
+        return True
 
     async def find_by_trace(
         self, terminal_id: str, merchant_id: str, batch: int | None, stan: str | int, mti_class: str | None = None

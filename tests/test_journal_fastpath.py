@@ -255,3 +255,32 @@ def test_the_sale_path_row_is_complete(bench: _Bench) -> None:
     assert (row["state"], row["auth_code"], row["response_code"], row["rrn"]) == ("approved", "123456", "00",
                                                                                   "612300000042")
     assert (row["approved_at"], row["upstream_ref"]) == (NOW, "000042|1122334455")
+
+
+@settings(max_examples=200, deadline=None)
+@given(stan=st.one_of(st.text(alphabet="0123456789", min_size=6, max_size=6), st.sampled_from(
+    ["000042", "42", "0000042", "١٢٣٤٥٦", "00004a", "", "000043"])), tid=st.sampled_from(["00000001", "00000002"]))
+def test_trace_absent_is_find_by_trace_answering_from_the_filter(bench: _Bench, stan: str, tid: str) -> None:
+    """``_authorize`` asks ``trace_absent`` before ``find_by_trace``: a True must be find_by_trace's None
+    (counted the same way); a False leaves the answer (and the count) to find_by_trace."""
+    j = bench.fast
+    bench.run(j.record({"terminal_id": "00000001", "merchant_id": "898310048140001", "txn_type": "sale",
+                        "stan": "000042", "batch": 7}))
+    before = j.trace_lookups_skipped
+    absent = j.trace_absent(tid, "898310048140001", stan)
+    if absent:
+        assert j.trace_lookups_skipped == before + 1
+        before = j.trace_lookups_skipped
+        assert bench.run(j.find_by_trace(tid, "898310048140001", None, stan)) is None
+        assert j.trace_lookups_skipped == before + 1  # find_by_trace would have skipped the database too
+    else:
+        assert j.trace_lookups_skipped == before
+    if (tid, stan) == ("00000001", "000042"):
+        assert not absent
+
+
+def test_record_soon_raises_at_the_call(bench: _Bench) -> None:
+    with pytest.raises(JournalError, match="must never be stored"):
+        bench.fast.record_soon({"terminal_id": "1", "merchant_id": "2", "txn_type": "sale", "track2": "x"})
+    with pytest.raises(JournalError, match="is required"):
+        bench.fast.record_soon({"terminal_id": "1", "merchant_id": "2"})

@@ -205,7 +205,9 @@ async def _authorize(ctx: Context, txn_type: str, mti_up: str | None, amount: in
         pin_block = zpb.hex().upper()
     journal = svc.journal
     stan = req.get("11", "")
-    if stan.isdigit() and await journal.find_by_trace(term.tid, term.mid, batch_of(req), stan, req["t"][:2]):
+    batch = batch_of(req)
+    if (stan.isdigit() and not journal.trace_absent(term.tid, term.mid, stan)  # (the filter's usual "no")
+            and await journal.find_by_trace(term.tid, term.mid, batch, stan, req["t"][:2])):
         return Outcome(RC.DUPLICATE, route=route)  # same terminal, batch and STAN: a retransmission
     rrn = journal.next_rrn()
     try:
@@ -228,13 +230,13 @@ async def _authorize(ctx: Context, txn_type: str, mti_up: str | None, amount: in
     txn = {
         "terminal_id": term.tid, "merchant_id": term.mid, "txn_type": txn_type, "mti": req["t"],
         "processing_code": req.get("3", ""), "state": "sent", "amount": int(up.get("4", "0") or 0),
-        "currency": req.get("49", "156"), "stan": req.get("11", ""), "batch": batch_of(req), "rrn": rrn,
+        "currency": req.get("49", "156"), "stan": stan, "batch": batch, "rrn": rrn,
         "card_org": route.card_org, "payment_method": payment_method(req), "entry_mode": req.get("22", ""),
         "issuer": route.name, "pan": pan,
     }
     if original is not None:
         txn["original_id"] = original.id
-    txn_id = await journal.record(txn)
+    txn_id = await journal.record_soon(txn)
     try:
         resp = await route.link.request(up, timeout=svc.issuer_timeout)  # None: the link's own timeout
     except (IssuerTimeout, IssuerUnavailable) as exc:
