@@ -55,6 +55,9 @@ ECHO_FIELDS = ("2", "3", "4", "11", "14", "22", "25", "41", "42", "49", "60")
 
 _clock: list[Any] = [-1, ("000000", "0101")]
 
+#: request MTI -> reply MTI (request + 10), formatted once per MTI
+_REPLY_MTI: dict[str, str] = {}
+
 
 def _local_time() -> tuple[str, str]:
     """(hhmmss, MMDD) of the host's local time, formatted once per second."""
@@ -88,9 +91,16 @@ class Context:
     def start_reply(self, rc: str, extra: tuple[str, ...] = ()) -> dict[str, str]:
         """Reply skeleton: MTI + 10, echoed fields, date/time, acquirer ID and field 39."""
         req = self.req
-        reply = {"t": f"{int(req['t']) + 10:04d}"}
+        mti = req["t"]
+        reply_mti = _REPLY_MTI.get(mti)
+        if reply_mti is None:
+            reply_mti = f"{int(mti) + 10:04d}"
+            if len(_REPLY_MTI) < 64:
+                _REPLY_MTI[mti] = reply_mti
+        reply = {"t": reply_mti}
+        get = req.get
         for f in ECHO_FIELDS + extra:
-            v = req.get(f)
+            v = get(f)
             if v is not None:
                 reply[f] = v
         if "2" not in reply and "35" in req:

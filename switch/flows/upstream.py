@@ -335,8 +335,23 @@ def fill_reply(ctx: Context, out: Outcome) -> dict[str, str]:
         reply["54"] = up["54"]
     if out.route is not None:
         reply["63"] = up["63"][:3] if len(up.get("63", "")) >= 3 else out.route.card_org  # 63.1 card org
-        reply["44"] = f"{out.route.name[:11]:<11}{ctx.services.acquirer_id[:11]:<11}"
+        reply["44"] = _field44(out.route.name, ctx.services.acquirer_id)
     return reply
+
+
+#: (issuer name, acquirer ID) -> field 44 of the reply (one entry per route)
+_F44: dict[tuple[str, str], str] = {}
+
+
+def _field44(issuer: str, acquirer_id: str) -> str:
+    """Field 44: issuer and acquirer names, 11 characters each (formatted once per pair)."""
+    key = (issuer, acquirer_id)
+    f44 = _F44.get(key)
+    if f44 is None:
+        f44 = f"{issuer[:11]:<11}{acquirer_id[:11]:<11}"
+        if len(_F44) < 256:
+            _F44[key] = f44
+    return f44
 
 
 def original_h2h(orig: Any, acquirer_id: str) -> dict[str, str]:
