@@ -233,6 +233,8 @@ class RrnGenerator:
         self._seq = 0
         self._hwm = 0  # durable: every number handed out is <= this
         self._reserving: tuple[int, Any] | None = None  # (target, concurrent future)
+        #: the default clock: today's prefix is formatted once per second (``(second, prefix)``)
+        self._per_second: list[Any] | None = [-1, ""] if clock is time.localtime else None
 
     def _start_day(self, prefix: str) -> None:
         top = self._store.max_rrn_with_prefix(prefix)
@@ -251,9 +253,20 @@ class RrnGenerator:
         self._store.reserve_rrn(prefix, target).result()
         self._hwm = target
 
+    def _today(self) -> str:
+        """``Y DDD`` of the clock's today."""
+        cached = self._per_second
+        if cached is None:
+            t = self._clock()
+            return f"{t.tm_year % 10}{t.tm_yday:03d}"
+        second = int(time.time())  # what localtime() reads
+        if second != cached[0]:
+            t = time.localtime(second)
+            cached[0], cached[1] = second, f"{t.tm_year % 10}{t.tm_yday:03d}"
+        return cached[1]  # type: ignore[no-any-return]
+
     def next(self) -> str:
-        t = self._clock()
-        prefix = f"{t.tm_year % 10}{t.tm_yday:03d}"
+        prefix = self._today()
         if prefix != self._prefix:
             self._start_day(prefix)
         if self._reserving is not None and self._reserving[1].done():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import tempfile
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,7 +45,7 @@ class _Bench:
         self.loop = asyncio.new_event_loop()
         self.root = root
         self.mp = pytest.MonkeyPatch()
-        self.mp.setattr(J, "time", types.SimpleNamespace(time=lambda: NOW))  # the same timestamps everywhere
+        self.mp.setattr(J, "time", types.SimpleNamespace(time=lambda: NOW, localtime=time.localtime))  # same stamps
 
         async def _open() -> tuple[Journal, Journal, Journal]:
             fast = await Journal.open(str(root / "fast.db"), KEY, synchronous="OFF")
@@ -284,3 +285,16 @@ def test_record_soon_raises_at_the_call(bench: _Bench) -> None:
         bench.fast.record_soon({"terminal_id": "1", "merchant_id": "2", "txn_type": "sale", "track2": "x"})
     with pytest.raises(JournalError, match="is required"):
         bench.fast.record_soon({"terminal_id": "1", "merchant_id": "2"})
+
+
+def test_rrn_prefix_of_the_default_clock_is_todays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default clock's prefix is formatted once per second; it is still localtime()'s day."""
+    monkeypatch.setattr(J, "time", time)  # the real clock (the bench fixture freezes time.time)
+    gen = J.RrnGenerator(store=None)  # type: ignore[arg-type]
+    assert gen._per_second is not None
+    for _ in range(3):
+        before = time.localtime()
+        prefix = gen._today()
+        after = time.localtime()
+        assert prefix in {f"{t.tm_year % 10}{t.tm_yday:03d}" for t in (before, after)}
+    assert J.RrnGenerator(store=None, clock=lambda: time.localtime(0))._today() == "0001"  # type: ignore[arg-type]
