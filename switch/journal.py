@@ -465,10 +465,11 @@ class Journal:
         return rec.id
 
     def record_soon(self, txn: Mapping[str, Any]) -> Awaitable[int]:
-        """:meth:`record` of a dict without a coroutine of its own (a bad field raises here): await the result
-        for the id after the COMMIT.  The row stays a dict (``TxnRecord``'s defaults filled in first, which ``_prepare``
-        accepts as it accepts absent keys) and goes to the store as a tuple when the store takes one
-        (``insert_values``), so the sale path builds no ``TxnRecord``.  Same checks, same row."""
+        """:meth:`record` of a dict without a coroutine of its own (a bad field raises here): await the
+        result for the id after the COMMIT.  The row stays a dict (``TxnRecord``'s defaults filled in
+        first, which ``_prepare`` accepts as it accepts absent keys) and goes to the store as a tuple when
+        the store takes one (``insert_values``), so the sale path builds no ``TxnRecord``.  Same checks,
+        same row as a ``TxnRecord`` would give."""
         fields = _ROW_DEFAULTS.copy()
         fields.update(txn)
         self._prepare(fields)
