@@ -67,7 +67,7 @@ class Outcome:
 
 def payment_method(req: dict[str, str]) -> str:
     f22 = req.get("22", "")[:2]
-    if f22 == "02" and wire.Field60.parse(req.get("60")).rest[1:2] == "2":
+    if f22 == "02" and (req.get("60") or "")[12:13] == "2":  # wire.Field60.parse(60).rest[1:2], read in place
         return "fallback"
     return _METHOD.get(f22, "keyed")
 
