@@ -6,8 +6,9 @@ queued behind it waits (it was the largest source of p99 latency in the load ben
 switch's journal and in the issuer simulator's ledger).  :class:`WalCheckpointer` turns the automatic
 checkpoint off on the writing connection and runs ``PRAGMA wal_checkpoint(PASSIVE)`` from a connection
 of its own every ``interval`` seconds instead (20 ms: small checkpoints keep the tail lowest; a round
-with nothing new written costs one ``stat``).  A passive checkpoint never blocks the writer: it copies
-what is committed so far while writes go on (``sqlite3`` releases the GIL while it works).
+with nothing new written costs one ``stat``, and an idle database's rounds space out to 0.5 s).  A
+passive checkpoint never blocks the writer: it copies what is committed so far while writes go on
+(``sqlite3`` releases the GIL while it works).
 
 The WAL starts again from its beginning at the first write after a checkpoint that caught up with
 every frame.  A writer that never pauses leaves the background thread no such moment, so the writer
@@ -35,6 +36,9 @@ class WalCheckpointer:
 
     #: how many COMMITs pass between two looks at the WAL's size in :meth:`after_commit`
     CHECK_EVERY = 32
+    #: the longest pause between two rounds of an idle database (the first write after it waits at most
+    #: this long for its checkpoint; the writer's own :meth:`after_commit` bounds the WAL meanwhile)
+    IDLE_PAUSE = 0.5
 
     def __init__(self, path: str, *, interval: float = 0.02, wal_limit: int = 4 << 20,
                  name: str = "wal-checkpoint", owner: object = None) -> None:
@@ -44,6 +48,7 @@ class WalCheckpointer:
         self.interval = interval
         self.wal_limit = wal_limit
         self.checkpoints = 0  # by the background thread
+        self.rounds = 0  # the background thread's wake-ups
         self.writer_checkpoints = 0  # by the writer, in after_commit
         self._wal = path + "-wal"
         self._commits = 0
@@ -81,15 +86,21 @@ class WalCheckpointer:
     def _run(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
         seen: tuple[int, int] | None = None  # the WAL's (size, mtime) at the last checkpoint
+        pause = self.interval
         try:
             while True:
-                stopping = self._stop.wait(self.interval)
+                stopping = self._stop.wait(pause)
+                self.rounds += 1
                 if self._owner is not None and self._owner() is None:
                     return  # its writer is gone without stop(): nothing more will be written
                 try:
                     st = os.stat(self._wal)
                     if (st.st_size, st.st_mtime_ns) == seen and not stopping:
-                        continue  # nothing written since: an idle database costs one stat per round
+                        # nothing written since: an idle database costs one stat per round, and the rounds
+                        # space out (up to IDLE_PAUSE s) until something is written again
+                        pause = min(pause * 2, max(self.IDLE_PAUSE, self.interval))
+                        continue
+                    pause = self.interval
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     seen = (st.st_size, st.st_mtime_ns)
                     self.checkpoints += 1

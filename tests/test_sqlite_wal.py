@@ -43,14 +43,15 @@ def test_writer_connection_never_checkpoints_and_the_thread_does(tmp_path):
             time.sleep(0.01)
         assert ck.checkpoints >= 1
         assert os.path.getsize(path) >= 3000 * 900  # the thread copied the pages back
-        rounds = ck.checkpoints
-        time.sleep(0.1)
+        rounds, wakeups = ck.checkpoints, ck.rounds
+        time.sleep(1.2)
         assert ck.checkpoints == rounds  # nothing new written: no checkpoint, one stat per round
+        assert ck.rounds - wakeups < 12  # and the rounds space out (every 10 ms it would be ~120)
         _write(conn, 1)
         deadline = time.monotonic() + 10
         while ck.checkpoints == rounds and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert ck.checkpoints == rounds + 1
+        assert ck.checkpoints >= rounds + 1  # (a round may catch the write half done and come back)
     finally:
         ck.stop()
         conn.close()
@@ -80,7 +81,7 @@ def test_wal_stays_bounded_under_continuous_writes(tmp_path):
         sizes[with_hook] = (biggest, ck.writer_checkpoints)
     bounded, writer_checkpoints = sizes[True]
     assert writer_checkpoints > 0
-    assert bounded < 4 << 20, sizes
+    assert bounded < 16 << 20, sizes  # wal_limit is 256 KB; a writer checkpoint may find the thread busy
     assert sizes[False][0] > 2 * bounded, sizes  # the hook is what bounds it
 
 
