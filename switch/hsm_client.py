@@ -364,13 +364,10 @@ class PendingReply:
         observer = self._observer
         try:
             reply = yield from self._fut.__await__()
-            command = self._command  # _split_reply, inline
-            if reply[:2] != (_REPLY_CODES.get(command) or _reply_code(command)):
-                raise HsmError("PR", command, f"unexpected reply code {reply[:2].decode('latin-1')!r}")
-            err = reply[2:4].decode("latin-1")
+            err, fields = _split_reply(self._command, reply)
             if err not in self._ok:
-                raise HsmError(err, command)
-            return self._parse(err, reply[4:])
+                raise HsmError(err, self._command)
+            return self._parse(err, fields)
         finally:
             if observer is not None:
                 observer.observe(time.perf_counter() - self._t0)
