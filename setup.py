@@ -16,6 +16,8 @@ from glob import glob
 from setuptools import Extension, setup
 
 NO_EXTENSIONS = bool(os.environ.get("POSSWITCH_NO_EXTENSIONS"))
+#: C libraries a module links against (headers from Debian's -dev packages, scripts/apt-packages.txt)
+LIBRARIES: dict[str, list[str]] = {"_fastcore._sqlbatch": ["sqlite3"]}
 DEBUG = bool(os.environ.get("POSSWITCH_DEBUG"))
 
 
@@ -32,6 +34,7 @@ def extensions() -> list[Extension]:
             Extension(
                 name,
                 [pyx],
+                libraries=LIBRARIES.get(name, []),
                 extra_compile_args=["-O2"] if not DEBUG else ["-O0", "-g"],
                 define_macros=[("FASTCORE_DEBUG", "1" if DEBUG else "0")],
             )

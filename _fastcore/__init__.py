@@ -1,8 +1,10 @@
 """posswitch's private core: ISO 8583 codec, BER-TLV, framing and payment crypto.
 
-No asyncio, no I/O, no configuration lives here.  Each public module
-(``_fastcore.iso8583``, ``_fastcore.tlv``, ``_fastcore.framing``,
-``_fastcore.crypto``; ``_fastcore.fields`` for its numeric-field scan) is a selector over two twins
+No asyncio, no network I/O, no configuration lives here; the one module that touches a file is
+``_fastcore.sqlbatch``, which runs a journal writer's SQLite transaction with the GIL released.
+Each public module (``_fastcore.iso8583``, ``_fastcore.tlv``, ``_fastcore.framing``,
+``_fastcore.crypto``; ``_fastcore.fields`` for its numeric-field scan; ``_fastcore.sqlbatch``) is a
+selector over two twins
 with one API: a compiled
 Cython module ``_fastcore._<name>`` and a pure-Python module
 ``_fastcore._<name>_py``.  ``POSSWITCH_NO_EXTENSIONS=1`` selects the pure twins.
