@@ -152,6 +152,16 @@ JOURNAL_MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX IF NOT EXISTS txn_original ON txn(original_id) WHERE original_id IS NOT NULL",
         ],
     ),
+    (
+        7,
+        [
+            # txn_term_rrn (terminal_id, merchant_id, rrn) is redundant: every sale's INSERT added an entry
+            # to it (one more B-tree leaf page in the WAL per commit; with many terminals each sale lands on
+            # a different page).  The switch's RRNs are unique within a journal (RrnGenerator), so
+            # find_by_rrn seeks txn_rrn (rrn) and checks terminal and merchant on the row or few it finds.
+            "DROP INDEX IF EXISTS txn_term_rrn",
+        ],
+    ),
 ]
 
 
@@ -600,6 +610,8 @@ class SqliteJournalStore:
         return await self._one(sql + " ORDER BY id DESC LIMIT 1", params)
 
     async def find_by_rrn(self, terminal_id: str, merchant_id: str, rrn: str) -> TxnRecord | None:
+        # seeks txn_rrn (rrn), newest first in rowid order, no sort; terminal and merchant are checked on
+        # the few rows with that RRN (our RRNs are unique in a journal; schema 7 dropped txn_term_rrn)
         sql = f"{_SELECT} WHERE terminal_id=? AND merchant_id=? AND rrn=? ORDER BY id DESC LIMIT 1"
         return await self._one(sql, (terminal_id, merchant_id, rrn))
 

@@ -1,9 +1,9 @@
-"""Journal indexes (schema version 6): every query the switch runs on ``txn`` is answered through an index.
+"""Journal indexes (schema version 7): every query the switch runs on ``txn`` is answered through an index.
 
 The statements are not retyped here: they are captured (SQL and bound parameters) while the real journal
 code runs them, then ``EXPLAIN QUERY PLAN`` is asked for exactly those, on a fresh database and on a
-version 5 database (written by the journal with migrations 1-5 only) migrated in place.  The set of
-indexes after migration is checked too: each one is B-tree work and WAL pages for every sale.
+version 5 or 6 database (written by the journal with migrations 1-5 or 1-6 only) migrated in place.  The
+set of indexes after migration is checked too: each one is B-tree work and WAL pages for every sale.
 """
 
 from __future__ import annotations
@@ -28,18 +28,24 @@ PAN, OTHER_PAN = "6212345678901234567", "6222000011112222"
 MID = "898310048140001"
 TIDS = ("00000001", "00000002", "00000003")
 
-#: the indexes of ``txn`` from schema version 6 on: name -> (columns, partial)
-V6_INDEXES = {
+#: the newest journal schema version
+VERSION = 7
+#: the indexes of ``txn`` from schema version 7 on: name -> (columns, partial).  No txn_term_rrn
+#: (terminal_id, merchant_id, rrn) any more: find_by_rrn seeks txn_rrn, our RRNs being unique
+V7_INDEXES = {
     "txn_trace": (["terminal_id", "merchant_id", "batch", "stan"], False),
-    "txn_term_rrn": (["terminal_id", "merchant_id", "rrn"], False),
     "txn_rrn": (["rrn"], False),
     "txn_pan_hash": (["pan_hash"], False),
     "txn_original": (["original_id"], True),
     "txn_in_flight": (["state"], True),
     "txn_created": (["created_at"], False),
 }
-V5_INDEX_NAMES = {"txn_trace", "txn_term_rrn", "txn_rrn", "txn_batch", "txn_pan_hash", "txn_original",
-                  "txn_in_flight", "txn_created"}
+#: the index names of ``txn`` written by older versions of the journal
+OLD_INDEX_NAMES = {
+    5: {"txn_trace", "txn_term_rrn", "txn_rrn", "txn_batch", "txn_pan_hash", "txn_original", "txn_in_flight",
+        "txn_created"},
+    6: {"txn_trace", "txn_term_rrn", "txn_rrn", "txn_pan_hash", "txn_original", "txn_in_flight", "txn_created"},
+}
 
 
 class Recorder:
@@ -121,7 +127,8 @@ async def populate(j: Journal) -> dict[str, Any]:
 #: operation -> what its plan must name (the index and, for the hot lookups, the columns it seeks on)
 EXPECTED = {
     "find_by_trace": "USING INDEX txn_trace (terminal_id=? AND merchant_id=? AND batch=? AND stan=?)",
-    "find_by_rrn": "USING INDEX txn_term_rrn (terminal_id=? AND merchant_id=? AND rrn=?)",
+    "find_by_rrn": "USING INDEX txn_rrn (rrn=?)",
+    "find_by_rrn_other_terminal": "USING INDEX txn_rrn (rrn=?)",
     "find_by_pan": "USING INDEX txn_pan_hash (pan_hash=?)",
     "get": "USING INTEGER PRIMARY KEY (rowid=?)",
     "commit_approval": "USING INTEGER PRIMARY KEY (rowid=?)",
@@ -136,10 +143,11 @@ EXPECTED = {
     "reconcile": "USING INDEX txn_created (created_at>? AND created_at<?)",
     "reconcile_issuer": "USING INDEX txn_created (created_at>? AND created_at<?)",
     "admin_txns_rrn": "USING INDEX txn_rrn (rrn=?)",
+    "admin_txns_rrn_terminal": "USING INDEX txn_rrn (rrn=?)",
     "admin_txns_batch": "USING INDEX txn_trace (terminal_id=? AND merchant_id=? AND batch=?)",
 }
 #: lookups on the path of a request: answered in index order, no sort
-NO_SORT = {"find_by_trace", "find_by_rrn", "find_by_pan", "get", "commit_approval"}
+NO_SORT = {"find_by_trace", "find_by_rrn", "find_by_rrn_other_terminal", "find_by_pan", "get", "commit_approval"}
 
 
 async def run_queries(path: str, j: Journal, ids: dict[str, Any],
@@ -157,6 +165,7 @@ async def run_queries(path: str, j: Journal, ids: dict[str, Any],
     calls: dict[str, Callable[[], Any]] = {
         "find_by_trace": lambda: j.find_by_trace(TIDS[0], MID, 8, 900, "02"),
         "find_by_rrn": lambda: j.find_by_rrn(TIDS[0], MID, ids["rrn"]),
+        "find_by_rrn_other_terminal": lambda: j.find_by_rrn(TIDS[1], MID, ids["rrn"]),
         "find_by_pan": lambda: j.find_by_pan(OTHER_PAN),
         "get": lambda: j.get(ids["sale"]),
         "commit_approval": lambda: j.commit_approval(ids["in_flight"], j.next_rrn(), "A00006"),
@@ -172,6 +181,8 @@ async def run_queries(path: str, j: Journal, ids: dict[str, Any],
         "reconcile_issuer": lambda: reconcile.read_journal(path, start, end, issuer="cup"),
         "admin_txns_rrn": lambda: admin.run(admin.build_parser().parse_args(
             ["--db", path, "txns", "--rrn", ids["rrn"]])),
+        "admin_txns_rrn_terminal": lambda: admin.run(admin.build_parser().parse_args(
+            ["--db", path, "txns", "--rrn", ids["rrn"], "--terminal", TIDS[0], "--merchant", MID])),
         "admin_txns_batch": lambda: admin.run(admin.build_parser().parse_args(
             ["--db", path, "txns", "--terminal", TIDS[0], "--merchant", MID, "--batch", "8"])),
     }
@@ -185,6 +196,7 @@ async def run_queries(path: str, j: Journal, ids: dict[str, Any],
     # the queries answered (so they ran, and ran against rows written before a migration too)
     assert results["find_by_trace"].id == ids["sale"]
     assert results["find_by_rrn"].id == ids["sale"]
+    assert results["find_by_rrn_other_terminal"] is None  # the RRN is TIDS[0]'s: filtered on the row
     assert [r.id for r in results["find_by_pan"]][-1] == ids["sale"]
     assert results["refunded_total"] == 1200
     assert results["child_total"] == 2500
@@ -193,6 +205,7 @@ async def run_queries(path: str, j: Journal, ids: dict[str, Any],
     assert results["in_flight"] == []  # approved by "commit_approval" above
     assert results["max_rrn_with_prefix"] is not None and results["max_rrn_with_prefix"] >= ids["rrn"]
     assert ids["rrn"] in results["admin_txns_rrn"]
+    assert ids["rrn"] in results["admin_txns_rrn_terminal"]
     return statements
 
 
@@ -210,17 +223,17 @@ def assert_indexed(path: str, statements: dict[str, list[tuple[str, tuple[Any, .
                 assert not [d for d in details if "TEMP B-TREE" in d], (name, sql, details)
 
 
-def assert_v6_indexes(path: str) -> None:
-    assert index_names(path) == set(V6_INDEXES)
+def assert_v7_indexes(path: str) -> None:
+    assert index_names(path) == set(V7_INDEXES)
     conn = sqlite3.connect(path)
     try:
         partial = {r[1]: bool(r[4]) for r in conn.execute("PRAGMA index_list(txn)")}
-        for name, (columns, is_partial) in V6_INDEXES.items():
+        for name, (columns, is_partial) in V7_INDEXES.items():
             assert [r[2] for r in conn.execute(f"PRAGMA index_info({name})")] == columns, name
             assert partial[name] is is_partial, name
         original_sql = conn.execute("SELECT sql FROM sqlite_master WHERE name='txn_original'").fetchone()[0]
         assert "WHERE original_id IS NOT NULL" in original_sql
-        assert conn.execute("SELECT version FROM schema_version WHERE component='journal'").fetchone()[0] == 6
+        assert conn.execute("SELECT version FROM schema_version WHERE component='journal'").fetchone()[0] == VERSION
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         conn.close()
@@ -230,17 +243,20 @@ async def test_every_query_uses_an_index_on_a_fresh_journal(tmp_path: Path, monk
     path = str(tmp_path / "fresh.db")
     j = await Journal.open(path, KEY, group_commit_ms=0.0)
     try:
-        assert_v6_indexes(path)
+        assert_v7_indexes(path)
         ids = await populate(j)
         assert_indexed(path, await run_queries(path, j, ids, monkeypatch))
     finally:
         await j.close()
 
 
-async def test_a_version_5_journal_is_migrated_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = str(tmp_path / "v5.db")
-    with monkeypatch.context() as m:  # the journal as it was: migrations 1-5 only
-        m.setattr(journal_sqlite, "JOURNAL_MIGRATIONS", [mig for mig in JOURNAL_MIGRATIONS if mig[0] <= 5])
+@pytest.mark.parametrize("old_version", sorted(OLD_INDEX_NAMES))
+async def test_an_older_journal_is_migrated_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old_version: int
+) -> None:
+    path = str(tmp_path / f"v{old_version}.db")
+    with monkeypatch.context() as m:  # the journal as it was: migrations 1..old_version only
+        m.setattr(journal_sqlite, "JOURNAL_MIGRATIONS", [mig for mig in JOURNAL_MIGRATIONS if mig[0] <= old_version])
         old = await Journal.open(path, KEY, group_commit_ms=0.0)
         try:
             ids = await populate(old)
@@ -248,29 +264,29 @@ async def test_a_version_5_journal_is_migrated_in_place(tmp_path: Path, monkeypa
             await old.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT version FROM schema_version WHERE component='journal'").fetchone()[0] == 5
+        assert conn.execute("SELECT version FROM schema_version WHERE component='journal'").fetchone()[0] == old_version
         rows_before = conn.execute("SELECT * FROM txn ORDER BY id").fetchall()
     finally:
         conn.close()
-    assert index_names(path) == V5_INDEX_NAMES
+    assert index_names(path) == OLD_INDEX_NAMES[old_version]
     assert len(rows_before) == 35
 
-    j = await Journal.open(path, KEY, group_commit_ms=0.0)  # migrates to version 6
+    j = await Journal.open(path, KEY, group_commit_ms=0.0)  # migrates to the newest version
     try:
-        assert_v6_indexes(path)
+        assert_v7_indexes(path)
         conn = sqlite3.connect(path)
         try:
             assert conn.execute("SELECT * FROM txn ORDER BY id").fetchall() == rows_before
         finally:
             conn.close()
-        # the in-flight row written under version 5 is found through the rebuilt partial index
+        # the in-flight row written under the old version is found through the (rebuilt) partial index
         assert [r.id for r in await j.in_flight()] == [ids["in_flight"]]
         assert_indexed(path, await run_queries(path, j, ids, monkeypatch))
     finally:
         await j.close()
     j = await Journal.open(path, KEY, group_commit_ms=0.0)  # opening again changes nothing
     await j.close()
-    assert_v6_indexes(path)
+    assert_v7_indexes(path)
 
 
 async def test_start_up_scans_read_an_index_not_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
