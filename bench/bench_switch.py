@@ -5,7 +5,9 @@ serve --config``; journal on SQLite ``synchronous = FULL`` with group commit, me
 
 1. ``switch max``: closed loop, ``--in-flight`` MACed swipe sales with PIN from ``--terminals``
    signed-on terminals: throughput, p50/p99/p999, CPU µs per sale of the switch (and HSM, issuer,
-   load generator) from ``/proc/PID/stat``.
+   load generator) from ``/proc/PID/stat``; the switch's CPU and context switches per sale split into
+   its event-loop thread and its other threads (journal writer, WAL checkpoint, reader, libuv workers)
+   from ``/proc/PID/task/TID``.
 2. ``ceiling``: the same sales as the switch sends them upstream (H2H 0200, PIN under the ZPK),
    closed loop through ``bench/forwarder.py`` (bare uvloop relay) to the same issuer: the most the
    rest of the system allows.  The switch's throughput is reported as a ratio of it.
@@ -284,6 +286,36 @@ def _cpu(r: dict[str, Any], name: str) -> str:
     return f"{c['us_per_txn']:.0f}" if c and c["us_per_txn"] is not None else "-"
 
 
+def _split(r: dict[str, Any], name: str, unit: str, fmt: str) -> str:
+    """``total (main thread + other threads)`` per sale of one process; ``unit`` is "us" or "cs"."""
+    c = r["cpu"].get(name)
+    if not c or c.get(f"{unit}_per_txn") is None:
+        return "-"
+    total = f"{c[f'{unit}_per_txn']:{fmt}}"
+    if c.get(f"main_thread_{unit}_per_txn") is None:
+        return total
+    return f"{total} ({c[f'main_thread_{unit}_per_txn']:{fmt}} + {c[f'other_threads_{unit}_per_txn']:{fmt}})"
+
+
+def switch_threads(r: dict[str, Any]) -> dict[str, Any] | None:
+    """The switch's CPU µs and context switches per sale: total, event loop, other threads (by comm)."""
+    c = r["cpu"].get("switch")
+    if not c or "main_thread_us_per_txn" not in c:
+        return None
+    keys = ("us_per_txn", "main_thread_us_per_txn", "other_threads_us_per_txn", "cs_per_txn",
+            "main_thread_cs_per_txn", "other_threads_cs_per_txn", "other_threads")
+    return {k: c[k] for k in keys}
+
+
+def _threads_line(name: str, r: dict[str, Any]) -> str | None:
+    split = switch_threads(r)
+    if not split or not split["other_threads"]:
+        return None
+    parts = [f"{comm} x{t['threads']} {t['us_per_txn']:.0f} µs, {t['cs_per_txn']:.2f} cs"
+             for comm, t in split["other_threads"].items()]
+    return f"{name}, switch threads other than the loop, per sale by comm name: " + "; ".join(parts)
+
+
 def half_overhead_ms(results: dict[str, Any]) -> tuple[float, float]:
     """What the switch adds at half load: ``switch half`` minus ``ceiling half`` latency, p50 and p99
     (the same pacing rate, so the difference is the switch's share; noise can make it negative)."""
@@ -292,16 +324,18 @@ def half_overhead_ms(results: dict[str, Any]) -> tuple[float, float]:
 
 
 def table(results: dict[str, Any]) -> str:
-    head = ("| Run | paced at /s | txn/s | late starts | p50 ms | p99 ms | p999 ms | approved | switch µs/sale "
+    head = ("| Run | paced at /s | txn/s | late starts | p50 ms | p99 ms | p999 ms | approved "
+            "| switch µs/sale (loop + threads) | switch cs/sale (loop + threads) "
             "| HSM µs | issuer µs | loadgen µs | forwarder µs |")
-    rows = [head, "|" + "---|" * 13]
+    rows = [head, "|" + "---|" * 14]
     for name in ("switch max", "ceiling", "ceiling half", "switch half"):
         r = results[name]
         paced = f"{r['rate']:.0f}" if r.get("rate") else "closed loop"
         # late starts: paced starts that found every slot busy (the run fell behind its rate)
         rows.append(f"| {name} | {paced} | {r['tps']:.0f} | {r.get('late_starts', 0)} | {r['p50_ms']:.2f} "
                     f"| {r['p99_ms']:.2f} | {r['p999_ms']:.2f} "
-                    f"| {r['approved']}/{r['txns']} | {_cpu(r, 'switch')} | {_cpu(r, 'hsm')} | {_cpu(r, 'issuer')} "
+                    f"| {r['approved']}/{r['txns']} | {_split(r, 'switch', 'us', '.0f')} "
+                    f"| {_split(r, 'switch', 'cs', '.1f')} | {_cpu(r, 'hsm')} | {_cpu(r, 'issuer')} "
                     f"| {_cpu(r, 'loadgen')} | {_cpu(r, 'forwarder')} |")
     rows.append(f"\nswitch throughput / ceiling = {results['ratio']:.2f}  "
                 f"(goals: switch CPU <= 40 µs/sale, p99 <= 5 ms at half of max)")
@@ -313,6 +347,10 @@ def table(results: dict[str, Any]) -> str:
         if parts:
             rows.append(f"{name}, mean ms from the switch's metrics: "
                         + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+    for name in ("switch max", "switch half"):
+        line = _threads_line(name, results[name])
+        if line:
+            rows.append(line)
     return "\n".join(rows)
 
 
@@ -325,6 +363,8 @@ def test_switch_end_to_end(benchmark: Any, ratio_table: Any) -> None:
     benchmark.extra_info.update({k: v for k, v in results.items() if k != "ratio"})
     d50, d99 = half_overhead_ms(results)
     benchmark.extra_info["switch half adds ms"] = {"p50": round(d50, 3), "p99": round(d99, 3)}
+    benchmark.extra_info["switch per sale by thread"] = {name: switch_threads(results[name])
+                                                         for name in ("switch max", "switch half")}
     sw, ceil = results["switch max"]["tps"], results["ceiling"]["tps"]
     if sw and ceil:  # seconds per transaction; ratio printed = switch / ceiling throughput
         ratio_table.record("switch end to end (vs bare forwarder ceiling)", "sale, PIN+MAC, journaled",

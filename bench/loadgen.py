@@ -23,7 +23,10 @@ Closed loop: ``--in-flight`` requests outstanding in total, spread over the conn
 given load.  After ``--warmup`` seconds the measuring window of ``--seconds`` starts: replies
 received in the window count for throughput; latencies of requests sent and answered in it give
 p50/p99/p999.  CPU: ``/proc/PID/stat`` utime+stime of each ``--pid NAME=PID`` and of this process,
-sampled at the window's edges, divided by the transactions of the window.  Prints one JSON object.
+sampled at the window's edges, divided by the transactions of the window; split into the main thread
+(tid == pid, the event loop) and the other threads (``/proc/PID/task/TID/stat``, by ``comm`` name), with
+context switches per transaction (voluntary + involuntary, ``/proc/PID/task/TID/status``) split the
+same way.  Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -69,20 +72,114 @@ def luhn_complete(partial: str) -> str:
     return partial + str((10 - total % 10) % 10)
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of a process (all its threads) in clock ticks."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
+def _stat_ticks(path: str) -> int:
+    """utime + stime in clock ticks from a ``/proc/.../stat`` file (fields 14 and 15 of proc(5), counted
+    after the ``)`` that ends the comm field, which may itself hold spaces and brackets)."""
+    with open(path, "rb") as f:
         stat = f.read()
     fields = stat[stat.rindex(b")") + 2:].split()
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+    return int(fields[11]) + int(fields[12])
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process (all its threads, exited ones included) in clock ticks."""
+    return _stat_ticks(f"/proc/{pid}/stat")
 
 
 def main_thread_ticks(pid: int) -> int:
     """utime + stime of the main thread (the event loop) only; the rest of ``cpu_ticks`` is other threads."""
-    with open(f"/proc/{pid}/task/{pid}/stat", "rb") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(b")") + 2:].split()
-    return int(fields[11]) + int(fields[12])
+    return _stat_ticks(f"/proc/{pid}/task/{pid}/stat")
+
+
+def context_switches(status: bytes) -> int:
+    """voluntary + involuntary context switches from a ``/proc/.../status`` file."""
+    total = 0
+    for line in status.splitlines():
+        if line.startswith((b"voluntary_ctxt_switches:", b"nonvoluntary_ctxt_switches:")):
+            total += int(line.split()[1])
+    return total
+
+
+@dataclass(frozen=True)
+class TaskSample:
+    """One thread at one instant: its name (``comm``, "python" unless the thread set one), CPU and switches."""
+
+    comm: str
+    ticks: int  # utime + stime
+    switches: int  # voluntary + involuntary context switches
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """A process at one instant: its total ticks (exited threads included) and each live thread by tid."""
+
+    ticks: int
+    tasks: dict[int, TaskSample]
+
+
+def task_sample(pid: int, tid: int) -> TaskSample | None:
+    """``/proc/PID/task/TID``'s stat, comm and status; None if the thread exited meanwhile."""
+    base = f"/proc/{pid}/task/{tid}"
+    try:
+        ticks = _stat_ticks(base + "/stat")
+        with open(base + "/comm", "rb") as f:
+            comm = f.read().decode(errors="replace").strip()
+        with open(base + "/status", "rb") as f:
+            switches = context_switches(f.read())
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return TaskSample(comm, ticks, switches)
+
+
+def cpu_sample(pid: int) -> CpuSample:
+    ticks = cpu_ticks(pid)
+    tasks = {}
+    for entry in os.listdir(f"/proc/{pid}/task"):
+        sample = task_sample(pid, int(entry))
+        if sample is not None:
+            tasks[int(entry)] = sample
+    return CpuSample(ticks, tasks)
+
+
+def per_txn(value: float, n: int, digits: int = 1) -> float | None:
+    return round(value / n, digits) if n else None
+
+
+def cpu_report(pid: int, before: CpuSample, after: CpuSample, n: int, wall: float) -> dict[str, Any]:
+    """CPU and context switches of one process over the window, per transaction, split into the main
+    thread (tid == pid: the event loop) and the other threads (by comm name).  CPU of the other threads
+    is the process total minus the main thread, so it includes threads that exited in the window;
+    context switches have no process total in /proc: they are summed over the threads alive at the end
+    (a thread started in the window counts from 0, one that exited in it is missed)."""
+    secs = (after.ticks - before.ticks) / CLK_TCK
+    out: dict[str, Any] = {"cpu_s": round(secs, 3), "us_per_txn": per_txn(secs * 1e6, n), "cores": round(secs / wall, 3)}
+    if pid not in before.tasks or pid not in after.tasks:
+        return out
+    main_s = (after.tasks[pid].ticks - before.tasks[pid].ticks) / CLK_TCK
+    main_cs = after.tasks[pid].switches - before.tasks[pid].switches
+    by_name: dict[str, dict[str, int]] = {}
+    for tid, task in after.tasks.items():
+        if tid == pid:
+            continue
+        prev = before.tasks.get(tid)
+        if prev is not None and prev.comm != task.comm:  # renamed meanwhile: file it under the new name
+            prev = TaskSample(task.comm, prev.ticks, prev.switches)
+        acc = by_name.setdefault(task.comm, {"threads": 0, "ticks": 0, "switches": 0})
+        acc["threads"] += 1
+        acc["ticks"] += task.ticks - (prev.ticks if prev else 0)
+        acc["switches"] += task.switches - (prev.switches if prev else 0)
+    other_cs = sum(acc["switches"] for acc in by_name.values())
+    out.update({
+        "main_thread_us_per_txn": per_txn(main_s * 1e6, n),
+        "other_threads_us_per_txn": per_txn((secs - main_s) * 1e6, n),
+        "cs_per_txn": per_txn(main_cs + other_cs, n, 2),
+        "main_thread_cs_per_txn": per_txn(main_cs, n, 2),
+        "other_threads_cs_per_txn": per_txn(other_cs, n, 2),
+        "other_threads": {name: {"threads": acc["threads"], "us_per_txn": per_txn(acc["ticks"] / CLK_TCK * 1e6, n),
+                                 "cs_per_txn": per_txn(acc["switches"], n, 2)}
+                          for name, acc in sorted(by_name.items())},
+    })
+    return out
 
 
 def percentile(sorted_ns: list[int], q: float) -> float:
@@ -322,29 +419,19 @@ class LoadGen:
                     break
             await asyncio.sleep(0.001)
 
-    def _cpu(self) -> dict[str, int]:
-        out = {}
-        for name, pid in self.args.pid:
-            out[name] = cpu_ticks(pid)
-            out[name + "/main"] = main_thread_ticks(pid)
-        out["loadgen"] = cpu_ticks(os.getpid())
-        return out
+    def _pids(self) -> dict[str, int]:
+        return {**dict(self.args.pid), "loadgen": os.getpid()}
 
-    def _report(self, cpu0: dict[str, int], cpu1: dict[str, int], wall: float, outstanding: int) -> dict[str, Any]:
+    def _cpu(self) -> dict[str, CpuSample]:
+        return {name: cpu_sample(pid) for name, pid in self._pids().items()}
+
+    def _report(self, cpu0: dict[str, CpuSample], cpu1: dict[str, CpuSample], wall: float,
+                outstanding: int) -> dict[str, Any]:
         st = self.stats
         lat = sorted(st.lat_ns)
         n = st.window_replies
         approved = st.rc.get("00", 0)
-        cpu: dict[str, dict[str, Any]] = {}
-        for name in cpu0:
-            if name.endswith("/main"):
-                continue
-            secs = (cpu1[name] - cpu0[name]) / CLK_TCK
-            cpu[name] = {"cpu_s": round(secs, 3), "us_per_txn": round(secs / n * 1e6, 1) if n else None,
-                         "cores": round(secs / wall, 3)}
-            if name + "/main" in cpu0:  # event-loop thread vs the others (journal writer, executors)
-                main_s = (cpu1[name + "/main"] - cpu0[name + "/main"]) / CLK_TCK
-                cpu[name]["main_thread_us_per_txn"] = round(main_s / n * 1e6, 1) if n else None
+        cpu = {name: cpu_report(pid, cpu0[name], cpu1[name], n, wall) for name, pid in self._pids().items()}
         return {
             "mode": self.args.mode, "terminals": self.args.terminals, "in_flight": self.args.in_flight,
             "rate": self.args.rate, "window_s": round(wall, 3), "txns": n,
