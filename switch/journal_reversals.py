@@ -23,7 +23,7 @@ from typing import Any
 from Crypto.Cipher import AES
 
 from switch.journal import Journal, JournalError
-from switch.journal_sqlite import SqliteJournalStore
+from switch.journal_sqlite import SqliteJournalStore, SqlOp
 from switch.logsafe import mask_pan
 
 #: never stored, whatever the caller passes (track 2/3, track 1, PIN block)
@@ -72,7 +72,7 @@ class SqliteReversalStore:
                   body.get("37", ""), created)
         sql = ("INSERT INTO reversal_queue(link, message, pan_sealed, pan_masked, rrn, created_at)"
                " VALUES (?,?,?,?,?,?)")
-        return await self._store.writer.run(lambda c: c.execute(sql, params).lastrowid)
+        return await self._store.writer.run(SqlOp(sql, params, SqlOp.LASTROWID))  # type: ignore[no-any-return]
 
     async def pending(self, link: str) -> list[tuple[int, dict[str, str]]]:
         """Unacknowledged reversals of ``link``, oldest first, with field 2 restored."""
@@ -92,7 +92,7 @@ class SqliteReversalStore:
         sql = ("UPDATE reversal_queue SET acked_at=?, response_code=?, pan_sealed=NULL"
                " WHERE id=? AND acked_at IS NULL")
         params = (time.time(), response_code, item_id)
-        await self._store.writer.run(lambda c: c.execute(sql, params))
+        await self._store.writer.run(SqlOp(sql, params))
 
     async def count(self, link: str) -> int:
         sql = "SELECT COUNT(*) FROM reversal_queue WHERE link=? AND acked_at IS NULL"

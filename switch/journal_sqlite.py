@@ -11,6 +11,13 @@ SAVEPOINT per operation, so one failing operation does not sink the others (oper
 only act on the connection: one may run twice, the first run undone).  Reads use a separate connection
 on their own thread: WAL lets them run beside the writer.
 
+An operation may also be a :class:`SqlOp` (one parameterised statement and what to return of it): a
+batch made only of those, as every batch of the sale path is, runs through :mod:`_fastcore.sqlbatch`,
+which executes ``BEGIN``, the statements and ``COMMIT`` (with its fsync) in one call without the GIL.
+With the ``sqlite3`` module the writer thread took the GIL back after every statement, and beside a
+busy event loop each of those waits is a hand-off between the two threads.  If that batch fails, it is
+run again on the general path, which gives every operation its own outcome.
+
 Migrations are idempotent: ``schema_version(component, version)`` records what each component
 (``journal``, ``registry``) has applied.
 """
@@ -29,6 +36,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from _fastcore.sqlbatch import BatchConnection
 from switch.journal import (
     APPROVED,
     COLUMNS,
@@ -206,11 +214,46 @@ def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[tuple
     return current
 
 
+class SqlOp:
+    """One statement for :class:`SqliteWriter` and what its future resolves to: ``want`` is
+    :attr:`NOTHING` (None), :attr:`LASTROWID`, :attr:`CHANGES` (rows changed) or :attr:`ONE_ROW` (None
+    when exactly one row changed, else ``JournalError(missing)``: an UPDATE of an id that is not there).
+
+    A batch of these alone runs without the GIL (:mod:`_fastcore.sqlbatch`); ``op(conn)`` runs it on a
+    ``sqlite3`` connection with the same result, which is how mixed batches and replays run it.
+    """
+
+    __slots__ = ("sql", "params", "want", "missing")
+    NOTHING, LASTROWID, CHANGES, ONE_ROW = range(4)
+
+    def __init__(self, sql: str, params: tuple[Any, ...], want: int = 0, missing: str = "") -> None:
+        self.sql = sql
+        self.params = params
+        self.want = want
+        self.missing = missing
+
+    def result(self, lastrowid: int, changes: int) -> Any:
+        want = self.want
+        if want == SqlOp.LASTROWID:
+            return lastrowid
+        if want == SqlOp.ONE_ROW:
+            if changes != 1:
+                raise JournalError(self.missing or f"journal: {changes} rows changed, expected 1")
+            return None
+        return changes if want == SqlOp.CHANGES else None
+
+    def __call__(self, conn: sqlite3.Connection) -> Any:
+        cur = conn.execute(self.sql, self.params)
+        return self.result(cur.lastrowid or 0, cur.rowcount)
+
+
 class SqliteWriter:
     """The single writing connection of one database, on its own thread, with group commit.
 
     An operation ``fn(conn)`` must only act on ``conn``: if another operation of its batch fails, the
-    batch is rolled back and run again (see :meth:`_execute`).
+    batch is rolled back and run again (see :meth:`_execute`).  ``batch_statements``: run batches made
+    only of :class:`SqlOp` (from the event loop) on a second connection of :mod:`_fastcore.sqlbatch`,
+    without the GIL.
     """
 
     def __init__(
@@ -223,6 +266,7 @@ class SqliteWriter:
         on_commit: Callable[[int, float], None] | None = None,
         name: str = "journal-writer",
         background_checkpoints: bool = False,
+        batch_statements: bool = False,
     ) -> None:
         self.path = path
         #: WAL checkpoints on a thread of their own (:mod:`switch.sqlite_wal`) instead of inside a COMMIT
@@ -238,6 +282,10 @@ class SqliteWriter:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._conn: sqlite3.Connection | None = None
+        self._batch_statements = batch_statements and path != ":memory:"
+        self._batch: Any = None  # the _fastcore.sqlbatch connection of SqlOp batches (opened in start)
+        self.statement_batches = 0  # batches committed through _fastcore.sqlbatch
+        self.batch_fallbacks = 0  # SqlOp batches that failed there and ran again on the general path
         self._started = False
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the last queue() call
 
@@ -248,6 +296,9 @@ class SqliteWriter:
             self.checkpointer.prepare_writer(self._conn)
         if init is not None:
             init(self._conn)
+        if self._batch_statements:  # opened after init: the schema is migrated by then
+            pragmas = self.checkpointer.writer_pragmas() if self.checkpointer is not None else ()
+            self._batch = BatchConnection(self.path, synchronous=self.synchronous, pragmas=pragmas)
         self._started = True
         self._thread.start()
         if self.checkpointer is not None:
@@ -296,6 +347,9 @@ class SqliteWriter:
         self._thread.join()
         if self.checkpointer is not None:
             self.checkpointer.stop()
+        if self._batch is not None:
+            self._batch.close()
+            self._batch = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -348,7 +402,12 @@ class SqliteWriter:
         others commit (an operation may therefore run twice; it must only act on ``conn``).
         """
         t0 = time.perf_counter()
-        outcomes: list[tuple[Any, Any, Any, BaseException | None]] = []  # (future, loop, result, error)
+        if self._batch is not None:
+            outcomes = self._execute_statements(batch)
+            if outcomes is not None:
+                self._committed(batch, t0, outcomes)
+                return
+        outcomes = []  # (future, loop, result, error)
         append = outcomes.append
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -381,6 +440,50 @@ class SqliteWriter:
                     fut.cancel()
             _deliver(failed)
             return
+        self._committed(batch, t0, outcomes)
+
+    def _execute_statements(self, batch: list[Any]) -> list[Any] | None:
+        """The batch in one ``_fastcore.sqlbatch`` call (BEGIN, statements, COMMIT without the GIL) when
+        every operation is a :class:`SqlOp` from an event loop; None when it is not such a batch, or when
+        it failed (rolled back: the general path runs it again and gives each operation its outcome)."""
+        for op, _fut, loop in batch:
+            if type(op) is not SqlOp or loop is None:  # thread callers may cancel: the general path
+                return None
+        run = self._batch.run
+        try:  # BEGIN and the statements without the GIL; the COMMIT once every result is known to stand
+            results = run([op.sql for op, _, _ in batch], [op.params for op, _, _ in batch], commit=False)
+        except Exception:
+            self.batch_fallbacks += 1
+            return None
+        outcomes: list[tuple[Any, Any, Any, BaseException | None]] = []
+        append = outcomes.append
+        for (op, fut, loop), (lastrowid, changes) in zip(batch, results, strict=True):
+            try:
+                append((fut, loop, op.result(lastrowid, changes), None))
+            except JournalError as exc:
+                if changes:  # it changed rows and failed: only the general path can undo it alone
+                    return self._abandon(run)
+                append((fut, loop, None, exc))  # it changed nothing (an UPDATE of a missing id)
+        try:
+            run((), (), begin=None, commit=True)  # the COMMIT and its fsync, without the GIL
+        except Exception:
+            return self._abandon(run)
+        self.statement_batches += 1
+        if self.checkpointer is not None:
+            self.checkpointer.after_commit(self._conn)  # type: ignore[arg-type]
+        return outcomes
+
+    def _abandon(self, run: Callable[..., Any]) -> None:
+        """Roll the statement batch's transaction back (the general path runs the batch again)."""
+        self.batch_fallbacks += 1
+        try:
+            run((), (), begin="ROLLBACK", commit=False)
+        except Exception:  # (a failed COMMIT may have ended the transaction already)
+            pass
+        return None
+
+    def _committed(self, batch: list[Any], t0: float, outcomes: list[Any]) -> None:
+        """Count the COMMIT, call the commit hook, resolve the futures."""
         elapsed = time.perf_counter() - t0
         self.commit_count += 1
         self.op_count += len(batch)
@@ -511,7 +614,7 @@ class SqliteJournalStore:
         self.path = str(path)
         self.writer = SqliteWriter(
             self.path, group_commit_ms=group_commit_ms, synchronous=synchronous, on_commit=on_commit,
-            background_checkpoints=True,
+            background_checkpoints=True, batch_statements=True,
         )
         self.reader = SqliteReader(self.path)
         self._started = False
@@ -552,13 +655,12 @@ class SqliteJournalStore:
 
     # -- writes -----------------------------------------------------------------------------------------
     async def insert(self, rec: TxnRecord) -> int:
-        params = _record_values(rec)
-        return await self.writer.run(lambda c: c.execute(_INSERT_SQL, params).lastrowid)
+        return await self.writer.run(SqlOp(_INSERT_SQL, _record_values(rec), SqlOp.LASTROWID))  # type: ignore[no-any-return]
 
     def insert_values(self, params: tuple[Any, ...]) -> asyncio.Future[int]:
         """Queue the INSERT of a row given as its values in ``COLUMNS`` order (checked by the journal);
         await the returned future for the new id after its COMMIT."""
-        return self.writer.queue(lambda c: c.execute(_INSERT_SQL, params).lastrowid)
+        return self.writer.queue(SqlOp(_INSERT_SQL, params, SqlOp.LASTROWID))
 
     def update(self, txn_id: int, fields: Mapping[str, Any]) -> asyncio.Future[None]:
         """Queue the UPDATE now; await the returned future for its COMMIT."""
@@ -571,12 +673,7 @@ class SqliteJournalStore:
             if len(_UPDATE_SQL) < 256:
                 _UPDATE_SQL[cols] = sql
         params = (*fields.values(), txn_id)
-
-        def _update(c: sqlite3.Connection) -> None:
-            if c.execute(sql, params).rowcount != 1:
-                raise JournalError(f"journal: no transaction with id {txn_id}")
-
-        return self.writer.queue(_update)
+        return self.writer.queue(SqlOp(sql, params, SqlOp.ONE_ROW, f"journal: no transaction with id {txn_id}"))
 
     async def mark_settled(self, terminal_id: str, merchant_id: str, batch: int, at: float) -> int:
         sql = (
@@ -584,7 +681,7 @@ class SqliteJournalStore:
             f"AND batch=? AND state IN (?,?,?) AND txn_type IN ({_DEBIT_SQL},{_CREDIT_SQL})"
         )
         params = (SETTLED, at, at, terminal_id, merchant_id, batch, APPROVED, VOIDED, REFUNDED)
-        return await self.writer.run(lambda c: c.execute(sql, params).rowcount)
+        return await self.writer.run(SqlOp(sql, params, SqlOp.CHANGES))  # type: ignore[no-any-return]
 
     # -- reads ------------------------------------------------------------------------------------------
     async def _one(self, sql: str, params: Sequence[Any]) -> TxnRecord | None:

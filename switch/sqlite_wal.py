@@ -55,10 +55,14 @@ class WalCheckpointer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
+    def writer_pragmas(self) -> tuple[str, ...]:
+        """Settings of every writing connection: no automatic checkpoint, the WAL truncated on restart."""
+        return ("wal_autocheckpoint=0", f"journal_size_limit={int(self.wal_limit)}")
+
     def prepare_writer(self, conn: sqlite3.Connection) -> None:
-        """Settings of the writing connection: no automatic checkpoint, the WAL truncated on restart."""
-        conn.execute("PRAGMA wal_autocheckpoint=0")
-        conn.execute(f"PRAGMA journal_size_limit={int(self.wal_limit)}")
+        """Apply :meth:`writer_pragmas` to a writing ``sqlite3`` connection."""
+        for pragma in self.writer_pragmas():
+            conn.execute(f"PRAGMA {pragma}")
 
     def start(self) -> None:
         self._thread.start()
