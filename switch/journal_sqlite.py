@@ -54,6 +54,7 @@ from switch.journal import (
 )
 from switch.logsafe import kv
 from switch.sqlite_wal import WalCheckpointer
+from switch.threadnames import name_os_thread
 
 log = logging.getLogger("switch.journal")
 
@@ -270,7 +271,7 @@ class SqliteWriter:
     ) -> None:
         self.path = path
         #: WAL checkpoints on a thread of their own (:mod:`switch.sqlite_wal`) instead of inside a COMMIT
-        self.checkpointer = (WalCheckpointer(path, name=name + "-checkpoint", owner=self)
+        self.checkpointer = (WalCheckpointer(path, name=name.removesuffix("-writer") + "-ckpt", owner=self)
                              if background_checkpoints and path != ":memory:" else None)
         self.window = max(0.0, group_commit_ms) / 1000.0
         self.max_batch = max_batch
@@ -380,6 +381,7 @@ class SqliteWriter:
         return batch, False
 
     def _run(self) -> None:
+        name_os_thread()
         conn = self._conn
         assert conn is not None
         q = self._queue
@@ -551,7 +553,8 @@ class SqliteReader:
 
     def __init__(self, path: str, name: str = "journal-reader") -> None:
         self.path = path
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name,
+                                                           initializer=name_os_thread)
         self._conn: sqlite3.Connection | None = None
 
     def _open(self) -> sqlite3.Connection:

@@ -27,6 +27,7 @@ import threading
 import weakref
 
 from switch.logsafe import kv
+from switch.threadnames import name_os_thread
 
 log = logging.getLogger("switch.sqlite_wal")
 
@@ -88,6 +89,7 @@ class WalCheckpointer:
             log.warning("WAL checkpoint failed", extra=kv(db=os.path.basename(self.path), error=str(exc)))
 
     def _run(self) -> None:
+        name_os_thread()
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
         seen: tuple[int, int] | None = None  # the WAL's (size, mtime) at the last checkpoint
         pause = self.interval

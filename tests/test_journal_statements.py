@@ -185,3 +185,26 @@ def test_statement_batches_give_what_each_operation_gives_alone(tmp_path_factory
 def test_the_selector_gives_the_writer_a_batch_connection() -> None:
     sqlbatch = importlib.import_module("_fastcore.sqlbatch")
     assert js.BatchConnection is sqlbatch.BatchConnection
+
+
+async def test_the_journal_threads_carry_their_names_in_the_os(tmp_path: Path) -> None:
+    """``top -H`` and the load bench's per-thread split read /proc/PID/task/*/comm."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("thread names through prctl are Linux only")
+    j = await Journal.open(str(tmp_path / "n.db"), KEY)
+    try:
+        await j.record_soon(sale(1))
+        reader = await j.store.reader.run(lambda c: threading.get_native_id())
+
+        def comm(native_id: int | None) -> str:
+            with open(f"/proc/self/task/{native_id}/comm") as f:
+                return f.read().strip()
+
+        writer = j.store.writer
+        assert comm(writer._thread.native_id) == "journal-writer"
+        assert comm(writer.checkpointer._thread.native_id) == "journal-ckpt"
+        assert comm(reader) == "journal-reader_"  # "journal-reader_0", cut to 15 bytes
+    finally:
+        await j.close()
