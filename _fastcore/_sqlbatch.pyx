@@ -2,20 +2,41 @@
 """Compiled twin of ``_fastcore._sqlbatch_py``: a batch of SQLite statements in one transaction,
 run with the GIL released.
 
-The contract is the pure twin's (see its docstring).  How this one works: with the GIL held, every
-statement is prepared (or taken from the connection's statement cache) and every parameter is read
-into a C array (``str`` as its cached UTF-8 buffer, ``bytes`` as its buffer: the caller's sequences
-keep those objects alive for the whole call); then, without the GIL, ``BEGIN``, each statement's
-bind / step / reset and the ``COMMIT`` (with its fsync) run back to back against SQLite's C API;
-then, with the GIL again, the results are built or :class:`BatchError` is raised.  A writer thread
-therefore takes the GIL twice per transaction, however many statements it holds, instead of
-several times per statement.
+The contract is the pure twin's (see its docstring).  How this one works, in three phases:
+
+1. With the GIL: the whole batch is checked (the contract's argument checks, in statement order) and
+   read into C arrays: each statement's UTF-8 text (the ``str``'s own buffer) and its prepared
+   statement when the connection's statement cache has it (NULL when not: it is prepared in phase 2),
+   and every parameter (``str`` as its cached UTF-8 buffer, ``bytes`` as its buffer, bound with
+   ``SQLITE_STATIC``: the call keeps those objects, and the tuples holding them, alive throughout).
+2. Without the GIL and without any Python API call: ``begin``, then for each statement in turn:
+   prepare it if it was not cached (``sqlite3_prepare_v2`` needs no GIL; preparing only now is what
+   lets a statement use a table an earlier one created, and makes errors come in statement order),
+   the ``sqlite3`` module's checks (one statement at a time, the number of parameters), bind, step
+   through every row, reset; then the ``COMMIT`` (with its fsync).  A failure rolls back what the call
+   began and stops there.
+3. With the GIL again: the statements prepared in phase 2 join the cache, then the results are built
+   or :class:`BatchError` is raised.
+
+A writer thread therefore takes the GIL twice per transaction, however many statements it holds,
+instead of several times per statement.
+
+Ownership: the C arrays are PyMem buffers, freed on every path.  A text new to the cache that appears
+several times in a batch is prepared once, at its first use.  A statement prepared in phase 2 belongs
+to the call until the cache adopts it in phase 3 (a ``_Stmt``, which finalizes it), and is finalized by
+the call otherwise; one refused after preparing (more than one statement in its text) is finalized at
+once and never cached.  ``run`` and ``close`` are refused while a ``run`` is in progress: phase 1 can
+run Python code (a parameter sequence's ``__getitem__``) and phase 2 uses the connection without the GIL.
 """
 
+import os
+from collections.abc import Sequence
+
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.string cimport memcpy
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_FromObject
+from libc.stdio cimport snprintf
+from libc.string cimport memset, strlen
 
 from _fastcore._sqlbatch_py import BatchError
 
@@ -25,6 +46,8 @@ cdef extern from "sqlite3.h" nogil:
     ctypedef struct sqlite3
     ctypedef struct sqlite3_stmt
     int SQLITE_OK
+    int SQLITE_ERROR
+    int SQLITE_TOOBIG
     int SQLITE_ROW
     int SQLITE_DONE
     int SQLITE_MISUSE
@@ -55,8 +78,9 @@ cdef extern from "sqlite3.h" nogil:
     int sqlite3_bind_text(sqlite3_stmt *pStmt, int i, const char *value, int n, void *destructor)
     int sqlite3_bind_blob(sqlite3_stmt *pStmt, int i, const void *value, int n, void *destructor)
 
-DEF _ERRMSG_LEN = 512
 cdef enum:
+    ERRMSG_LEN = 512
+    MAX_LEN = 0x7FFFFFFF  # INT_MAX: SQLite takes lengths as C int
     K_NULL = 0
     K_INT = 1
     K_FLOAT = 2
@@ -70,19 +94,104 @@ cdef struct Value:
     const char *p
     Py_ssize_t n
 
+cdef struct Item:
+    # one statement of a batch
+    const char *sql       # its UTF-8 text, NUL-terminated (the str's own buffer; the call keeps the str)
+    int nsql              # its length in bytes
+    Py_ssize_t slot       # the item whose ``stmt`` it runs: itself, or the first item of the batch with the
+                          # same text when that text is not cached (prepared once, at its first use)
+    sqlite3_stmt *stmt    # (for slot == its own index) the statement: from the cache, or prepared in phase 2
+    bint fresh            # ``stmt`` was prepared by this call and is owned by it until the cache adopts it
+    Py_ssize_t first      # its parameters: vals[first:first + nvals]
+    Py_ssize_t nvals
+    sqlite3_int64 rowid   # results: sqlite3_last_insert_rowid() / sqlite3_changes() after it
+    int changes
+
 _SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 #: prepared statements kept per connection (by SQL text); past this the cache is emptied and refilled
 _CACHE_MAX = 256
+#: sequences that are parameter values, not parameter lists
+_NOT_PARAMETER_SEQUENCES = (str, bytes, bytearray, memoryview)
+cdef const char *_ONE_AT_A_TIME = "You can only execute one statement at a time."
 
 
 cdef class _Stmt:
+    """Owns one prepared statement of the cache (finalized with it)."""
     cdef sqlite3_stmt *ptr
-    cdef int nparams
 
     def __dealloc__(self):
         if self.ptr is not NULL:
             sqlite3_finalize(self.ptr)
             self.ptr = NULL
+
+
+# ---------------------------------------------------------------------------------------- phase 1 (GIL)
+
+cdef str _check_sql(Py_ssize_t index, object sql):
+    """``sql`` as an exact ``str`` whose UTF-8 text can be prepared, else BatchError (the contract's
+    checks, in the pure twin's order)."""
+    cdef Py_ssize_t n
+    cdef const char *text
+    if type(sql) is not str:
+        if not isinstance(sql, str):
+            raise BatchError(index, SQLITE_MISUSE, f"statement must be str, not {type(sql).__name__}")
+        sql = PyUnicode_FromObject(sql)  # a subclass: its text as an exact str (the cache's key)
+    try:
+        text = PyUnicode_AsUTF8AndSize(sql, &n)
+    except UnicodeEncodeError as exc:
+        raise BatchError(index, SQLITE_MISUSE, str(exc)) from None
+    if <Py_ssize_t>strlen(text) != n:
+        raise BatchError(index, SQLITE_MISUSE, "the query contains a null character")
+    if n >= MAX_LEN:
+        raise BatchError(index, SQLITE_TOOBIG, "query string is too large")
+    return <str>sql
+
+
+cdef tuple _check_params(Py_ssize_t index, object values):
+    """``values`` as a tuple (the call keeps it, and so every str / bytes bound from it), else BatchError."""
+    if type(values) is tuple:
+        return <tuple>values
+    if type(values) is not list and (not isinstance(values, Sequence)
+                                     or isinstance(values, _NOT_PARAMETER_SEQUENCES)):
+        raise BatchError(index, SQLITE_MISUSE,
+                         f"parameters must be a sequence such as a tuple or list, not {type(values).__name__}")
+    return tuple(values)
+
+
+cdef int _read_value(Py_ssize_t index, Py_ssize_t pos, object value, Value *v) except -1:
+    """``value`` (parameter ``pos``, from 1) into ``v``, else BatchError (the pure twin's checks).  A
+    subclass of a supported type is read as its base value (no ``__int__`` / ``__str__`` is called)."""
+    cdef Py_ssize_t n
+    if value is None:
+        v.kind = K_NULL
+    elif isinstance(value, int):  # bool included
+        try:
+            v.i = value
+        except OverflowError:
+            raise BatchError(index, SQLITE_MISMATCH,
+                             f"parameter {pos}: Python int too large to convert to SQLite INTEGER") from None
+        v.kind = K_INT
+    elif isinstance(value, float):
+        v.d = value
+        v.kind = K_FLOAT
+    elif isinstance(value, str):
+        try:
+            v.p = PyUnicode_AsUTF8AndSize(value, &n)
+        except UnicodeEncodeError as exc:
+            raise BatchError(index, SQLITE_MISMATCH, f"parameter {pos}: {exc}") from None
+        if n > MAX_LEN:
+            raise BatchError(index, SQLITE_TOOBIG, f"parameter {pos}: string longer than INT_MAX bytes")
+        v.n = n
+        v.kind = K_TEXT
+    elif isinstance(value, bytes):
+        v.p = PyBytes_AS_STRING(value)
+        v.n = PyBytes_GET_SIZE(value)
+        if v.n > MAX_LEN:
+            raise BatchError(index, SQLITE_TOOBIG, f"parameter {pos}: BLOB longer than INT_MAX bytes")
+        v.kind = K_BLOB
+    else:
+        raise BatchError(index, SQLITE_MISMATCH, f"parameter {pos}: type {type(value).__name__!r} is not supported")
+    return 0
 
 
 cdef class BatchConnection:
@@ -91,26 +200,32 @@ cdef class BatchConnection:
     cdef sqlite3 *db
     cdef readonly str path
     cdef dict _cache
+    cdef bint _running  # a run() is in progress: close() / run() from inside it (or another thread) refused
 
     def __cinit__(self):
         self.db = NULL
         self._cache = {}
+        self._running = False
 
-    def __init__(self, str path, *, str synchronous="FULL", int busy_timeout_ms=30000, bint foreign_keys=True,
+    def __init__(self, path, *, str synchronous="FULL", int busy_timeout_ms=30000, bint foreign_keys=True,
                  pragmas=()):
         mode = synchronous.upper()
         if mode not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}, got {synchronous!r}")
         if busy_timeout_ms < 0:
             raise ValueError("busy_timeout_ms must be >= 0")
-        self.path = path
-        cdef bytes bpath = path.encode("utf-8")
+        fspath = os.fspath(path)
+        cdef bytes bpath = os.fsencode(fspath)  # as the sqlite3 module encodes a path
+        if b"\x00" in bpath:
+            raise ValueError("embedded null byte")
+        self._close()  # (__init__ called again)
+        self.path = os.fsdecode(fspath)
         cdef int rc = sqlite3_open_v2(bpath, &self.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                                       NULL)
         if rc != SQLITE_OK:
             message = sqlite3_errmsg(self.db).decode("utf-8", "replace") if self.db is not NULL else "out of memory"
             self._close()
-            raise BatchError(-1, rc & 0xFF, f"cannot open {path}: {message}")
+            raise BatchError(-1, rc & 0xFF, f"cannot open {self.path}: {message}")
         sqlite3_busy_timeout(self.db, busy_timeout_ms)
         try:
             self._exec(f"PRAGMA synchronous={mode}")
@@ -124,17 +239,28 @@ cdef class BatchConnection:
     def __dealloc__(self):
         self._close()
 
-    cdef void _close(self):
+    cdef int _close(self) except -1:
+        if self._running:
+            raise BatchError(-1, SQLITE_MISUSE, "the connection is in use by a call of run()")
         self._cache = {}  # finalizes the statements (close_v2 would also wait for them)
         if self.db is not NULL:
             sqlite3_close_v2(self.db)
             self.db = NULL
+        return 0
 
     cdef _exec(self, str sql):
-        cdef bytes b = sql.encode("utf-8")
-        cdef int rc = sqlite3_exec(self.db, b, NULL, NULL, NULL)
-        if rc != SQLITE_OK:
-            raise BatchError(-1, rc & 0xFF, sqlite3_errmsg(self.db).decode("utf-8", "replace"))
+        """One statement without parameters (a pragma), checked as a batch's statement; BatchError(-1)."""
+        cdef Py_ssize_t n
+        cdef const char *text
+        cdef int code = 0
+        cdef bint ok
+        cdef char errmsg[ERRMSG_LEN]
+        sql = _check_sql(-1, sql)
+        text = PyUnicode_AsUTF8AndSize(sql, &n)
+        with nogil:
+            ok = _exec_one(self.db, text, <int>n, &code, errmsg)
+        if not ok:
+            raise BatchError(-1, code & 0xFF, errmsg.decode("utf-8", "replace"))
 
     @property
     def closed(self):
@@ -143,164 +269,245 @@ cdef class BatchConnection:
     def close(self):
         self._close()
 
-    cdef _Stmt _prepare(self, str sql, Py_ssize_t index):
-        cdef _Stmt st = self._cache.get(sql)
-        cdef Py_ssize_t n
-        cdef const char *text
-        cdef const char *tail = NULL
-        cdef int rc
-        if st is not None:
-            return st
-        text = PyUnicode_AsUTF8AndSize(sql, &n)
-        st = _Stmt()
-        rc = sqlite3_prepare_v2(self.db, text, <int>n + 1, &st.ptr, &tail)
-        if rc != SQLITE_OK:
-            raise BatchError(index, rc & 0xFF, sqlite3_errmsg(self.db).decode("utf-8", "replace"))
-        if st.ptr is NULL:  # only white space or a comment
-            raise BatchError(index, SQLITE_MISUSE, "statement is empty")
-        if tail is not NULL and tail[0] != 0:
-            rest = (<bytes>tail).strip()
-            if rest and rest != b";":
-                raise BatchError(index, SQLITE_MISUSE, "you can only execute one statement at a time")
-        st.nparams = sqlite3_bind_parameter_count(st.ptr)
-        if len(self._cache) >= _CACHE_MAX:
-            self._cache.clear()
-        self._cache[sql] = st
-        return st
-
     def run(self, statements, params, *, begin="BEGIN IMMEDIATE", bint commit=True):
         if self.db is NULL:
             raise BatchError(-1, SQLITE_MISUSE, "the connection is closed")
+        if self._running:
+            raise BatchError(-1, SQLITE_MISUSE, "the connection is in use by a call of run()")
         cdef Py_ssize_t count = len(statements)
         if count != len(params):
             raise ValueError(f"{count} statements but {len(params)} parameter sequences")
-        cdef bytes bbegin = None if begin is None else (<str>begin).encode("utf-8")
-        cdef const char *cbegin = NULL if bbegin is None else PyBytes_AS_STRING(bbegin)
-        cdef list stmts = []      # keeps each _Stmt alive for the call
-        cdef list values_of = []  # keeps each parameter sequence (and its str / bytes) alive
-        cdef Py_ssize_t total = 0, i, j, n, pos
-        cdef _Stmt st
-        cdef sqlite3_stmt **ptrs = NULL
-        cdef int *nparams = NULL
-        cdef Value *vals = NULL
-        cdef Value *v
-        cdef sqlite3_int64 *rowids = NULL
-        cdef int *changes = NULL
-        cdef int failed = -2, code = 0
-        cdef char errmsg[_ERRMSG_LEN]
-        errmsg[0] = 0
-        for i in range(count):
-            sql = statements[i]
-            if type(sql) is not str:
-                raise BatchError(i, SQLITE_MISUSE, f"statement must be str, not {type(sql).__name__}")
-            seq = params[i]
-            if type(seq) is not tuple:
-                seq = tuple(seq)
-            st = self._prepare(<str>sql, i)
-            if len(seq) != st.nparams:
-                raise BatchError(i, SQLITE_RANGE, f"Incorrect number of bindings supplied. The current "
-                                                  f"statement uses {st.nparams}, and there are {len(seq)} supplied.")
-            stmts.append(st)
-            values_of.append(seq)
-            total += st.nparams
+        self._running = True
         try:
-            ptrs = <sqlite3_stmt **>PyMem_Malloc((count + 1) * sizeof(sqlite3_stmt *))
-            nparams = <int *>PyMem_Malloc((count + 1) * sizeof(int))
-            vals = <Value *>PyMem_Malloc((total + 1) * sizeof(Value))
-            rowids = <sqlite3_int64 *>PyMem_Malloc((count + 1) * sizeof(sqlite3_int64))
-            changes = <int *>PyMem_Malloc((count + 1) * sizeof(int))
-            if ptrs is NULL or nparams is NULL or vals is NULL or rowids is NULL or changes is NULL:
+            return self._run(statements, params, begin, commit, count)
+        finally:
+            self._running = False
+
+    cdef list _run(self, statements, params, begin, bint commit, Py_ssize_t count):
+        cdef list texts = []  # each statement's text (exact str): keeps its UTF-8 buffer; the cache's keys
+        cdef list alive = []  # the parameter tuples (and their str / bytes) and the cached _Stmt in use
+        cdef dict first_use = {}  # text -> index of its first item, for the texts not in the cache
+        cdef str sql
+        cdef tuple values
+        cdef _Stmt st
+        cdef Item *items = NULL
+        cdef Item *it
+        cdef Value *vals = NULL
+        cdef Value *grown
+        cdef Py_ssize_t nvals = 0, capacity = 0, i, pos, n
+        cdef const char *cbegin = NULL
+        cdef Py_ssize_t nbegin = 0
+        cdef Py_ssize_t failed = -2
+        cdef int code = 0
+        cdef char errmsg[ERRMSG_LEN]
+        errmsg[0] = 0
+        try:
+            # ---- phase 1: check the whole batch and read it into items / vals
+            if begin is not None:
+                begin = _check_sql(-1, begin)
+                cbegin = PyUnicode_AsUTF8AndSize(begin, &nbegin)
+            items = <Item *>PyMem_Malloc((count + 1) * sizeof(Item))
+            if items is NULL:
                 raise MemoryError()
-            j = 0
+            memset(items, 0, (count + 1) * sizeof(Item))  # (the finally walks them whatever happens)
             for i in range(count):
-                st = <_Stmt>stmts[i]
-                ptrs[i] = st.ptr
-                nparams[i] = st.nparams
-                seq = values_of[i]
-                for pos in range(st.nparams):
-                    value = (<tuple>seq)[pos]
-                    v = &vals[j]
-                    j += 1
-                    if value is None:
-                        v.kind = K_NULL
-                    elif isinstance(value, int):  # bool included, as in the sqlite3 module
-                        try:
-                            v.i = value
-                        except OverflowError as exc:
-                            raise BatchError(i, SQLITE_MISMATCH, f"parameter {pos + 1}: {exc}") from None
-                        v.kind = K_INT
-                    elif isinstance(value, float):
-                        v.kind = K_FLOAT
-                        v.d = value
-                    elif isinstance(value, str):
-                        v.kind = K_TEXT
-                        v.p = PyUnicode_AsUTF8AndSize(value, &n)
-                        v.n = n
-                    elif isinstance(value, bytes):
-                        v.kind = K_BLOB
-                        v.p = PyBytes_AS_STRING(value)
-                        v.n = PyBytes_GET_SIZE(value)
-                    else:
-                        raise BatchError(i, SQLITE_MISMATCH,
-                                         f"parameter {pos + 1}: type {type(value).__name__!r} is not supported")
-                    if (v.kind == K_TEXT or v.kind == K_BLOB) and v.n > 0x7FFFFFFF:
-                        raise BatchError(i, SQLITE_MISMATCH, f"parameter {pos + 1} is too large")
+                it = &items[i]
+                sql = _check_sql(i, statements[i])
+                texts.append(sql)
+                it.sql = PyUnicode_AsUTF8AndSize(sql, &n)
+                it.nsql = <int>n
+                it.slot = i
+                st = self._cache.get(sql)
+                if st is not None:
+                    alive.append(st)
+                    it.stmt = st.ptr
+                else:
+                    it.slot = first_use.setdefault(sql, i)
+                values = _check_params(i, params[i])
+                alive.append(values)
+                it.first = nvals
+                it.nvals = len(values)
+                if nvals + it.nvals > capacity:
+                    capacity = max(2 * capacity, nvals + it.nvals, 16)
+                    grown = <Value *>PyMem_Realloc(vals, capacity * sizeof(Value))
+                    if grown is NULL:
+                        raise MemoryError()
+                    vals = grown
+                for pos in range(it.nvals):
+                    _read_value(i, pos + 1, values[pos], &vals[nvals])
+                    nvals += 1
+            # ---- phase 2: begin, the statements, COMMIT
             with nogil:
-                failed = _run_batch(self.db, cbegin, count, ptrs, nparams, vals, rowids, changes, commit,
-                                    &code, errmsg)
+                failed = _run_batch(self.db, cbegin, <int>nbegin, items, count, vals, commit, &code, errmsg)
+            # ---- phase 3: the statements prepared in phase 2 join the cache, then the outcome
+            for i in range(count):
+                if items[i].fresh:
+                    st = _Stmt.__new__(_Stmt)
+                    st.ptr = items[i].stmt  # st owns it from here
+                    items[i].fresh = False
+                    if len(self._cache) >= _CACHE_MAX:
+                        self._cache.clear()
+                    self._cache[texts[i]] = st
             if failed != -2:
                 raise BatchError(failed, code & 0xFF, errmsg.decode("utf-8", "replace"))
-            return [(rowids[i], changes[i]) for i in range(count)]
+            return [(items[i].rowid, items[i].changes) for i in range(count)]
         finally:
-            PyMem_Free(ptrs)
-            PyMem_Free(nparams)
+            if items is not NULL:
+                for i in range(count):  # prepared but not adopted (an error in phase 3)
+                    if items[i].fresh:
+                        sqlite3_finalize(items[i].stmt)
+            PyMem_Free(items)
             PyMem_Free(vals)
-            PyMem_Free(rowids)
-            PyMem_Free(changes)
 
 
-cdef void _fail(sqlite3 *db, int rc, int *code, char *errmsg, bint began) noexcept nogil:
-    """Copy the error of ``rc`` (the connection's message, or SQLite's text for the code) into
-    ``code`` / ``errmsg``, then roll back the transaction the batch began."""
-    cdef const char *msg = sqlite3_errmsg(db)
+# ------------------------------------------------------------------------------------- phase 2 (no GIL)
+
+cdef const char *_lstrip_sql(const char *sql) noexcept nogil:
+    """The first character of ``sql`` that is not white space or in a comment, or NULL: the sqlite3
+    module's ``lstrip_sql`` (CPython 3.11), which judges what may follow a statement."""
+    cdef const char *pos = sql
+    if pos is NULL:
+        return NULL
+    while pos[0] != 0:
+        if pos[0] == c' ' or pos[0] == c'\t' or pos[0] == c'\f' or pos[0] == c'\n' or pos[0] == c'\r':
+            pos += 1
+        elif pos[0] == c'-' and pos[1] == c'-':  # -- to the end of the line
+            pos += 2
+            while pos[0] != 0 and pos[0] != c'\n':
+                pos += 1
+            if pos[0] == 0:
+                return NULL
+            pos += 1
+        elif pos[0] == c'/' and pos[1] == c'*':  # /* to */ (an unterminated one runs to the end)
+            pos += 2
+            while pos[0] != 0 and (pos[0] != c'*' or pos[1] != c'/'):
+                pos += 1
+            if pos[0] == 0:
+                return NULL
+            pos += 2
+        else:
+            return pos
+    return NULL
+
+
+cdef void _set_message(int rc, const char *msg, int *code, char *errmsg) noexcept nogil:
+    """``rc`` and a copy of ``msg`` (cut to ERRMSG_LEN - 1 bytes) into ``code`` / ``errmsg``."""
     cdef size_t mlen = 0
-    code[0] = sqlite3_extended_errcode(db)
-    if (code[0] & 0xFF) != (rc & 0xFF):  # the connection's last error is not this one
-        code[0] = rc
-        msg = sqlite3_errstr(rc)
-    while msg[mlen] != 0 and mlen < _ERRMSG_LEN - 1:
+    code[0] = rc
+    while msg[mlen] != 0 and mlen < ERRMSG_LEN - 1:
+        errmsg[mlen] = msg[mlen]
         mlen += 1
-    memcpy(errmsg, msg, mlen)
     errmsg[mlen] = 0
+
+
+cdef void _set_error(sqlite3 *db, int rc, int *code, char *errmsg) noexcept nogil:
+    """The error of ``rc`` into ``code`` / ``errmsg``: the connection's message, or SQLite's text for
+    the code when the connection's last error is another one."""
+    cdef int extended = sqlite3_extended_errcode(db)
+    if (extended & 0xFF) == (rc & 0xFF):
+        _set_message(extended, sqlite3_errmsg(db), code, errmsg)
+    else:
+        _set_message(rc, sqlite3_errstr(rc), code, errmsg)
+
+
+cdef void _set_range_error(int uses, Py_ssize_t supplied, int *code, char *errmsg) noexcept nogil:
+    """The sqlite3 module's error for a wrong number of parameters."""
+    code[0] = SQLITE_RANGE
+    snprintf(errmsg, ERRMSG_LEN, "Incorrect number of bindings supplied. The current statement uses %d, "
+             "and there are %lld supplied.", uses, <long long>supplied)
+
+
+cdef void _rollback(sqlite3 *db, bint began) noexcept nogil:
+    """Roll back the transaction the batch began (after its error was copied: this changes errmsg)."""
     if began and sqlite3_get_autocommit(db) == 0:
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL)
 
 
-cdef int _run_batch(sqlite3 *db, const char *begin, Py_ssize_t count, sqlite3_stmt **ptrs, int *nparams,
-                    Value *vals, sqlite3_int64 *rowids, int *changes, bint commit, int *code,
-                    char *errmsg) noexcept nogil:
-    """BEGIN, every statement, COMMIT.  Returns -2, or the index of what failed (-1 the BEGIN,
-    ``count`` the COMMIT) with its error in ``code`` / ``errmsg`` and the transaction rolled back.
-    Each statement is reset and its bindings cleared whatever happens."""
-    cdef int rc, k
+cdef int _prepare(sqlite3 *db, const char *sql, int nsql, sqlite3_stmt **stmt, int *code,
+                  char *errmsg) noexcept nogil:
+    """Prepare one statement as the sqlite3 module does: SQLite's error, or SQLITE_MISUSE when more
+    than white space and comments follow it.  ``*stmt`` is then NULL; it is NULL too, with SQLITE_OK,
+    for a text with no statement in it (only white space, comments, ``;``)."""
+    cdef const char *tail = NULL
+    cdef int rc = sqlite3_prepare_v2(db, sql, nsql + 1, stmt, &tail)  # (+ 1: the text is NUL-terminated)
+    if rc != SQLITE_OK:
+        stmt[0] = NULL
+        _set_error(db, rc, code, errmsg)
+        return rc
+    if _lstrip_sql(tail) is not NULL:
+        sqlite3_finalize(stmt[0])  # (never cached: its text would be run without this check)
+        stmt[0] = NULL
+        _set_message(SQLITE_MISUSE, _ONE_AT_A_TIME, code, errmsg)
+        return SQLITE_MISUSE
+    return SQLITE_OK
+
+
+cdef int _step(sqlite3_stmt *stmt) noexcept nogil:
+    """Step through every row: SQLITE_DONE or the error."""
+    cdef int rc = sqlite3_step(stmt)
+    while rc == SQLITE_ROW:
+        rc = sqlite3_step(stmt)
+    return rc
+
+
+cdef bint _exec_one(sqlite3 *db, const char *sql, int nsql, int *code, char *errmsg) noexcept nogil:
+    """Prepare, run and finalize one statement without parameters (``begin``, a pragma), checked as a
+    batch's statement.  False with the error in ``code`` / ``errmsg``."""
+    cdef sqlite3_stmt *stmt = NULL
+    cdef int rc, uses
+    if _prepare(db, sql, nsql, &stmt, code, errmsg) != SQLITE_OK:
+        return False
+    if stmt is NULL:  # nothing in it
+        return True
+    uses = sqlite3_bind_parameter_count(stmt)
+    if uses != 0:
+        sqlite3_finalize(stmt)
+        _set_range_error(uses, 0, code, errmsg)
+        return False
+    rc = _step(stmt)
+    if rc != SQLITE_DONE:
+        _set_error(db, rc, code, errmsg)  # (before the finalize: the message is the step's)
+    sqlite3_finalize(stmt)
+    return rc == SQLITE_DONE
+
+
+cdef Py_ssize_t _run_batch(sqlite3 *db, const char *begin, int nbegin, Item *items, Py_ssize_t count,
+                           Value *vals, bint commit, int *code, char *errmsg) noexcept nogil:
+    """``begin``, every statement, COMMIT.  Returns -2, or the index of what failed (-1 ``begin``,
+    ``count`` the COMMIT) with its error in ``code`` / ``errmsg`` and the transaction the call began
+    rolled back.  Each statement is reset and its bindings cleared whatever happens."""
+    cdef int rc, k, uses
     cdef bint began = False
-    cdef Py_ssize_t i, j = 0
+    cdef Py_ssize_t i
+    cdef Item *it
+    cdef Item *owner
     cdef sqlite3_stmt *stmt
     cdef Value *v
     if begin is not NULL:
-        rc = sqlite3_exec(db, begin, NULL, NULL, NULL)
-        if rc != SQLITE_OK:
-            _fail(db, rc, code, errmsg, False)
+        if not _exec_one(db, begin, nbegin, code, errmsg):
             return -1
         began = sqlite3_get_autocommit(db) == 0
     for i in range(count):
-        stmt = ptrs[i]
+        it = &items[i]
+        owner = &items[it.slot]
+        if owner.stmt is NULL:  # not in the cache (or a text with no statement): prepared now, in its turn
+            if _prepare(db, it.sql, it.nsql, &owner.stmt, code, errmsg) != SQLITE_OK:
+                _rollback(db, began)
+                return i
+            owner.fresh = owner.stmt is not NULL
+        stmt = owner.stmt
+        uses = sqlite3_bind_parameter_count(stmt)  # (0 for NULL)
+        if uses != it.nvals:
+            _set_range_error(uses, it.nvals, code, errmsg)
+            _rollback(db, began)
+            return i
+        if stmt is NULL:  # a no-op, which still reports
+            it.rowid = sqlite3_last_insert_rowid(db)
+            it.changes = sqlite3_changes(db)
+            continue
         rc = SQLITE_OK
-        for k in range(nparams[i]):
-            v = &vals[j]
-            j += 1
-            if rc != SQLITE_OK:
-                continue
+        for k in range(uses):
+            v = &vals[it.first + k]
             if v.kind == K_NULL:
                 rc = sqlite3_bind_null(stmt, k + 1)
             elif v.kind == K_INT:
@@ -311,22 +518,24 @@ cdef int _run_batch(sqlite3 *db, const char *begin, Py_ssize_t count, sqlite3_st
                 rc = sqlite3_bind_text(stmt, k + 1, v.p, <int>v.n, NULL)  # NULL = SQLITE_STATIC
             else:
                 rc = sqlite3_bind_blob(stmt, k + 1, v.p, <int>v.n, NULL)
+            if rc != SQLITE_OK:
+                break
         if rc == SQLITE_OK:
-            rc = sqlite3_step(stmt)
-            while rc == SQLITE_ROW:
-                rc = sqlite3_step(stmt)
-        if rc != SQLITE_DONE and rc != SQLITE_OK:
-            _fail(db, rc, code, errmsg, began)  # (before the reset: the message is the step's)
+            rc = _step(stmt)
+        if rc != SQLITE_DONE:
+            _set_error(db, rc, code, errmsg)  # (before the reset and the rollback: the message is the step's)
             sqlite3_reset(stmt)
             sqlite3_clear_bindings(stmt)
-            return <int>i
-        rowids[i] = sqlite3_last_insert_rowid(db)
-        changes[i] = sqlite3_changes(db)
+            _rollback(db, began)
+            return i
+        it.rowid = sqlite3_last_insert_rowid(db)
+        it.changes = sqlite3_changes(db)
         sqlite3_reset(stmt)
         sqlite3_clear_bindings(stmt)
     if commit:
         rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL)
         if rc != SQLITE_OK:
-            _fail(db, rc, code, errmsg, began)
-            return <int>count
+            _set_error(db, rc, code, errmsg)
+            _rollback(db, began)
+            return count
     return -2

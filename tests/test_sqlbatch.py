@@ -1,23 +1,28 @@
 """_fastcore.sqlbatch over both twins: one transaction of parameterised statements per call.
 
 Known results (types round-tripped, (lastrowid, changes) per statement), a differential test against
-the plain ``sqlite3`` module (hypothesis batches of INSERT / UPDATE / DELETE / SELECT with at most one
-failing statement), the error paths (BEGIN, COMMIT, busy, closed, malformed calls), transactions left
-to the caller, the compiled twin's statement cache (reuse, eviction past 256, schema changes), rows
-stepped and dropped, and that the compiled twin runs a batch without the GIL.  ``test_twins_agree_*``
-compares the two twins directly; the cases where they still differ are strict xfails (see
-``DIVERGENCES``).
+the plain ``sqlite3`` module (hypothesis batches of INSERT / UPDATE / DELETE / SELECT / empty statements
+with at most one failing statement; the reference applies the contract's up-front argument checks), the
+error paths (BEGIN, COMMIT, busy, closed, malformed calls), the contract's rules (arguments checked for
+the whole batch before anything runs, SQLite's errors in statement order, statement text judged as the
+``sqlite3`` module does, the pure twin's rollback on any exception, paths and pragmas of the
+constructor), transactions left to the caller, the compiled twin's statement cache (reuse, eviction
+past 256, schema changes), rows stepped and dropped, and that the compiled twin runs a batch without the
+GIL.  ``test_twins_agree_*`` compares the two twins directly, ``test_agreed_outcome`` pins the outcome
+of the edge cases where they once differed (``AGREED``).
 """
 
 from __future__ import annotations
 
+import enum
 import itertools
 import math
+import os
 import pathlib
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from types import ModuleType
 from typing import Any
@@ -231,6 +236,9 @@ good_statements = st.one_of(
     st.tuples(st.just("SELECT count(*), max(id) FROM t WHERE v = ?"), st.tuples(values)),
     st.tuples(st.just("INSERT INTO t(name, x) VALUES (?, ?) RETURNING id, x"),
               st.tuples(st.text(max_size=4), values)),
+    # no statement in the text: a no-op that reports (last_insert_rowid, changes)
+    st.tuples(st.sampled_from(["", "  -- nothing", "/* c */ ;", ";"]), st.just(())),
+    st.tuples(st.just("SELECT count(*) FROM t; -- trailing comment"), st.just(())),
 )
 
 #: (statement, params, SQLite result code the twins must report); each always fails
@@ -247,8 +255,13 @@ bad_statements = st.one_of(
     st.tuples(st.just("UPDATE t SET n = ? WHERE id = ?"),
               st.one_of(st.tuples(values), st.tuples(values, ids, values)), st.just(SQLITE_RANGE)),
     st.tuples(st.just("UPDATE t SET v = ? WHERE id = ?"),
-              st.tuples(st.sampled_from([[1], {"a": 1}, Decimal("1.5"), bytearray(b"x"), 1j, (1,)]), ids),
+              st.tuples(st.sampled_from([[1], {"a": 1}, Decimal("1.5"), bytearray(b"x"), memoryview(b"m"), 1j, (1,),
+                                         "x\ud800"]), ids),
               st.just(SQLITE_MISMATCH)),
+    st.tuples(st.just("DELETE FROM t WHERE id = ?"), st.sampled_from([None, 1, {"id": 1}, "1", b"1"]),
+              st.just(SQLITE_MISUSE)),  # params not a sequence (or one that is a value)
+    st.tuples(st.sampled_from(["INSERT INTO t(name) VALUES ('a'); SELECT 1", "DELETE FROM t;;",
+                               "SELECT 1\x00 -- NUL"]), st.just(()), st.just(SQLITE_MISUSE)),
     st.tuples(st.just("INSERT INTO t(name, n) VALUES (?, ?)"),
               st.tuples(st.text(max_size=4),
                         st.one_of(st.integers(INT64_MAX + 1, 1 << 80), st.integers(-(1 << 80), INT64_MIN - 1))),
@@ -275,6 +288,25 @@ def batches(draw: st.DrawFn) -> tuple[list[str], list[tuple[Any, ...]], int | No
 SUPPORTED = (type(None), int, float, str, bytes)
 
 
+def refused_before_running(statements: list[str], params: list[Any]) -> int | None:
+    """The contract's argument checks (rule: nothing runs when one fails): the index of the first
+    statement they refuse, or None.  The sqlite3 module itself would run the statements before it."""
+    for index, (sql, p) in enumerate(zip(statements, params, strict=True)):
+        if "\x00" in sql or not isinstance(p, tuple | list):
+            return index
+        for value in p:
+            if not isinstance(value, SUPPORTED):  # the module also takes bytearray and memoryview
+                return index
+            if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+                return index
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    return index
+    return None
+
+
 def reference_connection(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA foreign_keys = ON")
@@ -285,14 +317,15 @@ def reference_connection(path: str) -> sqlite3.Connection:
 def reference_run(conn: sqlite3.Connection, statements: list[str],
                   params: list[tuple[Any, ...]]) -> tuple[str, Any]:
     """The batch through the sqlite3 module: ("ok", results) or ("error", index)."""
+    refused = refused_before_running(statements, params)
+    if refused is not None:
+        return "error", refused
     conn.execute("BEGIN IMMEDIATE")
     results = []
     for index, (sql, p) in enumerate(zip(statements, params, strict=True)):
         try:
-            if not all(isinstance(value, SUPPORTED) for value in p):  # the module also takes bytearray
-                raise sqlite3.ProgrammingError("unsupported parameter type")
             conn.execute(sql, p).fetchall()
-        except (sqlite3.Error, OverflowError):
+        except sqlite3.Error:
             conn.execute("ROLLBACK")
             return "error", index
         results.append(conn.execute("SELECT last_insert_rowid(), changes()").fetchone())
@@ -308,22 +341,6 @@ def twin_run(conn: Any, module: ModuleType, statements: list[str],
     except module.BatchError as exc:
         assert isinstance(exc.message, str) and exc.message
         return "error", (exc.index, exc.code)
-
-
-def mask_stale_rowids(statements: list[str], outcome: tuple[str, Any], stale: bool) -> tuple[tuple[str, Any], bool]:
-    """After a failed batch, ``last_insert_rowid()`` is what the last INSERT that *ran* left behind, rolled
-    back or not; the compiled twin runs nothing of a batch that fails its checks (statement that does not
-    prepare, wrong count or type of parameters), the pure twin and sqlite3 run the statements before it
-    (see DIVERGENCES["lastrowid-after-failed-batch"]).  So the lastrowid of a statement that is not an
-    INSERT is masked from a failed batch until the next INSERT."""
-    if outcome[0] != "ok":
-        return outcome, True
-    masked = []
-    for sql, (rowid, changes) in zip(statements, outcome[1], strict=True):
-        if sql.startswith("INSERT"):
-            stale = False
-        masked.append((None if stale else rowid, changes))
-    return ("ok", masked), stale
 
 
 def dump(path: str) -> list[str]:
@@ -349,15 +366,14 @@ def test_differential_against_sqlite3(sqlbatch_impl: ModuleType, tmp_path: pathl
     twin = sqlbatch_impl.BatchConnection(twin_path, synchronous="OFF")
     ref = reference_connection(ref_path)
     try:
-        stale = stale_ref = False
         for statements, params, bad_at, bad_code in plan:
             before = dump(ref_path)
-            expected, stale_ref = mask_stale_rowids(statements, reference_run(ref, statements, params), stale_ref)
-            got, stale = mask_stale_rowids(statements, twin_run(twin, sqlbatch_impl, statements, params), stale)
+            expected = reference_run(ref, statements, params)
+            got = twin_run(twin, sqlbatch_impl, statements, params)
             if bad_at is None:
                 assert expected[0] == "ok"
                 assert got == ("ok", expected[1])
-            else:
+            else:  # (lastrowid after it stays comparable: what the statements that ran left behind)
                 assert expected == ("error", bad_at)
                 assert got == ("error", (bad_at, bad_code))
                 assert dump(ref_path) == before  # nothing of the failed batch, earlier batches kept
@@ -378,11 +394,8 @@ def test_twins_agree_on_random_batches(both_twins: tuple[ModuleType, ModuleType]
     py_conn = py.BatchConnection(py_path, synchronous="OFF")
     c_conn = c.BatchConnection(c_path, synchronous="OFF")
     try:
-        stale_py = stale_c = False
         for statements, params, _, _ in plan:
-            py_outcome, stale_py = mask_stale_rowids(statements, twin_run(py_conn, py, statements, params), stale_py)
-            c_outcome, stale_c = mask_stale_rowids(statements, twin_run(c_conn, c, statements, params), stale_c)
-            assert py_outcome == c_outcome
+            assert twin_run(py_conn, py, statements, params) == twin_run(c_conn, c, statements, params)
             assert dump(py_path) == dump(c_path)
     finally:
         py_conn.close()
@@ -586,6 +599,335 @@ def test_transaction_left_to_the_caller(sqlbatch_impl: ModuleType, tmp_path: pat
     conn.close()
 
 
+# --------------------------------------------------------------------------- 3b. the contract's rules
+
+
+class _Params(Sequence):  # type: ignore[type-arg]
+    """A parameter sequence that is neither tuple nor list; ``on_get`` runs at each item read."""
+
+    def __init__(self, *items: Any, on_get: Callable[[], Any] | None = None) -> None:
+        self.items = items
+        self.on_get = on_get
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: Any) -> Any:
+        if self.on_get is not None:
+            self.on_get()
+        return self.items[i]
+
+
+REFUSED_ARGUMENTS = [  # (statements, params, index, code): the first statement the checks refuse
+    ([INSERT_A, 42], [("x",), ()], 1, SQLITE_MISUSE),
+    ([INSERT_A, b"SELECT 1"], [("x",), ()], 1, SQLITE_MISUSE),
+    ([INSERT_A, "SELECT 1\x00"], [("x",), ()], 1, SQLITE_MISUSE),
+    ([INSERT_A, "SELECT '\ud800'"], [("x",), ()], 1, SQLITE_MISUSE),
+    ([INSERT_A, INSERT_A], [("x",), None], 1, SQLITE_MISUSE),
+    ([INSERT_A, INSERT_A], [("x",), 7], 1, SQLITE_MISUSE),
+    ([INSERT_A, INSERT_A], [("x",), {"a": "y"}], 1, SQLITE_MISUSE),  # named parameters: not supported
+    ([INSERT_A, INSERT_A], [("x",), "y"], 1, SQLITE_MISUSE),  # a str is a value, not a sequence of them
+    ([INSERT_A, INSERT_A], [("x",), b"y"], 1, SQLITE_MISUSE),
+    ([INSERT_A, INSERT_A], [("x",), iter(["y"])], 1, SQLITE_MISUSE),
+    ([INSERT_A, INSERT_A], [("x",), (bytearray(b"y"),)], 1, SQLITE_MISMATCH),
+    ([INSERT_A, INSERT_A], [("x",), (memoryview(b"y"),)], 1, SQLITE_MISMATCH),
+    ([INSERT_A, INSERT_A], [("x",), (Decimal(1),)], 1, SQLITE_MISMATCH),
+    ([INSERT_A, INSERT_A], [("x",), (INT64_MAX + 1,)], 1, SQLITE_MISMATCH),
+    ([INSERT_A, INSERT_A], [("x",), (INT64_MIN - 1,)], 1, SQLITE_MISMATCH),
+    ([INSERT_A, INSERT_A], [("x",), ("ok\ud800",)], 1, SQLITE_MISMATCH),
+    # the first refused statement wins over later ones, and over what earlier ones would do when run
+    (["INSERT INTO t(a) VALUES (NULL)", INSERT_A, 42], [(), (Decimal(1),), ()], 1, SQLITE_MISMATCH),
+    (["INSERT INTO nowhere VALUES (1)", "x\x00", INSERT_A], [(), (), None], 1, SQLITE_MISUSE),
+    (["SELECT 1; SELECT 2", INSERT_A, INSERT_A], [(), ("x",), ("y", 1j)], 2, SQLITE_MISMATCH),
+]
+
+
+@pytest.mark.parametrize(("statements", "params", "index", "code"), REFUSED_ARGUMENTS)
+def test_arguments_are_checked_before_anything_runs(sqlbatch_impl: ModuleType, tmp_path: pathlib.Path,
+                                                    statements: list[Any], params: list[Any], index: int,
+                                                    code: int) -> None:
+    """Refused before BEGIN: another connection holds the write lock, so any BEGIN IMMEDIATE would fail
+    (-1, SQLITE_BUSY); and nothing of the batch runs."""
+    path = make_db(tmp_path, ERR_SCHEMA)
+    conn = sqlbatch_impl.BatchConnection(path, busy_timeout_ms=20)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlbatch_impl.BatchError) as info:
+            conn.run(statements, params)
+        assert (info.value.index, info.value.code) == (index, code)
+        assert isinstance(info.value.message, str) and info.value.message
+        with pytest.raises(sqlbatch_impl.BatchError) as info:  # the same with begin=None: nothing ran
+            conn.run(statements, params, begin=None, commit=False)
+        assert (info.value.index, info.value.code) == (index, code)
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    assert count_t(path) == 0
+    assert conn.run([INSERT_A], [("after",)]) == [(1, 1)]
+    conn.close()
+
+
+def test_refusal_messages(sqlbatch_impl: ModuleType, tmp_path: pathlib.Path) -> None:
+    conn = sqlbatch_impl.BatchConnection(make_db(tmp_path, ERR_SCHEMA))
+    cases = [
+        ([b"SELECT 1"], [()], "statement must be str, not bytes"),
+        (["SELECT 1\x00"], [()], "the query contains a null character"),
+        (["SELECT '\ud800'"], [()], "surrogates not allowed"),
+        ([INSERT_A], [None], "parameters must be a sequence such as a tuple or list, not NoneType"),
+        ([INSERT_A], [(bytearray(b"x"),)], "parameter 1: type 'bytearray' is not supported"),
+        (["SELECT ?, ?"], [(1, 1 << 64)], "parameter 2: Python int too large to convert to SQLite INTEGER"),
+        ([INSERT_A], [("\udfff",)], "parameter 1: 'utf-8' codec can't encode character '\\udfff' in position 0"),
+    ]
+    for statements, params, message in cases:
+        with pytest.raises(sqlbatch_impl.BatchError) as info:
+            conn.run(statements, params)
+        assert message in info.value.message
+        assert str(info.value).startswith("statement 0: ")
+    conn.close()
+
+
+class _Kind(enum.IntEnum):
+    SALE = 7
+
+
+class _Int(int):
+    def __int__(self) -> int:
+        return -1
+
+
+class _Str(str):
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return "not me"
+
+
+class _Bytes(bytes):
+    def __bytes__(self) -> bytes:
+        return b"not me"
+
+
+class _Float(float):
+    def __float__(self) -> float:
+        return -1.0
+
+
+def test_accepted_sequences_and_subclasses(sqlbatch_impl: ModuleType, tmp_path: pathlib.Path) -> None:
+    """Any Sequence other than str / bytes / bytearray / memoryview is a parameter sequence; a subclass
+    of a supported type is bound as its base value (no __int__ / __str__ / ... of its own is called), and
+    a str subclass is a statement text."""
+    path = make_db(tmp_path, "CREATE TABLE v(id INTEGER PRIMARY KEY, x);")
+    conn = sqlbatch_impl.BatchConnection(path)
+    insert = "INSERT INTO v(x) VALUES (?)"
+    params: list[Any] = [[1], (2,), range(3, 4), _Params(4), (True,), (_Kind.SALE,), (_Int(8),), (_Str("s"),),
+                         (_Bytes(b"b"),), (_Float(1.5),)]
+    result = conn.run([insert] * (len(params) - 1) + [_Str(insert)], params)
+    assert result == [(i + 1, 1) for i in range(len(params))]
+    assert read(path, "SELECT x, typeof(x) FROM v ORDER BY id") == [
+        (1, "integer"), (2, "integer"), (3, "integer"), (4, "integer"), (1, "integer"), (7, "integer"),
+        (8, "integer"), ("s", "text"), (b"b", "blob"), (1.5, "real")]
+    conn.close()
+
+
+def test_begin_is_checked_as_a_statement(sqlbatch_impl: ModuleType, tmp_path: pathlib.Path) -> None:
+    path = make_db(tmp_path, ERR_SCHEMA)
+    conn = sqlbatch_impl.BatchConnection(path)
+    conn.run([INSERT_A], [("kept",)])
+    for begin, code in [(b"BEGIN", SQLITE_MISUSE), (1, SQLITE_MISUSE), ("BEGIN\x00", SQLITE_MISUSE),
+                        ("BEGIN -- \ud800", SQLITE_MISUSE), ("BEGIN; DELETE FROM t", SQLITE_MISUSE),
+                        ("BEGIN;;", SQLITE_MISUSE), ("SELECT ?", SQLITE_RANGE), ("BEGIN NONSENSE", SQLITE_ERROR)]:
+        with pytest.raises(sqlbatch_impl.BatchError) as info:
+            conn.run([INSERT_A], [("x",)], begin=begin)
+        assert (info.value.index, info.value.code) == (-1, code), begin
+    assert read(path, "SELECT a FROM t") == [("kept",)]
+    # what may follow a statement may follow begin; rows it returns are dropped
+    assert conn.run([INSERT_A], [("a",)], begin="BEGIN IMMEDIATE; -- the batch") == [(2, 1)]
+    assert conn.run([INSERT_A], [("b",)], begin="SELECT 1 UNION SELECT 2", commit=False) == [(3, 1)]
+    # an empty begin begins nothing: each statement commits on its own
+    assert conn.run([INSERT_A], [("c",)], begin="  ", commit=False) == [(4, 1)]
+    assert count_t(path) == 4
+    conn.close()
+
+
+_V = "INSERT INTO t(a) VALUES ('v')"
+STATEMENT_TEXTS = [
+    "", "   ", "-- x", "/* x */", "/* unterminated", ";", " ; ", ";;", "\n;\n;\n", f"; {_V}", "SELEC 1; x",
+    *(_V + tail for tail in [";", ";;", " ; ;", "; -- c", "; /* c */", "; /* c", " -- c", " /* c */",
+                             ";\n-- a\n\t/* b */\r\n\f", "; \v", "; -", "; /", "; SELECT 1", "; x",
+                             "; -- c\nSELECT 1"]),
+]
+
+
+@pytest.mark.parametrize("values", [(), ("p",)], ids=["no-params", "one-param"])
+@pytest.mark.parametrize("text", STATEMENT_TEXTS)
+def test_statement_text_as_the_sqlite3_module(sqlbatch_impl: ModuleType, tmp_path: pathlib.Path, text: str,
+                                              values: tuple[Any, ...]) -> None:
+    """What may follow a statement, statements with none in them, and the number of bindings: the
+    sqlite3 module's verdict (its ProgrammingError as SQLITE_MISUSE, a wrong count as SQLITE_RANGE)."""
+    ref_path, path = make_db(tmp_path, ERR_SCHEMA), make_db(tmp_path, ERR_SCHEMA)
+    ref = sqlite3.connect(ref_path, isolation_level=None)
+    try:
+        ref.execute(INSERT_A, ("first",))
+        try:
+            ref.execute(text, values).fetchall()
+        except sqlite3.Error as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is None:
+                code = SQLITE_RANGE if "Incorrect number of bindings" in str(exc) else SQLITE_MISUSE
+            expected: tuple[Any, ...] = ("error", 1, code, str(exc))
+        else:
+            expected = ("ok", [(1, 1), ref.execute("SELECT last_insert_rowid(), changes()").fetchone()])
+    finally:
+        ref.close()
+    conn = sqlbatch_impl.BatchConnection(path)
+    try:
+        got: tuple[Any, ...] = ("ok", conn.run([INSERT_A, text], [("first",), values]))
+    except sqlbatch_impl.BatchError as exc:
+        got = ("error", exc.index, exc.code, exc.message)
+        assert count_t(path) == 0
+    assert got == expected
+    if expected[0] == "ok":
+        assert dump_t(path) == dump_t(ref_path)
+    conn.close()
+
+
+def dump_t(path: str) -> list[tuple]:
+    return read(path, "SELECT * FROM t ORDER BY id")
+
+
+def test_statements_run_in_their_turn(sqlbatch_impl: ModuleType, tmp_path: pathlib.Path) -> None:
+    """Each statement is prepared when its turn comes, so it sees what earlier ones did to the schema,
+    and with several failing statements the first one is reported."""
+    path = make_db(tmp_path, ERR_SCHEMA)
+    conn = sqlbatch_impl.BatchConnection(path)
+    insert_n = "INSERT INTO n VALUES (?)"
+    assert conn.run(["CREATE TABLE n(a)", insert_n, "DROP TABLE n", "CREATE TABLE n(b INTEGER PRIMARY KEY)",
+                     insert_n, "SELECT * FROM n"], [(), (1,), (), (), (20,), ()]) == [
+        (0, 0), (1, 1), (1, 1), (1, 1), (20, 1), (20, 1)]
+    assert read(path, "SELECT * FROM n") == [(20,)]
+    # the same statement again after the schema changed under it, in the same batch: SQLite's error
+    with pytest.raises(sqlbatch_impl.BatchError) as info:
+        conn.run([insert_n, "DROP TABLE n", "CREATE TABLE n(a, b NOT NULL)", insert_n], [(3,), (), (), (4,)])
+    assert (info.value.index, info.value.code) == (3, SQLITE_ERROR)
+    assert "2 columns but 1 values" in info.value.message
+    assert read(path, "SELECT * FROM n") == [(20,)]
+    first_failure = [
+        (["INSERT INTO t(a) VALUES (NULL)", "INSERT INTO nowhere VALUES (1)"], [(), ()], 0, SQLITE_CONSTRAINT),
+        (["INSERT INTO nowhere VALUES (1)", INSERT_A], [(), ()], 0, SQLITE_ERROR),
+        ([INSERT_A, "SELECT 1;;", "INSERT INTO t(a) VALUES (NULL)"], [("x",), (), ()], 1, SQLITE_MISUSE),
+        ([INSERT_A, INSERT_A, "SELEC"], [("x",), ("x", "y"), ()], 1, SQLITE_RANGE),
+        (["CREATE TABLE m(a)", "INSERT INTO m VALUES (1, 2)"], [(), ()], 1, SQLITE_ERROR),
+    ]
+    for statements, params, index, code in first_failure:
+        with pytest.raises(sqlbatch_impl.BatchError) as info:
+            conn.run(statements, params)
+        assert (info.value.index, info.value.code) == (index, code), statements
+    assert count_t(path) == 0
+    assert read(path, "SELECT count(*) FROM sqlite_schema WHERE name = 'm'") == [(0,)]
+    conn.close()
+
+
+def test_lastrowid_after_a_failed_batch(sqlbatch_impl: ModuleType, tmp_path: pathlib.Path) -> None:
+    """last_insert_rowid() / changes() are SQLite's: the rollback does not undo them."""
+    path = make_db(tmp_path, ERR_SCHEMA)
+    conn = sqlbatch_impl.BatchConnection(path)
+    assert conn.run([INSERT_A, INSERT_A], [("a",), ("b",)]) == [(1, 1), (2, 1)]
+    with pytest.raises(sqlbatch_impl.BatchError) as info:
+        conn.run([INSERT_A, "DELETE FROM t", "INSERT INTO t(a) VALUES (NULL)"], [("c",), (), ()])
+    assert info.value.index == 2
+    # the rolled-back INSERT's rowid; changes() as the failed INSERT left it
+    assert conn.run(["SELECT 1", ""], [(), ()]) == [(3, 0), (3, 0)]
+    with pytest.raises(sqlbatch_impl.BatchError):  # refused before anything ran: nothing changes
+        conn.run([INSERT_A, INSERT_A], [("d",), (1j,)])
+    assert conn.run(["SELECT 1"], [()]) == [(3, 0)]
+    assert dump_t(path) == [(1, "a", None), (2, "b", None)]
+    conn.close()
+
+
+def test_run_and_close_refused_during_a_run(sqlbatch_impl: ModuleType, tmp_path: pathlib.Path) -> None:
+    """Code run by the call itself (a parameter sequence's __getitem__) cannot close the connection
+    or start another batch on it."""
+    path = make_db(tmp_path, ERR_SCHEMA)
+    conn = sqlbatch_impl.BatchConnection(path)
+    for action in (conn.close, lambda: conn.run([INSERT_A], [("inner",)])):
+        with pytest.raises(sqlbatch_impl.BatchError) as info:
+            conn.run([INSERT_A, INSERT_A], [("x",), _Params("y", on_get=action)])
+        assert (info.value.index, info.value.code) == (-1, SQLITE_MISUSE)
+        assert "in use" in info.value.message
+    assert not conn.closed
+    assert conn.run([INSERT_A], [("after",)]) == [(1, 1)]
+    assert dump_t(path) == [(1, "after", None)]
+    conn.close()
+
+
+def test_constructor_paths_and_errors(sqlbatch_impl: ModuleType, tmp_path: pathlib.Path) -> None:
+    path = make_db(tmp_path, ERR_SCHEMA)
+
+    class FsPath:
+        def __fspath__(self) -> str:
+            return path
+
+    for as_given in (pathlib.Path(path), FsPath(), os.fsencode(path)):
+        conn = sqlbatch_impl.BatchConnection(as_given)
+        assert conn.path == path and type(conn.path) is str
+        conn.close()
+    for bad_type in (None, 42):
+        with pytest.raises(TypeError):
+            sqlbatch_impl.BatchConnection(bad_type)
+    with pytest.raises(ValueError, match="embedded null byte"):
+        sqlbatch_impl.BatchConnection(path + "\x00.db")
+    not_a_db = tmp_path / "garbage.db"
+    not_a_db.write_bytes(b"garbage" * 1000)
+    cases: list[tuple[Any, tuple[str, ...], int]] = [
+        (tmp_path / "missing" / "x.db", (), 14),  # SQLITE_CANTOPEN
+        (tmp_path, (), 14),
+        (not_a_db, ("journal_mode=WAL",), 26),  # SQLITE_NOTADB
+        (path, ("nonsense(",), SQLITE_ERROR),
+        (path, ("user_version = 5; DELETE FROM t",), SQLITE_MISUSE),
+        (path, ("user_version = 5;;",), SQLITE_MISUSE),
+        (path, ("user_version\x00",), SQLITE_MISUSE),
+    ]
+    for where, pragmas, code in cases:
+        with pytest.raises(sqlbatch_impl.BatchError) as info:
+            sqlbatch_impl.BatchConnection(where, pragmas=pragmas)
+        assert (info.value.index, info.value.code) == (-1, code), (where, pragmas)
+        if not pragmas:
+            assert info.value.message.startswith(f"cannot open {where}: ")
+    assert read(path, "PRAGMA user_version") == [(0,)]
+    conn = sqlbatch_impl.BatchConnection(path, pragmas=("user_version = 5; -- set", "table_info(t)"))
+    assert read(path, "PRAGMA user_version") == [(5,)]
+    conn.close()
+
+
+def test_pure_twin_rolls_back_on_any_exception(tmp_path: pathlib.Path) -> None:
+    """The transaction the call began does not stay open whatever escapes (here a KeyboardInterrupt from
+    the second statement): the next batch can BEGIN IMMEDIATE."""
+    from _fastcore import _sqlbatch_py as py
+
+    path = make_db(tmp_path, ERR_SCHEMA)
+    conn = py.BatchConnection(path, busy_timeout_ms=20)
+    real = conn._conn
+
+    class Interrupted:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql == "SELECT 'interrupt'":
+                raise KeyboardInterrupt
+            return real.execute(sql, *args)
+
+    conn._conn = Interrupted()  # type: ignore[assignment]
+    with pytest.raises(KeyboardInterrupt):
+        conn.run([INSERT_A, "SELECT 'interrupt'"], [("x",), ()])
+    assert real is not None and not real.in_transaction
+    conn._conn = real
+    assert conn.run([INSERT_A], [("y",)]) == [(1, 1)]  # (rowid 1 again: the first one was rolled back)
+    assert dump_t(path) == [(1, "y", None)]
+    conn.close()
+
+
 # --------------------------------------------------------------------------- 4. statement reuse
 
 REUSE_SCHEMA = "CREATE TABLE kv(id INTEGER PRIMARY KEY, k INTEGER NOT NULL, v);"
@@ -627,6 +969,27 @@ def test_more_distinct_statements_than_the_cache(sqlbatch_impl: ModuleType, tmp_
     assert result == [(rowid + i + 1, 1) for i in range(len(texts) + 1)]
     expected_rows += [(k, k) for k in range(320)] + [(0, 320)]
     assert read(path, "SELECT k, v FROM kv ORDER BY id") == expected_rows
+
+
+def test_statements_refused_or_empty_are_not_reused(sqlbatch_impl: ModuleType, tmp_path: pathlib.Path) -> None:
+    """A text refused after it was prepared (more than one statement) is refused every time (never
+    kept), a text with no statement is a no-op every time, and a new text used several times in one
+    batch (prepared at its first use) runs each time with its own values."""
+    path = make_db(tmp_path, REUSE_SCHEMA)
+    conn = sqlbatch_impl.BatchConnection(path, synchronous="OFF")
+    two = "INSERT INTO kv(k) VALUES (?); DELETE FROM kv"
+    sql = "INSERT INTO kv(k, v) VALUES (?, 'new text')"
+    for _ in range(3):
+        with pytest.raises(sqlbatch_impl.BatchError) as info:
+            conn.run([sql, two], [(0,), (1,)])
+        assert (info.value.index, info.value.code) == (1, SQLITE_MISUSE)
+    empty = "/* nothing */"
+    # (the first no-op reports the rolled-back INSERT's rowid, which the next INSERT takes again)
+    assert conn.run([empty, sql, empty, sql, sql, empty], [(), (1,), (), (2,), (3,), ()]) == [
+        (1, 1), (1, 1), (1, 1), (2, 1), (3, 1), (3, 1)]
+    assert conn.run([sql, empty], [(4,), ()]) == [(4, 1), (4, 1)]
+    assert read(path, "SELECT k FROM kv ORDER BY id") == [(1,), (2,), (3,), (4,)]
+    conn.close()
 
 
 def test_statements_survive_schema_changes(sqlbatch_impl: ModuleType, tmp_path: pathlib.Path) -> None:
@@ -777,73 +1140,62 @@ AGREEING: dict[str, Case] = {
     "after-constraint-error": _then_run_again(_batch_with(["INSERT INTO t(a) VALUES (NULL)"], [()])),
 }
 
-#: where the twins still differ (py vs c); each is a strict xfail so that a fix shows up
-DIVERGENCES: dict[str, tuple[Case, str]] = {
+#: edge cases where the twins once differed, with the outcome they now agree on (the contract's rules):
+#: ("ok", result, rows of t) or ("BatchError", index, code, rows of t)
+AGREED: dict[str, tuple[Case, tuple[Any, ...]]] = {
+    # statement text, as the sqlite3 module judges it
     "two-statements-code": (
         _run(["INSERT INTO t(a) VALUES ('1'); INSERT INTO t(a) VALUES ('2')"], [()]),
-        "py reports SQLITE_ERROR (1), c SQLITE_MISUSE (21)"),
-    "double-semicolon": (
-        _run(["INSERT INTO t(a) VALUES ('x');;"], [()]),
-        "py: 'one statement at a time' error; c: runs it"),
-    "semicolon-then-comment": (
-        _run(["INSERT INTO t(a) VALUES ('x'); -- note"], [()]),
-        "py: runs it; c: 'one statement at a time' error"),
-    "empty-statement": (
-        _run([INSERT_A, "  -- nothing"], [("x",), ()]),
-        "py: runs it as a no-op and commits; c: BatchError(1, 21, 'statement is empty')"),
-    "nul-in-sql": (
-        _run(["INSERT INTO t(a) VALUES ('x')\x00 garbage"], [()]),
-        "py: error 'the query contains a null character'; c: runs the SQL before the NUL"),
+        ("BatchError", 0, SQLITE_MISUSE, [])),
+    "double-semicolon": (_run(["INSERT INTO t(a) VALUES ('x');;"], [()]), ("BatchError", 0, SQLITE_MISUSE, [])),
+    "semicolon-then-comment": (_run(["INSERT INTO t(a) VALUES ('x'); -- note"], [()]), ("ok", [(1, 1)], [("x",)])),
+    "empty-statement": (_run([INSERT_A, "  -- nothing"], [("x",), ()]), ("ok", [(1, 1), (1, 1)], [("x",)])),
+    "nul-in-sql": (_run(["INSERT INTO t(a) VALUES ('x')\x00 garbage"], [()]), ("BatchError", 0, SQLITE_MISUSE, [])),
+    # statements prepared in their turn: SQLite's errors in statement order
     "ddl-then-use": (
         _run(["CREATE TABLE n(a)", "INSERT INTO n VALUES (?)", INSERT_A], [(), (1,), ("x",)]),
-        "c prepares every statement before BEGIN: a table created earlier in the batch does not exist yet"),
+        ("ok", [(0, 0), (1, 1), (1, 1)], [("x",)])),
     "runtime-error-before-prepare-error": (
         _run(["INSERT INTO t(a) VALUES (NULL)", "INSERT INTO nowhere VALUES (1)"], [(), ()]),
-        "c reports the later statement that does not prepare (1) instead of the first failure (0)"),
-    "runtime-error-before-type-error": (
-        _run(["INSERT INTO t(a) VALUES (NULL)", INSERT_A], [(), ([1],)]),
-        "c checks every parameter before running: index 1 instead of the first failure, 0"),
+        ("BatchError", 0, SQLITE_CONSTRAINT, [])),
     "runtime-error-before-binding-count": (
         _run(["INSERT INTO t(a) VALUES (NULL)", INSERT_A], [(), ()]),
-        "c checks every binding count before running: index 1 instead of the first failure, 0"),
+        ("BatchError", 0, SQLITE_CONSTRAINT, [])),
+    # the arguments of the whole batch are checked before anything runs
+    "runtime-error-before-type-error": (
+        _run(["INSERT INTO t(a) VALUES (NULL)", INSERT_A], [(), ([1],)]),
+        ("BatchError", 1, SQLITE_MISMATCH, [])),
     "begin-none-type-error": (
         _begin_none_after_open([INSERT_A, INSERT_A], [("x",), (Decimal(1),)]),
-        "begin=None: py has run statement 0 in the caller's transaction before the type error, c nothing"),
-    "lastrowid-after-failed-batch": (
-        _lastrowid_after_failed_batch,
-        "c runs nothing of a batch that fails its checks, py (and sqlite3) run the statements before: "
-        "last_insert_rowid() then differs for the next statements that are not INSERTs"),
-    "path-object": (
-        lambda m, path: m.BatchConnection(pathlib.Path(path)).run([INSERT_A], [("x",)]),
-        "c takes only str (TypeError for a pathlib.Path); py takes str(path)"),
-    "bad-pragma": (
-        lambda m, path: m.BatchConnection(path, pragmas=("nonsense(",)),
-        "py raises sqlite3.OperationalError from the constructor, c BatchError(-1, 1)"),
+        ("BatchError", 1, SQLITE_MISMATCH, [])),
     "lone-surrogate-leaves-transaction": (
         _then_run_again(_batch_with([INSERT_A, INSERT_A], [("x",), ("\ud800",)])),
-        "py: UnicodeEncodeError escapes without ROLLBACK, the write transaction stays open and the next "
-        "run fails at BEGIN; c raises before BEGIN"),
+        ("ok", ("BatchError", [(1, 1)]), [("after",)])),
     "params-not-a-sequence-leaves-transaction": (
         _then_run_again(_batch_with([INSERT_A, INSERT_A], [("x",), None])),
-        "py: TypeError from tuple(None) escapes without ROLLBACK (transaction left open); c raises before BEGIN"),
+        ("ok", ("BatchError", [(1, 1)]), [("after",)])),
+    # last_insert_rowid() is not undone by the rollback of a failed batch (statement 0 ran)
+    "lastrowid-after-failed-batch": (_lastrowid_after_failed_batch, ("ok", [(1, 0)], [])),
+    # the constructor
+    "path-object": (
+        lambda m, path: m.BatchConnection(pathlib.Path(path)).run([INSERT_A], [("x",)]),
+        ("ok", [(1, 1)], [("x",)])),
+    "bad-pragma": (
+        lambda m, path: m.BatchConnection(path, pragmas=("nonsense(",)),
+        ("BatchError", -1, SQLITE_ERROR, [])),
 }
 
 
+@pytest.mark.parametrize("name", sorted(AGREED))
+def test_agreed_outcome(sqlbatch_impl: ModuleType, tmp_path: pathlib.Path, name: str) -> None:
+    fn, expected = AGREED[name]
+    assert _outcome(sqlbatch_impl, make_db(tmp_path, ERR_SCHEMA), fn) == expected
+
+
 @pytest.mark.c_extension
-@pytest.mark.parametrize("name", sorted(AGREEING))
+@pytest.mark.parametrize("name", sorted(AGREEING) + sorted(AGREED))
 def test_twins_agree_on_edge_cases(both_twins: tuple[ModuleType, ModuleType], tmp_path: pathlib.Path,
                                    name: str) -> None:
     py, c = both_twins
-    fn = AGREEING[name]
-    assert _outcome(py, make_db(tmp_path, ERR_SCHEMA), fn) == _outcome(c, make_db(tmp_path, ERR_SCHEMA), fn)
-
-
-@pytest.mark.c_extension
-@pytest.mark.parametrize(
-    "name", [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reason))
-             for name, (_, reason) in sorted(DIVERGENCES.items())])
-def test_twins_agree_known_divergences(both_twins: tuple[ModuleType, ModuleType], tmp_path: pathlib.Path,
-                                       name: str) -> None:
-    py, c = both_twins
-    fn = DIVERGENCES[name][0]
+    fn = AGREEING[name] if name in AGREEING else AGREED[name][0]
     assert _outcome(py, make_db(tmp_path, ERR_SCHEMA), fn) == _outcome(c, make_db(tmp_path, ERR_SCHEMA), fn)
