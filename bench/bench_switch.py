@@ -3,7 +3,7 @@
 Four runs against one set of processes (``posswitch hsm``, ``posswitch issuer --hsm``, ``posswitch
 serve --config``; journal on SQLite ``synchronous = FULL`` with group commit, metrics on):
 
-1. ``switch max``: closed loop, ``--in-flight`` MACed swipe sales with PIN from ``--terminals``
+1. ``switch max``: closed loop, ``--in-flight`` (256) MACed swipe sales with PIN from ``--terminals``
    signed-on terminals: throughput, p50/p99/p999, CPU µs per sale of the switch (and HSM, issuer,
    load generator) from ``/proc/PID/stat``; the switch's CPU and context switches per sale split into
    its event-loop thread and its other threads (journal writer, WAL checkpoint, reader, libuv workers)
@@ -51,6 +51,9 @@ FORWARDER = ROOT / "bench" / "forwarder.py"
 ZPK_CLEAR = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
 PVK_CLEAR = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
 PAN = "6212340000000001"
+#: sales in flight in the closed-loop runs: enough to saturate (at 64 the switch's event loop was ~45 % busy
+#: and throughput was bounded by the closed loop's round trips, not by a process; docs/benchmarks.md)
+IN_FLIGHT = 256
 PIN = "123456"
 
 
@@ -202,7 +205,7 @@ def run_loadgen(args: list[str], timeout: float) -> dict[str, Any]:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def run(seconds: float = 10.0, warmup: float = 2.0, terminals: int = 8, in_flight: int = 64,
+def run(seconds: float = 10.0, warmup: float = 2.0, terminals: int = 8, in_flight: int = IN_FLIGHT,
         synchronous: str = "FULL", no_extensions: bool = False, workdir: str | None = None,
         verbose: bool = True) -> dict[str, Any]:
     """Start the processes, run the four loads, stop everything; returns the four loadgen reports
@@ -429,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="measuring window of each run")
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--terminals", type=int, default=8)
-    p.add_argument("--in-flight", type=int, default=64)
+    p.add_argument("--in-flight", type=int, default=IN_FLIGHT,
+                   help="sales in flight in the closed-loop runs (slots of the paced ones)")
     p.add_argument("--synchronous", default="FULL", choices=("OFF", "NORMAL", "FULL"), help="journal fsync mode")
     p.add_argument("--no-extensions", action="store_true", help="run every process on the pure-Python twins")
     p.add_argument("--workdir", default=None, help="keep databases and process logs here")
