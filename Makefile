@@ -13,7 +13,8 @@ all: build
 sysdeps:
 	@bash scripts/system-deps.sh
 
-$(VENV)/.installed: pyproject.toml setup.py
+# (sysdeps first: building the venv compiles pyscard and the core, which need swig and the -dev headers)
+$(VENV)/.installed: pyproject.toml setup.py | sysdeps
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel "cython>=3.0,<4"
 	$(PIP) install -q -e ".[$(EXTRAS)]" --no-build-isolation
