@@ -38,7 +38,8 @@ from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_FromObject
 from libc.stdio cimport snprintf
 from libc.string cimport memset, strlen
 
-from _fastcore._sqlbatch_py import BatchError
+# the pure twin's error type and argument rules, so the two twins cannot drift apart on them
+from _fastcore._sqlbatch_py import _NOT_PARAMETER_SEQUENCES, BatchError, _options
 
 ctypedef long long sqlite3_int64
 
@@ -107,11 +108,8 @@ cdef struct Item:
     sqlite3_int64 rowid   # results: sqlite3_last_insert_rowid() / sqlite3_changes() after it
     int changes
 
-_SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 #: prepared statements kept per connection (by SQL text); past this the cache is emptied and refilled
 _CACHE_MAX = 256
-#: sequences that are parameter values, not parameter lists
-_NOT_PARAMETER_SEQUENCES = (str, bytes, bytearray, memoryview)
 cdef const char *_ONE_AT_A_TIME = "You can only execute one statement at a time."
 
 
@@ -209,11 +207,7 @@ cdef class BatchConnection:
 
     def __init__(self, path, *, str synchronous="FULL", int busy_timeout_ms=30000, bint foreign_keys=True,
                  pragmas=()):
-        mode = synchronous.upper()
-        if mode not in _SYNCHRONOUS:
-            raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}, got {synchronous!r}")
-        if busy_timeout_ms < 0:
-            raise ValueError("busy_timeout_ms must be >= 0")
+        mode = _options(synchronous, busy_timeout_ms)
         fspath = os.fspath(path)
         cdef bytes bpath = os.fsencode(fspath)  # as the sqlite3 module encodes a path
         if b"\x00" in bpath:
